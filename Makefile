@@ -1,0 +1,48 @@
+# Two commands set everything up on a fresh Debian machine: `make demo` and `make test`.
+# Each installs what it needs (virtualenv, Python packages, Mosquitto) and is safe to run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_ARGS ?= --speed 30
+
+.PHONY: demo test lint bench proto mosquitto clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+mosquitto:
+	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_passwd >/dev/null \
+	    || ! command -v mosquitto_sub >/dev/null; then \
+	  echo "installing Mosquitto from Debian"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+demo: $(STAMP) mosquitto
+	$(VENV)/bin/uns demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) mosquitto lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP) mosquitto
+	$(PY) -m bench
+
+# Regenerate the Sparkplug payload module from our own schema (uns/sparkplug/sparkplug_b.proto).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iuns/sparkplug --python_out=uns/sparkplug --pyi_out=uns/sparkplug \
+	    uns/sparkplug/sparkplug_b.proto
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The core of the shop-floor UNS: ISA-95 paths, the site model, Sparkplug B and MQTT plumbing."""

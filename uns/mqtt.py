@@ -1,0 +1,245 @@
+"""MQTT plumbing on paho-mqtt 2.x. This is the only module that imports paho.
+
+`MqttClient` runs paho's network loop in its own thread and hands connects, disconnects and
+messages to an asyncio loop in the order they happened, in batches (one loop wake-up for many
+messages). The Will is asked for before every CONNECT, so Sparkplug's bdSeq and the host's STATE
+timestamp can change per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+logger = logging.getLogger(__name__)
+
+
+class MqttError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """`mqtt://user:password@host:port` (credentials may also come separately)."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"broker URL {_redact(url)!r}: scheme must be mqtt:// (TLS is not supported yet)")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {_redact(url)!r} has no host")
+        try:
+            port = parts.port or 1883
+        except ValueError as exc:
+            raise ValueError(f"broker URL {_redact(url)!r}: {exc}") from exc
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port, user, password)
+
+    def with_credentials(self, username: str | None, password: str | None) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, username, password)
+
+    def __str__(self) -> str:  # never shows the password
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt://{user}{self.host}:{self.port}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class MqttHandler(Protocol):
+    """What a client's owner is told, always on its asyncio loop and in order."""
+
+    def on_connected(self) -> None: ...
+
+    def on_disconnected(self, reason: str) -> None: ...
+
+    def on_message(self, topic: str, payload: bytes) -> None: ...
+
+
+_CONNECTED, _DISCONNECTED, _MESSAGE = 0, 1, 2
+
+
+class MqttClient:
+    """One MQTT 5 connection with a clean start, reconnecting on its own with backoff."""
+
+    def __init__(
+        self,
+        client_id: str,
+        address: BrokerAddress,
+        handler: MqttHandler,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        will: Callable[[], Will | None] | None = None,
+        keepalive: int = 10,
+        subscriptions: tuple[tuple[str, int], ...] = (),
+    ) -> None:
+        self.client_id = client_id
+        self.address = address
+        self._handler = handler
+        self._loop = loop
+        self._will = will
+        self._keepalive = keepalive
+        self._subscriptions = subscriptions
+        self._events: deque[tuple[int, Any, Any]] = deque()
+        self._wake_pending = False
+        self._lock = threading.Lock()
+        self._connected = False
+        self.dropped_publishes = 0
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=True,
+        )
+        if address.username is not None:
+            c.username_pw_set(address.username, address.password)
+        c.reconnect_delay_set(min_delay=1, max_delay=10)
+        c.max_queued_messages_set(0)
+        c.on_pre_connect = self._pre_connect
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_connect_fail = self._on_connect_fail
+        self._client = c
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- paho's thread -----------------------------------------------------------------------
+    def _pre_connect(self, client: paho.Client, userdata: Any) -> None:
+        will = self._will() if self._will is not None else None
+        if will is None:
+            client.will_clear()
+        else:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            logger.error("MQTT %s: broker %s refused the connection: %s", self.client_id, self.address, reason)
+            return
+        if self._subscriptions:
+            client.subscribe(list(self._subscriptions))
+        self._post(_CONNECTED, None, None)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        logger.warning("MQTT %s: cannot reach broker %s, retrying", self.client_id, self.address)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        self._post(_DISCONNECTED, str(reason), None)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._post(_MESSAGE, msg.topic, msg.payload)
+
+    def _post(self, kind: int, a: Any, b: Any) -> None:
+        with self._lock:
+            self._events.append((kind, a, b))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    # -- the asyncio loop --------------------------------------------------------------------
+    def _drain(self) -> None:
+        with self._lock:
+            batch = list(self._events)
+            self._events.clear()
+            self._wake_pending = False
+        handler = self._handler
+        for kind, a, b in batch:
+            if kind == _MESSAGE:
+                handler.on_message(a, b)
+            elif kind == _CONNECTED:
+                self._connected = True
+                logger.info("MQTT %s connected to %s", self.client_id, self.address)
+                handler.on_connected()
+            else:
+                was = self._connected
+                self._connected = False
+                if was:
+                    logger.warning("MQTT %s lost %s: %s", self.client_id, self.address, a)
+                handler.on_disconnected(a)
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        self._client.connect_async(
+            self.address.host, self.address.port, self._keepalive, clean_start=True, properties=props
+        )
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Queue a message for sending; False (and counted) if there is no connection."""
+        if not self._connected:
+            self.dropped_publishes += 1
+            return False
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.dropped_publishes += 1
+            return False
+        return True
+
+    async def publish_and_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                               timeout: float = 5.0) -> bool:
+        """Publish and wait until the broker has it (QoS 1) or the timeout passes."""
+        if not self._connected:
+            return False
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, timeout), timeout + 1)
+        except (TimeoutError, RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no Will) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected = False
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT, so the broker sends the Will (for tests)."""
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        self._connected = False
