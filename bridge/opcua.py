@@ -1,0 +1,232 @@
+"""OPC UA: the machine reader the bridge uses and the server the CNC simulator runs.
+
+This is the only module that imports asyncua.
+
+`OpcUaReader` subscribes to a machine's signal nodes and reports each value with the server's
+*source* timestamp; a value with a bad status or of the wrong type is reported as bad quality,
+never as the last good value. When the connection is lost it says so and reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asyncua import Client, Node, Server, ua
+
+from bridge.signals import SIGNAL_TYPES, coerce
+from uns.site import Machine, Signal
+from uns.sparkplug.edge import Sample
+from uns.sparkplug.payload import DataType, Quality
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _ms(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _MS
+
+
+
+class _Handler:
+    """asyncua's subscription callback: collects the values of one publish response."""
+
+    def __init__(self, reader: OpcUaReader) -> None:
+        self._reader = reader
+
+    def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
+        self._reader._received(node, data.monitored_item.Value)
+
+    def status_change_notification(self, status: Any) -> None:
+        logger.warning("machine %s: subscription status %s", self._reader.machine.id, status)
+        self._reader._lost.set()
+
+
+class OpcUaReader:
+    """Reads one machine; reports `on_online(samples)`, `on_samples(samples)` and `on_offline()`."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        *,
+        on_online: Callable[[list[Sample]], None],
+        on_samples: Callable[[list[Sample]], None],
+        on_offline: Callable[[], None],
+        now_ms: Callable[[], int],
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.machine = machine
+        self._on_online, self._on_samples, self._on_offline = on_online, on_samples, on_offline
+        self._now_ms = now_ms
+        self._max_backoff = max_backoff_s
+        self._node_signal: dict[str, Signal] = {}
+        self._pending: list[Sample] = []
+        self._flush_scheduled = False
+        self._online = False
+        self._initial: dict[Signal, Sample] = {}
+        self._lost = asyncio.Event()
+        self.counters = {"samples": 0, "bad_values": 0, "connects": 0, "losses": 0}
+
+    def _sample(self, signal: Signal, dv: ua.DataValue) -> Sample:
+        ts = _ms(dv.SourceTimestamp) or _ms(dv.ServerTimestamp) or self._now_ms()
+        status = dv.StatusCode
+        if status is not None and not status.is_good():
+            self.counters["bad_values"] += 1
+            logger.warning("machine %s: %s reads bad status %s", self.machine.id, signal, status.name)
+            return Sample(signal.value, None, ts, Quality.BAD)
+        raw = dv.Value.Value if dv.Value is not None else None
+        try:
+            return Sample(signal.value, coerce(signal, raw), ts)
+        except ValueError as exc:
+            self.counters["bad_values"] += 1
+            logger.warning("machine %s (%s): %s", self.machine.id, self.machine.source.endpoint, exc)
+            return Sample(signal.value, None, ts, Quality.BAD)
+
+    def _received(self, node: Node, dv: ua.DataValue) -> None:
+        signal = self._node_signal.get(node.nodeid.to_string())
+        if signal is None:
+            return
+        sample = self._sample(signal, dv)
+        self.counters["samples"] += 1
+        if not self._online:
+            self._initial[signal] = sample
+            if len(self._initial) == len(self._node_signal):
+                self._online = True
+                initial = list(self._initial.values())
+                self._initial = {}
+                self._on_online(initial)
+            return
+        self._pending.append(sample)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch and self._online:
+            self._on_samples(batch)
+
+    async def run(self) -> None:
+        """Connect, subscribe, report; on any loss report offline and start over. Runs until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._session()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of the machine's connection: report, retry
+                logger.warning("machine %s: OPC UA %s: %s", self.machine.id, self.machine.source.endpoint,
+                               exc or type(exc).__name__)
+            if self._online:
+                self._online = False
+                self.counters["losses"] += 1
+                self._on_offline()
+            self._initial = {}
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _session(self) -> None:
+        source = self.machine.source
+        client = Client(source.endpoint, timeout=4, watchdog_intervall=1.0)
+        self._lost = asyncio.Event()
+
+        async def lost(exc: Exception) -> None:
+            self._lost.set()
+
+        client.connection_lost_callback = lost
+        await client.connect()
+        self.counters["connects"] += 1
+        try:
+            nodes: list[Node] = []
+            self._node_signal = {}
+            for signal, node_id in source.signals.items():
+                node = client.get_node(node_id)
+                self._node_signal[node.nodeid.to_string()] = signal
+                nodes.append(node)
+            sub = await client.create_subscription(source.publishing_interval_ms, _Handler(self))
+            results = await sub.subscribe_data_change(nodes, queuesize=1000)
+            for signal, result in zip(source.signals, results, strict=True):
+                if isinstance(result, ua.StatusCode):
+                    raise ConnectionError(f"cannot subscribe to {signal} ({source.signals[signal]}): {result.name}")
+            logger.info("machine %s: subscribed to %d signals at %s", self.machine.id, len(nodes), source.endpoint)
+            await self._lost.wait()
+            raise ConnectionError("connection lost")
+        finally:
+            self._flush()
+            try:
+                await asyncio.wait_for(client.disconnect(), 2)
+            except Exception:  # the connection is already gone; nothing more to do
+                logger.debug("machine %s: disconnect after loss failed", self.machine.id, exc_info=True)
+
+
+# -- the simulator's side ------------------------------------------------------------------------
+_VARIANT = {
+    DataType.STRING: ua.VariantType.String,
+    DataType.UINT32: ua.VariantType.UInt32,
+    DataType.INT32: ua.VariantType.Int32,
+    DataType.BOOLEAN: ua.VariantType.Boolean,
+    DataType.DOUBLE: ua.VariantType.Double,
+}
+
+NAMESPACE_URI = "urn:shopfloor-uns:cnc-simulator"
+NODE_NAMES: dict[Signal, str] = {
+    Signal.EXECUTION: "Execution",
+    Signal.MODE: "ControllerMode",
+    Signal.PROGRAM: "Program",
+    Signal.PART_COUNT: "PartCount",
+    Signal.ALARM_CODE: "AlarmCode",
+    Signal.ALARM_TEXT: "AlarmText",
+    Signal.ESTOP: "EmergencyStop",
+    Signal.SPINDLE_SPEED: "SpindleSpeed",
+    Signal.SPINDLE_LOAD: "SpindleLoad",
+    Signal.FEED_OVERRIDE: "FeedOverride",
+}
+_DEFAULTS: dict[DataType, bool | int | float | str] = {
+    DataType.STRING: "", DataType.UINT32: 0, DataType.INT32: 0, DataType.BOOLEAN: False, DataType.DOUBLE: 0.0,
+}
+
+
+class CncOpcUaServer:
+    """A real OPC UA server exposing one CNC controller's signals as `ns=2;s=<NodeName>`."""
+
+    def __init__(self, machine_id: str, endpoint: str) -> None:
+        self.machine_id = machine_id
+        self.endpoint = endpoint
+        self._server = Server()
+        self._vars: dict[Signal, Node] = {}
+
+    async def start(self) -> None:
+        server = self._server
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name(f"CNC simulator {self.machine_id}")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await server.register_namespace(NAMESPACE_URI)
+        obj = await server.nodes.objects.add_object(idx, self.machine_id)
+        for signal, name in NODE_NAMES.items():
+            datatype = SIGNAL_TYPES[signal]
+            variant = ua.Variant(_DEFAULTS[datatype], _VARIANT[datatype])
+            self._vars[signal] = await obj.add_variable(ua.NodeId(name, idx), name, variant)
+        await server.start()
+
+    async def write(self, values: Mapping[str, bool | int | float | str], t_ms: int) -> None:
+        """Set signals as the controller saw them at `t_ms` (the source timestamp)."""
+        when = datetime.fromtimestamp(t_ms / 1000, UTC)
+        for name, value in values.items():
+            signal = Signal(name)
+            dv = ua.DataValue(ua.Variant(value, _VARIANT[SIGNAL_TYPES[signal]]), SourceTimestamp=when)
+            await self._vars[signal].write_value(dv)
+
+    async def stop(self) -> None:
+        await self._server.stop()

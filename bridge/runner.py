@@ -1,0 +1,71 @@
+"""The bridge: one Sparkplug edge node per `edge_node` of the site model, one device per machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bridge.opcua import OpcUaReader
+from bridge.signals import metric_defs
+from uns.clock import Clock
+from uns.mqtt import BrokerAddress
+from uns.site import Machine, Site
+from uns.sparkplug.edge import EdgeSession, Sample
+from uns.sparkplug.edge_node import EdgeNode
+
+logger = logging.getLogger(__name__)
+
+
+def make_edge_node(site: Site, edge_node_id: str, address: BrokerAddress, clock: Clock) -> EdgeNode:
+    machines = site.edge_nodes()[edge_node_id]
+    devices = {m.id: metric_defs(tuple(m.source.signals)) for m in machines}
+    session = EdgeSession(site.group_id, edge_node_id, devices)
+    return EdgeNode(session, address, clock, primary_host_id=site.host_id)
+
+
+def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader:
+    def online(samples: list[Sample]) -> None:
+        logger.info("machine %s online", machine.id)
+        node.device_online(machine.id, samples)
+
+    def offline() -> None:
+        logger.warning("machine %s offline", machine.id)
+        node.device_offline(machine.id)
+
+    def data(samples: list[Sample]) -> None:
+        node.data(machine.id, samples)
+
+    return OpcUaReader(machine, on_online=online, on_samples=data, on_offline=offline, now_ms=clock.now_ms)
+
+
+async def run_bridge(
+    site: Site, address: BrokerAddress, clock: Clock, stop: asyncio.Event, edge_node_ids: list[str] | None = None
+) -> None:
+    """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH)."""
+    loop = asyncio.get_running_loop()
+    wanted = edge_node_ids or list(site.edge_nodes())
+    unknown = sorted(set(wanted) - set(site.edge_nodes()))
+    if unknown:
+        raise ValueError(f"edge nodes {unknown} are not in the site model ({', '.join(site.edge_nodes())})")
+    nodes = [make_edge_node(site, e, address, clock) for e in wanted]
+    for node in nodes:
+        node.start(loop)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for node in nodes:
+                for machine in site.edge_nodes()[node.session.edge_node_id]:
+                    tg.create_task(_reader(node, machine, clock).run(), name=f"bridge[{machine.id}].opcua")
+            tg.create_task(_cancel_on(stop), name="bridge.stop")
+    except* _Stopped:
+        pass
+    finally:
+        await asyncio.gather(*(node.stop() for node in nodes))
+
+
+class _Stopped(Exception):
+    pass
+
+
+async def _cancel_on(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stopped

@@ -1,0 +1,1 @@
+"""Machine simulators: a seeded scenario engine and the CNC controllers it drives."""

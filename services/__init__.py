@@ -1,0 +1,1 @@
+"""Context, OEE, historian and API services of the shop-floor UNS."""

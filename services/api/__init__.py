@@ -1,0 +1,1 @@
+"""The HTTP API for the ERP and people: machines, states, intervals (FastAPI)."""

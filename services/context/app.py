@@ -1,0 +1,188 @@
+"""The context service: the Sparkplug host application that keeps the record.
+
+It decodes every Sparkplug message (`HostSession`), derives each machine's state on event time
+(`MachineTracker`), writes closed intervals and part counts to the record, and publishes each
+machine's current state as retained JSON at `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from services.context.record import RecordStore
+from services.context.state import Interval, MachineTracker, PartsMade, SignalValue
+from uns.clock import Clock, iso
+from uns.mqtt import BrokerAddress, MqttClient, Will
+from uns.site import Machine, Site, Signal
+from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
+from uns.sparkplug.payload import Quality
+from uns.sparkplug.topic import state_topic
+
+logger = logging.getLogger(__name__)
+
+_GOOD = (None, Quality.GOOD)
+
+
+class ContextService:
+    def __init__(self, site: Site, store: RecordStore, address: BrokerAddress, clock: Clock) -> None:
+        self.site = site
+        self.store = store
+        self.address = address
+        self.clock = clock
+        self.host = HostSession()
+        self._machines: dict[tuple[str, str, str], Machine] = {
+            (site.group_id, m.edge_node, m.id): m for m in site.machines
+        }
+        store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
+        restored = {c.machine_id: c for c in store.current_states()}
+        self.trackers: dict[str, MachineTracker] = {}
+        for m in site.machines:
+            c = restored.get(m.id)
+            self.trackers[m.id] = (
+                MachineTracker(m.id, state=c.state, since_ms=c.since_ms, counter=c.counter)
+                if c is not None and c.since_ms is not None
+                else MachineTracker(m.id)
+            )
+        self._intervals: list[Interval] = []
+        self._parts: list[PartsMade] = []
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._client: MqttClient | None = None
+        self._state_ts = 0
+        self._unknown_devices: set[tuple[str, str, str]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._client = MqttClient(
+            f"uns-host.{self.site.host_id}", self.address, self, loop, will=self._will,
+            subscriptions=(("spBv1.0/#", 0),),
+        )
+        self._client.start()
+
+    def _will(self) -> Will:
+        # The Will and the online STATE of one connection carry the same timestamp.
+        self._state_ts = self.clock.now_ms()
+        return Will(state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True)
+
+    async def stop(self) -> None:
+        """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed."""
+        client = self._client
+        if client is not None:
+            await client.publish_and_wait(
+                state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True
+            )
+        now = self.clock.now_ms()
+        for tracker in self.trackers.values():
+            self._intervals += tracker.lose(now)
+            self._dirty.add(tracker.machine_id)
+        self.flush()
+        if client is not None:
+            client.stop()
+
+    # -- MqttHandler ----------------------------------------------------------------------------
+    def on_connected(self) -> None:
+        assert self._client is not None
+        self._client.publish(state_topic(self.site.host_id), state_payload(True, self._state_ts), qos=1, retain=True)
+        self._dirty.update(self.trackers)  # republish the retained tree
+        self._schedule_flush()
+
+    def on_disconnected(self, reason: str) -> None:
+        now = self.clock.now_ms()
+        for death in self.host.disconnected():
+            self._death(Death(death.group_id, death.edge_node_id, None, now, death.devices))
+        self._schedule_flush()
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        for event in self.host.handle(topic, payload, time.monotonic()):
+            if isinstance(event, MetricsUpdate):
+                self._update(event)
+            elif isinstance(event, Death):
+                self._death(event)
+            elif isinstance(event, RebirthRequest):
+                assert self._client is not None
+                self._client.publish(*event.command(self.clock.now_ms()), qos=0)
+        self._schedule_flush()
+
+    # -- events -------------------------------------------------------------------------------
+    def _machine(self, group: str, edge: str, device: str) -> Machine | None:
+        key = (group, edge, device)
+        machine = self._machines.get(key)
+        if machine is None and key not in self._unknown_devices:
+            self._unknown_devices.add(key)
+            self.host.counters["unknown_devices"] += 1
+            logger.warning("device %s/%s/%s is not in the site model; its data is not recorded", *key)
+        return machine
+
+    def _update(self, event: MetricsUpdate) -> None:
+        if event.device_id is None:
+            return  # node metrics (bdSeq, ...) carry no machine state
+        machine = self._machine(event.group_id, event.edge_node_id, event.device_id)
+        if machine is None:
+            return
+        values = [
+            SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp) for m in event.metrics
+        ]
+        tracker = self.trackers[machine.id]
+        closed, parts = tracker.apply(values, birth=event.is_birth)
+        self._intervals += closed
+        self._parts += parts
+        self._dirty.add(machine.id)
+
+    def _death(self, event: Death) -> None:
+        # A node's death payload was made when it connected: stamp the loss with our own clock.
+        ts = event.timestamp if event.device_id is not None else self.clock.now_ms()
+        devices = (event.device_id,) if event.device_id is not None else event.devices
+        for device in devices:
+            machine = self._machine(event.group_id, event.edge_node_id, device)
+            if machine is not None:
+                self._intervals += self.trackers[machine.id].lose(ts)
+                self._dirty.add(machine.id)
+
+    # -- output ----------------------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what changed to the record, then publish the changed machines' state."""
+        self._flush_scheduled = False
+        if not (self._intervals or self._parts or self._dirty):
+            return
+        dirty = sorted(self._dirty)
+        current = [
+            (m, t.state, t.since_ms, t.updated_ms, t.counter) for m in dirty if (t := self.trackers[m]).since_ms
+        ]
+        self.store.write(self._intervals, self._parts, current)
+        self._intervals, self._parts, self._dirty = [], [], set()
+        client = self._client
+        if client is None or not client.connected:
+            return
+        for machine_id in dirty:
+            machine = self.site.machine(machine_id)
+            client.publish(machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True)
+
+    def state_json(self, machine: Machine) -> dict[str, Any]:
+        t = self.trackers[machine.id]
+        sig = t.signals
+        alarm = sig.get(Signal.ALARM_CODE)
+        return {
+            "machine": machine.id,
+            "name": machine.name,
+            "path": str(machine.path),
+            "state": t.state.value,
+            "since": iso(t.since_ms) if t.since_ms is not None else None,
+            "updated": iso(t.updated_ms) if t.updated_ms is not None else None,
+            "execution": sig.get(Signal.EXECUTION),
+            "mode": sig.get(Signal.MODE),
+            "program": sig.get(Signal.PROGRAM),
+            "alarm": {"code": alarm, "text": sig.get(Signal.ALARM_TEXT)} if alarm else None,
+            "emergency_stop": sig.get(Signal.ESTOP),
+            "part_count": t.counter,
+        }

@@ -1,0 +1,145 @@
+"""The record: closed state intervals, part count increments and each machine's current state.
+
+SQLite by default (one file, WAL). Writes are idempotent: the same interval or count written twice
+is stored once, so replaying the same input gives the same record. See docs/record-schema.md.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.context.state import Interval, MachineState, PartsMade
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS machine (
+    machine_id  TEXT PRIMARY KEY,
+    path        TEXT NOT NULL,
+    name        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS current_state (
+    machine_id  TEXT PRIMARY KEY REFERENCES machine(machine_id),
+    state       TEXT NOT NULL,
+    since_ms    INTEGER,
+    updated_ms  INTEGER,
+    counter     INTEGER
+);
+CREATE TABLE IF NOT EXISTS state_interval (
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    start_ms    INTEGER NOT NULL,
+    end_ms      INTEGER NOT NULL CHECK (end_ms > start_ms),
+    state       TEXT NOT NULL,
+    PRIMARY KEY (machine_id, start_ms)
+);
+CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
+CREATE TABLE IF NOT EXISTS part_count (
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    delta       INTEGER NOT NULL CHECK (delta > 0),
+    counter     INTEGER NOT NULL,
+    PRIMARY KEY (machine_id, ts_ms, counter)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentState:
+    machine_id: str
+    path: str
+    name: str
+    state: MachineState
+    since_ms: int | None
+    updated_ms: int | None
+    counter: int | None
+
+
+class RecordStore:
+    """A SQLite record. Safe to share between the asyncio loop and the API's worker threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def register_machines(self, machines: Iterable[tuple[str, str, str]]) -> None:
+        """(machine id, ISA-95 path, name) of every machine in the site model."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO machine VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE "
+                "SET path = excluded.path, name = excluded.name",
+                list(machines),
+            )
+
+    def write(
+        self,
+        intervals: Iterable[Interval] = (),
+        parts: Iterable[PartsMade] = (),
+        current: Iterable[tuple[str, MachineState, int | None, int | None, int | None]] = (),
+    ) -> None:
+        """Store closed intervals, part counts and current states in one transaction."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
+                    [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
+                    [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
+                    [(m, s.value, since, updated, counter) for m, s, since, updated, counter in current],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- queries -------------------------------------------------------------------------------
+    def current_states(self) -> list[CurrentState]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.machine_id, m.path, m.name, c.state, c.since_ms, c.updated_ms, c.counter "
+                "FROM machine m LEFT JOIN current_state c USING (machine_id) ORDER BY m.path"
+            ).fetchall()
+        return [
+            CurrentState(mid, path, name, MachineState(state or MachineState.COMMS_LOSS), since, updated, counter)
+            for mid, path, name, state, since, updated, counter in rows
+        ]
+
+    def current_state(self, machine_id: str) -> CurrentState | None:
+        return next((c for c in self.current_states() if c.machine_id == machine_id), None)
+
+    def intervals(self, machine_id: str, start_ms: int, end_ms: int) -> list[Interval]:
+        """Closed intervals that overlap [start, end), in time order, not clipped."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT start_ms, end_ms, state FROM state_interval "
+                "WHERE machine_id = ? AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
+                (machine_id, start_ms, end_ms),
+            ).fetchall()
+        return [Interval(machine_id, s, e, MachineState(st)) for s, e, st in rows]
+
+    def parts(self, machine_id: str, start_ms: int, end_ms: int) -> list[PartsMade]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts_ms, delta, counter FROM part_count "
+                "WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
+                (machine_id, start_ms, end_ms),
+            ).fetchall()
+        return [PartsMade(machine_id, ts, d, c) for ts, d, c in rows]

@@ -1,0 +1,149 @@
+"""Machine state on event time, from controller signals. Pure: no sockets, no storage.
+
+The rules, first match wins:
+  comms_loss  no data: the device or its edge node is dead, or execution/mode is unknown or bad
+  down        emergency stop pressed, or an alarm is active (alarm_code != 0)
+  setup       the controller is in MANUAL, MDI or EDIT mode
+  running     AUTOMATIC mode and execution ACTIVE
+  idle        AUTOMATIC mode and not executing (READY, STOPPED, INTERRUPTED, FEED_HOLD)
+
+Intervals are closed on the timestamps the values carry, never on arrival time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import groupby
+
+from uns.site import Signal
+
+Value = bool | int | float | str | None
+
+
+class MachineState(enum.StrEnum):
+    RUNNING = "running"
+    IDLE = "idle"
+    SETUP = "setup"
+    DOWN = "down"
+    COMMS_LOSS = "comms_loss"
+
+
+_SETUP_MODES = frozenset({"MANUAL", "MDI", "EDIT"})
+STATE_SIGNALS = (Signal.EXECUTION, Signal.MODE, Signal.ALARM_CODE, Signal.ESTOP)
+COUNTER_MAX = 2**32 - 1
+
+
+def derive(signals: Mapping[str, Value]) -> MachineState:
+    execution, mode = signals.get(Signal.EXECUTION), signals.get(Signal.MODE)
+    if execution is None or mode is None:
+        return MachineState.COMMS_LOSS
+    if signals.get(Signal.ESTOP) is True or (signals.get(Signal.ALARM_CODE) or 0) != 0:
+        return MachineState.DOWN
+    if mode in _SETUP_MODES:
+        return MachineState.SETUP
+    if execution == "ACTIVE":
+        return MachineState.RUNNING
+    return MachineState.IDLE
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    machine_id: str
+    start_ms: int
+    end_ms: int
+    state: MachineState
+
+
+@dataclass(frozen=True, slots=True)
+class PartsMade:
+    machine_id: str
+    timestamp: int
+    delta: int
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalValue:
+    name: str
+    value: Value  # None: unknown (null or bad quality)
+    timestamp: int
+
+
+class MachineTracker:
+    """One machine's current state and signals; `apply` and `lose` return what to record."""
+
+    def __init__(
+        self,
+        machine_id: str,
+        *,
+        state: MachineState = MachineState.COMMS_LOSS,
+        since_ms: int | None = None,
+        counter: int | None = None,
+    ) -> None:
+        self.machine_id = machine_id
+        self.state = state
+        self.since_ms = since_ms
+        self.counter = counter
+        self.signals: dict[str, Value] = {}
+        self.updated_ms: int | None = since_ms
+        self.late_values = 0
+
+    def _transition(self, ts: int, state: MachineState) -> list[Interval]:
+        if state == self.state and self.since_ms is not None:
+            return []
+        closed: list[Interval] = []
+        if self.since_ms is not None and ts > self.since_ms:
+            closed.append(Interval(self.machine_id, self.since_ms, ts, self.state))
+            self.since_ms = ts
+        elif self.since_ms is None:
+            self.since_ms = ts
+        # ts == since: the old state lasted no time at all; the new one replaces it.
+        self.state = state
+        return closed
+
+    def apply(self, values: Iterable[SignalValue], *, birth: bool = False) -> tuple[list[Interval], list[PartsMade]]:
+        """Apply new signal values in event-time order.
+
+        A birth states every value at once: it takes effect at the latest timestamp among the
+        state signals (and never before the current interval began).
+        """
+        values = sorted(values, key=lambda v: v.timestamp)
+        if birth and values:
+            stamps = [v.timestamp for v in values if v.name in STATE_SIGNALS] or [values[-1].timestamp]
+            at = max(stamps)
+            values = [SignalValue(v.name, v.value, at) for v in values]
+        closed: list[Interval] = []
+        parts: list[PartsMade] = []
+        for stamp, group in groupby(values, key=lambda v: v.timestamp):
+            ts = stamp
+            if self.since_ms is not None and ts < self.since_ms:
+                self.late_values += 1
+                ts = self.since_ms
+            for v in group:
+                if v.name == Signal.PART_COUNT:
+                    made = self._count(ts, v.value)
+                    if made is not None:
+                        parts.append(made)
+                self.signals[v.name] = v.value
+            closed += self._transition(ts, derive(self.signals))
+            self.updated_ms = max(ts, self.updated_ms or ts)
+        return closed, parts
+
+    def _count(self, ts: int, value: Value) -> PartsMade | None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return None
+        last, self.counter = self.counter, value
+        if last is None or value == last:
+            return None
+        # A counter that went down was reset (or wrapped): what it shows now was made since.
+        delta = value - last if value > last else value
+        return PartsMade(self.machine_id, ts, delta, value) if delta > 0 else None
+
+    def lose(self, ts: int) -> list[Interval]:
+        """The machine's data is gone (device or node death, host lost the broker): comms_loss."""
+        self.signals.clear()
+        if self.since_ms is not None:
+            ts = max(ts, self.since_ms)
+        return self._transition(ts, MachineState.COMMS_LOSS)

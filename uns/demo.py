@@ -1,0 +1,155 @@
+"""`uns demo`: the whole stack on one machine, with a simulated job shop.
+
+Mosquitto (ours, on a free loopback port, unless --broker is given), the CNC simulator (one OPC UA
+server per machine), the bridge, the context service and the API, in one asyncio process. Stops on
+Ctrl-C, SIGTERM or after --duration: host STATE offline, NDEATH, record flushed, broker stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import uvicorn
+
+from bridge.runner import run_bridge
+from bridge.sim.cnc import run_simulator
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.context.app import ContextService
+from services.context.record import RecordStore
+from uns.broker import Credentials, Mosquitto, free_port
+from uns.clock import ScaledClock
+from uns.mqtt import BrokerAddress
+from uns.site import Site
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    site: Site
+    data_dir: Path
+    speed: float = 1.0
+    seed: int = 1
+    duration: float | None = None
+    broker: str | None = None
+    mqtt_port: int | None = None
+    api_port: int | None = None
+    truth_file: Path | None = None
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the demo owns Ctrl-C and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _broker_credentials() -> Credentials:
+    missing = [r for r in ("bridge", "services", "viewer") if not os.environ.get(f"UNS_MQTT_{r.upper()}_PASSWORD")]
+    if missing:
+        names = ", ".join(f"UNS_MQTT_{r.upper()}_PASSWORD" for r in missing)
+        raise SystemExit(f"uns demo --broker: set {names} (the passwords of the broker's users)")
+    return Credentials({r: os.environ[f"UNS_MQTT_{r.upper()}_PASSWORD"] for r in ("bridge", "services", "viewer")})
+
+
+async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    data_dir = opts.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mosquitto: Mosquitto | None = None
+    if opts.broker is None:
+        mosquitto = Mosquitto(data_dir / "mosquitto", opts.site.config.enterprise, port=opts.mqtt_port)
+        mosquitto.write_files()
+        mosquitto.start()
+        base = BrokerAddress("127.0.0.1", mosquitto.port)
+        creds = mosquitto.creds
+    else:
+        base = BrokerAddress.parse(opts.broker)
+        creds = _broker_credentials()
+    try:
+        await _run(opts, base, creds, stop, out)
+    finally:
+        if mosquitto is not None:
+            mosquitto.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _run(opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop: asyncio.Event, out: TextIO) -> None:
+    loop = asyncio.get_running_loop()
+    site = opts.site.with_endpoints(
+        {m.id: f"opc.tcp://127.0.0.1:{free_port()}/uns/{m.id}" for m in opts.site.machines}
+    )
+    clock = ScaledClock(origin_ms=_minute_now(), speed=opts.speed)
+    token = os.environ.get("UNS_API_TOKEN") or secrets.token_urlsafe(24)
+    store = RecordStore(opts.data_dir / "record.db")
+    api_port = opts.api_port or free_port()
+    server = _Uvicorn(uvicorn.Config(create_app(ApiSettings(api_token=token), store), host="127.0.0.1",
+                                     port=api_port, log_level="warning", lifespan="off"))
+    context = ContextService(site, store, base.with_credentials("services", creds.password("services")), clock)
+    sim_stop, bridge_stop = asyncio.Event(), asyncio.Event()
+    truth = opts.truth_file
+    sim = asyncio.create_task(run_simulator(list(site.machines), opts.seed, clock, sim_stop, truth), name="demo.sim")
+    api = asyncio.create_task(server.serve(), name="demo.api")
+    context.start(loop)
+    bridge = asyncio.create_task(
+        run_bridge(site, base.with_credentials("bridge", creds.password("bridge")), clock, bridge_stop),
+        name="demo.bridge",
+    )
+    viewer = creds.password("viewer")
+    _banner(out, site, base, api_port, token, viewer, opts)
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({waiter, sim, api, bridge}, timeout=opts.duration,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for task in done - {waiter}:
+            if task.exception() is not None:
+                logger.error("demo: %s failed", task.get_name(), exc_info=task.exception())
+    finally:
+        print("uns demo: stopping", file=out, flush=True)
+        await context.stop()
+        bridge_stop.set()
+        await asyncio.gather(bridge, return_exceptions=True)
+        sim_stop.set()
+        await asyncio.gather(sim, return_exceptions=True)
+        server.should_exit = True
+        await asyncio.gather(api, return_exceptions=True)
+        store.close()
+        print("uns demo: stopped cleanly", file=out, flush=True)
+
+
+def _minute_now() -> int:
+    return int(time.time() // 60 * 60_000)
+
+
+def _banner(out: TextIO, site: Site, base: BrokerAddress, api_port: int, token: str, viewer: str,
+            opts: DemoOptions) -> None:
+    enterprise = site.config.enterprise
+    lines = [
+        f"uns demo: {len(site.machines)} simulated CNC machines at {opts.speed:g}x real time (seed {opts.seed})",
+        f"  API       http://127.0.0.1:{api_port}/api/v1/machines   (OpenAPI: /openapi.json)",
+        f"  API token {token}",
+        f"  MQTT      {base.host}:{base.port}   viewer login: viewer / {viewer}",
+        f"  watch:    mosquitto_sub -h {base.host} -p {base.port} -u viewer -P '{viewer}' -t '{enterprise}/#' -v",
+        f"  try:      curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{api_port}/api/v1/machines",
+        f"  record    {opts.data_dir / 'record.db'}",
+        "  Ctrl-C stops it." if opts.duration is None else f"  stops by itself after {opts.duration:g} s.",
+    ]
+    print("\n".join(lines), file=out, flush=True)
