@@ -206,7 +206,8 @@ class CncOpcUaServer:
         self._server = Server()
         self._vars: dict[Signal, Node] = {}
 
-    async def start(self) -> None:
+    async def start(self, initial: Mapping[str, bool | int | float | str], t_ms: int) -> None:
+        """Start serving, with the controller's signals as they were at `t_ms` from the first read."""
         server = self._server
         await server.init()
         server.set_endpoint(self.endpoint)
@@ -218,6 +219,7 @@ class CncOpcUaServer:
             datatype = SIGNAL_TYPES[signal]
             variant = ua.Variant(_DEFAULTS[datatype], _VARIANT[datatype])
             self._vars[signal] = await obj.add_variable(ua.NodeId(name, idx), name, variant)
+        await self.write(initial, t_ms)
         await server.start()
 
     async def write(self, values: Mapping[str, bool | int | float | str], t_ms: int) -> None:

@@ -49,6 +49,10 @@ class ScaledClock:
     def now_ms(self) -> int:
         return self.origin_ms + int((time.time() - self.wall_start) * 1000 * self._speed)
 
+    def restart(self) -> None:
+        """Event time is `origin_ms` again now (a simulation whose start was delayed)."""
+        self.wall_start = time.time()
+
     def wall_seconds_until(self, event_ms: int) -> float:
         """How long to sleep on the wall clock until event time reaches `event_ms`."""
         target = self.wall_start + (event_ms - self.origin_ms) / 1000 / self._speed

@@ -103,9 +103,14 @@ async def _run(opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop:
     server = _Uvicorn(uvicorn.Config(create_app(ApiSettings(api_token=token), store), host="127.0.0.1",
                                      port=api_port, log_level="warning", lifespan="off"))
     context = ContextService(site, store, base.with_credentials("services", creds.password("services")), clock)
-    sim_stop, bridge_stop = asyncio.Event(), asyncio.Event()
-    truth = opts.truth_file
-    sim = asyncio.create_task(run_simulator(list(site.machines), opts.seed, clock, sim_stop, truth), name="demo.sim")
+    sim_stop, bridge_stop, sim_ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    print(f"uns demo: starting {len(site.machines)} simulated CNC controllers (OPC UA servers)...", file=out, flush=True)
+    sim = asyncio.create_task(
+        run_simulator(list(site.machines), opts.seed, clock, sim_stop, opts.truth_file, sim_ready), name="demo.sim"
+    )
+    await asyncio.wait({sim, asyncio.create_task(sim_ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if sim.done():
+        await sim  # it failed to start: raise why
     api = asyncio.create_task(server.serve(), name="demo.api")
     context.start(loop)
     bridge = asyncio.create_task(

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.opcua import CncOpcUaServer
-from bridge.sim.scenario import MachineScenario
+from bridge.sim.scenario import Change, MachineScenario
 from uns.clock import ScaledClock, iso
 from uns.site import Machine
 
 logger = logging.getLogger(__name__)
 
 
-async def _drive(server: CncOpcUaServer, scenario: MachineScenario, clock: ScaledClock) -> None:
-    for change in scenario.changes():
+async def _drive(server: CncOpcUaServer, changes: Iterator[Change], clock: ScaledClock) -> None:
+    for change in changes:
         delay = clock.wall_seconds_until(change.t_ms)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -43,20 +44,37 @@ def truth_document(scenarios: list[MachineScenario], end_ms: int) -> dict[str, o
 
 
 async def run_simulator(
-    machines: list[Machine], seed: int, clock: ScaledClock, stop: asyncio.Event, truth_path: Path | None = None
+    machines: list[Machine],
+    seed: int,
+    clock: ScaledClock,
+    stop: asyncio.Event,
+    truth_path: Path | None = None,
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Serve every machine until `stop` is set; then write the ground truth (if asked) and stop."""
+    """Serve every machine until `stop` is set; then write the ground truth (if asked) and stop.
+
+    The servers take a moment to start (asyncua builds the standard address space, about two
+    seconds of CPU each); `ready` is set once they all serve, with the scenario's origin values.
+    """
     scenarios = [MachineScenario(m.id, seed, clock.origin_ms) for m in machines]
     servers = [CncOpcUaServer(m.id, m.source.endpoint) for m in machines]
+    changes = [sc.changes() for sc in scenarios]
     started: list[CncOpcUaServer] = []
+
+    async def start(server: CncOpcUaServer, machine_changes: Iterator[Change]) -> None:
+        first = next(machine_changes)
+        await server.start(first.values, first.t_ms)
+        started.append(server)
+
     try:
-        for server in servers:
-            await server.start()
-            started.append(server)
+        await asyncio.gather(*(start(s, c) for s, c in zip(servers, changes, strict=True)))
+        clock.restart()  # the scenario's time runs from now, not from when the servers were being built
+        if ready is not None:
+            ready.set()
         logger.info("simulator: %d CNC machines serving OPC UA (seed %d, speed %gx)", len(servers), seed, clock.speed)
         tasks = [
-            asyncio.create_task(_drive(server, sc, clock), name=f"sim[{sc.machine_id}].drive")
-            for server, sc in zip(servers, scenarios, strict=True)
+            asyncio.create_task(_drive(server, c, clock), name=f"sim[{server.machine_id}].drive")
+            for server, c in zip(servers, changes, strict=True)
         ]
         try:
             await stop.wait()
