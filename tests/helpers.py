@@ -1,0 +1,79 @@
+"""Test helpers: an MQTT client that records what it receives and can wait for a message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from uns.broker import Mosquitto
+from uns.mqtt import BrokerAddress, MqttClient, Will
+
+
+# Every client a test starts; the autouse fixture in conftest.py stops them after the test.
+OPEN: list[MqttClient] = []
+
+
+def track(client: MqttClient | None) -> None:
+    assert client is not None
+    OPEN.append(client)
+
+
+@dataclass
+class Recorder:
+    """An MqttHandler that keeps every message (topic, payload) in order."""
+
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    connects: int = 0
+    client: MqttClient | None = None
+
+    def on_connected(self) -> None:
+        self.connects += 1
+
+    def on_disconnected(self, reason: str) -> None:
+        pass
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.messages]
+
+    async def wait_for(
+        self, predicate: Callable[[str, bytes], bool], timeout: float = 10.0, count: int = 1
+    ) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [(t, p) for t, p in self.messages if predicate(t, p)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting; received {self.topics()}")
+            await asyncio.sleep(0.02)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.client is None or not self.client.connected:
+            if time.monotonic() > deadline:
+                raise AssertionError("MQTT client did not connect")
+            await asyncio.sleep(0.02)
+
+
+def address(broker: Mosquitto, role: str) -> BrokerAddress:
+    return BrokerAddress("127.0.0.1", broker.port, role, broker.creds.password(role))
+
+
+async def recorder(
+    broker: Mosquitto, role: str, *filters: str, client_id: str = "recorder", will: Will | None = None
+) -> Recorder:
+    rec = Recorder()
+    rec.client = MqttClient(
+        client_id, address(broker, role), rec, asyncio.get_running_loop(),
+        subscriptions=tuple((f, 1) for f in filters), will=(lambda: will) if will else None,
+    )
+    rec.client.start()
+    track(rec.client)
+    await rec.wait_connected()
+    await asyncio.sleep(0.1)  # let the SUBACK arrive
+    return rec

@@ -1,0 +1,96 @@
+"""The site model: the example loads; bad files give errors with file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uns.cli import DEFAULT_SITE
+from uns.site import SiteConfigError, load_site, parse_site
+
+GOOD = """\
+enterprise: acme
+site: dayton
+sparkplug:
+  group_id: dayton
+areas:
+  - name: machining
+    lines:
+      - name: mills
+        cells:
+          - name: cell-1
+            machines:
+              - id: vf2-01
+                source:
+                  protocol: opcua
+                  endpoint: opc.tcp://127.0.0.1:4840
+                  signals: {execution: "ns=2;s=E", mode: "ns=2;s=M", part_count: "ns=2;s=P",
+                            alarm_code: "ns=2;s=A", estop: "ns=2;s=S"}
+"""
+
+
+def test_the_example_site_loads() -> None:
+    site = load_site(DEFAULT_SITE)
+    assert len(site.machines) >= 6
+    assert str(site.machine("vf2-01").path) == "acme/dayton/machining/mills/cell-1/vf2-01"
+    assert set(site.edge_nodes()) == {"edge-machining", "edge-finishing"}
+
+
+def test_a_minimal_site_loads_with_defaults() -> None:
+    site = parse_site(GOOD)
+    [m] = site.machines
+    assert m.edge_node == "edge1"
+    assert site.host_id == "uns-host"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(SiteConfigError) as err:
+        parse_site(text, "plant.yaml")
+    return err.value.problems
+
+
+def test_unknown_key_names_file_line_and_field() -> None:
+    text = GOOD.replace("              - id: vf2-01\n", "              - id: vf2-01\n                nmae: typo\n")
+    assert problems(text) == ["plant.yaml:13: areas[0].lines[0].cells[0].machines[0].nmae: unknown field (a typo?)"]
+
+
+def test_wrong_type_names_file_line_and_field() -> None:
+    text = GOOD.replace("endpoint: opc.tcp://127.0.0.1:4840", "endpoint: opc.tcp://127.0.0.1:4840\n"
+                        "                  publishing_interval_ms: fast")
+    [p] = problems(text)
+    assert p.startswith("plant.yaml:16: areas[0].lines[0].cells[0].machines[0].source.publishing_interval_ms: ")
+    assert "integer" in p
+
+
+def test_missing_field_and_missing_signal() -> None:
+    text = GOOD.replace("sparkplug:\n  group_id: dayton\n", "").replace('estop: "ns=2;s=S"', 'program: "x"')
+    found = problems(text)
+    assert "plant.yaml:1: sparkplug: Field required" in found
+    assert any(p.startswith("plant.yaml:14: ") and "missing required signals: estop" in p for p in found)
+
+
+def test_duplicate_machine_id() -> None:
+    machine = GOOD[GOOD.index("              - id: vf2-01"):]
+    [p] = problems(GOOD + machine)
+    assert p == (
+        "plant.yaml:18: areas[0].lines[0].cells[0].machines[1].id: duplicate machine id 'vf2-01' (first at line 12)"
+    )
+
+
+@pytest.mark.parametrize("bad", ["cell/1", "cell+", "cell#", "", "my cell", "$SYS"])
+def test_invalid_path_segment(bad: str) -> None:
+    [p] = problems(GOOD.replace("name: cell-1", f"name: '{bad}'"))
+    assert p.startswith("plant.yaml:10: areas[0].lines[0].cells[0].name: ")
+    assert "not a valid topic level" in p
+
+
+def test_duplicate_yaml_key() -> None:
+    [p] = problems(GOOD.replace("site: dayton\n", "site: dayton\nsite: other\n"))
+    assert p == "plant.yaml:3: site: duplicate key 'site'"
+
+
+def test_not_yaml_and_unreadable_file(tmp_path: Path) -> None:
+    assert problems("enterprise: [unclosed\n")[0].startswith("plant.yaml:")
+    with pytest.raises(SiteConfigError, match="cannot read the site model"):
+        load_site(tmp_path / "missing.yaml")
