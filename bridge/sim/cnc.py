@@ -20,8 +20,13 @@ from uns.site import Machine
 logger = logging.getLogger(__name__)
 
 
-async def _drive(server: CncOpcUaServer, changes: Iterator[Change], clock: ScaledClock) -> None:
+async def drive(
+    server: CncOpcUaServer, changes: Iterator[Change], clock: ScaledClock, until_ms: int | None = None
+) -> None:
+    """Write each change when event time reaches it (all of them before `until_ms`, if given)."""
     for change in changes:
+        if until_ms is not None and change.t_ms >= until_ms:
+            return
         delay = clock.wall_seconds_until(change.t_ms)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -73,7 +78,7 @@ async def run_simulator(
             ready.set()
         logger.info("simulator: %d CNC machines serving OPC UA (seed %d, speed %gx)", len(servers), seed, clock.speed)
         tasks = [
-            asyncio.create_task(_drive(server, c, clock), name=f"sim[{server.machine_id}].drive")
+            asyncio.create_task(drive(server, c, clock), name=f"sim[{server.machine_id}].drive")
             for server, c in zip(servers, changes, strict=True)
         ]
         try:

@@ -1,0 +1,90 @@
+"""End to end: simulated CNC controllers (real OPC UA servers) -> bridge -> Mosquitto -> context
+service -> record, compared with the scenario's own ground truth.
+
+Tolerance: interval boundaries must match the ground truth to within 1 ms (the values carry the
+controllers' source timestamps all the way; 1 ms allows for rounding of OPC UA's 100 ns clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from bridge.opcua import CncOpcUaServer
+from bridge.runner import run_bridge
+from bridge.sim.cnc import drive
+from bridge.sim.scenario import MachineScenario
+from services.context.app import ContextService
+from services.context.record import RecordStore
+from tests.helpers import address, track
+from uns.broker import Mosquitto, free_port
+from uns.cli import DEFAULT_SITE
+from uns.clock import ScaledClock
+from uns.site import load_site
+
+TOLERANCE_MS = 1
+SPEED = 1800.0  # half an hour of shop time per second
+HORIZON_MS = 3 * 3600 * 1000  # three hours of scenario
+ORIGIN_MS = 1_795_300_000_000
+MACHINES = ("vf2-01", "st20-01", "grind-01")  # two edge nodes
+
+
+async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    full = load_site(DEFAULT_SITE)
+    site = full.with_endpoints({m: f"opc.tcp://127.0.0.1:{free_port()}/sim/{m}" for m in MACHINES})
+    site = type(site)(site.config, tuple(m for m in site.machines if m.id in MACHINES))
+    clock = ScaledClock(ORIGIN_MS, SPEED)
+    scenarios = {m.id: MachineScenario(m.id, seed=42, origin_ms=ORIGIN_MS) for m in site.machines}
+    servers, changes = {}, {}
+    for m in site.machines:
+        changes[m.id] = scenarios[m.id].changes()
+        first = next(changes[m.id])
+        servers[m.id] = CncOpcUaServer(m.id, m.source.endpoint)
+        await servers[m.id].start(first.values, first.t_ms)
+
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), clock)
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(run_bridge(site, address(mosquitto, "bridge"), clock, stop))
+    # wait until every machine is born in the record, then let the scenario run
+    deadline = time.monotonic() + 30
+    while any(t.since_ms is None for t in context.trackers.values()):
+        assert time.monotonic() < deadline, "machines never came online"
+        await asyncio.sleep(0.05)
+    clock.restart()
+    end_ms = ORIGIN_MS + HORIZON_MS
+    await asyncio.gather(*(drive(servers[m], changes[m], clock, until_ms=end_ms) for m in servers))
+    await asyncio.sleep(1.0)  # let the last values through
+
+    for machine_id, scenario in scenarios.items():
+        truth = scenario.truth(end_ms)
+        recorded = store.intervals(machine_id, ORIGIN_MS, end_ms + 1)
+        assert len(recorded) == len(truth) - 1, f"{machine_id}: {len(recorded)} intervals, truth {len(truth) - 1}"
+        for rec, real in zip(recorded, truth, strict=False):
+            assert rec.state == real.state, f"{machine_id} at {real.start_ms}: {rec} vs {real}"
+            assert abs(rec.start_ms - real.start_ms) <= TOLERANCE_MS
+            assert abs(rec.end_ms - real.end_ms) <= TOLERANCE_MS
+        tracker = context.trackers[machine_id]
+        assert (tracker.state, tracker.since_ms) == (truth[-1].state, truth[-1].start_ms)
+        made = sum(p.delta for p in store.parts(machine_id, ORIGIN_MS, end_ms + 1))
+        assert made == scenario.parts_until(end_ms) > 0
+        assert {i.state for i in truth} >= {"running", "idle", "setup"}
+
+    # a machine whose controller goes away becomes comms_loss, not a stretched last state
+    await servers["vf2-01"].stop()
+    deadline = time.monotonic() + 20
+    while context.trackers["vf2-01"].state != "comms_loss":
+        assert time.monotonic() < deadline, "a lost controller did not become comms_loss"
+        await asyncio.sleep(0.05)
+    stop.set()
+    await bridge
+    await context.stop()
+    for m, server in servers.items():
+        if m != "vf2-01":
+            await server.stop()
+    store.close()
+    assert context.host.counters["seq_gaps"] == 0
+    assert context.host.counters["malformed"] == 0
