@@ -113,6 +113,8 @@ class OpcUaReader:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
+        # asyncua hands over a publish response item by item; put it back in time order
+        batch.sort(key=lambda sample: sample.timestamp)
         if batch and self._online:
             self._on_samples(batch)
 

@@ -1,0 +1,102 @@
+"""The API against a real SQLite record: token required, machines, intervals, bad requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.context.record import RecordStore
+from services.context.state import Interval, MachineState, PartsMade
+
+TOKEN = "t" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+T0 = 1_795_300_000_000  # 2026-11-21T22:26:40Z
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    store = RecordStore(tmp_path / "record.db")
+    store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),
+                             ("st20-01", "acme/dayton/machining/lathes/cell-3/st20-01", "Haas ST-20")])
+    store.write(
+        [Interval("vf2-01", T0, T0 + 60_000, MachineState.SETUP),
+         Interval("vf2-01", T0 + 60_000, T0 + 120_000, MachineState.RUNNING)],
+        [PartsMade("vf2-01", T0 + 120_000, 1, 11)],
+        [("vf2-01", MachineState.IDLE, T0 + 120_000, T0 + 125_000, 11)],
+    )
+    with TestClient(create_app(ApiSettings(api_token=TOKEN), store)) as c:
+        yield c
+    store.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/machines", "/openapi.json",
+                                  "/api/v1/machines/vf2-01/intervals?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}])
+def test_every_route_needs_the_token(client: TestClient, path: str, headers: dict[str, str]) -> None:
+    response = client.get(path, headers=headers)
+    assert response.status_code == 401
+    assert "bearer token" in response.json()["detail"]
+
+
+def test_machines_with_state_and_since(client: TestClient) -> None:
+    response = client.get("/api/v1/machines", headers=AUTH)
+    assert response.status_code == 200
+    by_id = {m["id"]: m for m in response.json()}
+    assert by_id["vf2-01"]["state"] == "idle"
+    assert by_id["vf2-01"]["since"] == "2026-11-21T22:28:40.000Z"
+    assert by_id["vf2-01"]["path"] == "acme/dayton/machining/mills/cell-1/vf2-01"
+    assert by_id["st20-01"]["state"] == "comms_loss"  # never heard from
+    assert by_id["st20-01"]["since"] is None
+
+
+def test_intervals_in_a_window_with_the_open_one_last(client: TestClient) -> None:
+    response = client.get(
+        "/api/v1/machines/vf2-01/intervals",
+        params={"start": "2026-11-21T22:20:00Z", "end": "2026-11-21T23:00:00+00:00"},
+        headers=AUTH,
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert [(i["state"], i["duration_s"]) for i in body["intervals"]] == [
+        ("setup", 60.0), ("running", 60.0), ("idle", None)
+    ]
+    assert body["intervals"][-1]["end"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "detail"),
+    [
+        ({"start": "2026-11-22T04:00:00Z", "end": "2026-11-22T03:00:00Z"}, 422, "end must be after start"),
+        ({"start": "2026-11-22T03:00:00", "end": "2026-11-22T04:00:00Z"}, 422, "timezone"),
+        ({"start": "yesterday", "end": "2026-11-22T04:00:00Z"}, 422, "datetime"),
+        ({"end": "2026-11-22T04:00:00Z"}, 422, "Field required"),
+        ({"start": "2026-01-01T00:00:00Z", "end": "2026-11-22T04:00:00Z"}, 422, "longer than 31 days"),
+    ],
+)
+def test_bad_windows_are_rejected_clearly(client: TestClient, params: dict[str, str], status: int,
+                                          detail: str) -> None:
+    response = client.get("/api/v1/machines/vf2-01/intervals", params=params, headers=AUTH)
+    assert response.status_code == status
+    assert detail in str(response.json()["detail"])
+
+
+def test_unknown_machine_is_404(client: TestClient) -> None:
+    response = client.get("/api/v1/machines/nope/intervals",
+                          params={"start": "2026-11-22T03:00:00Z", "end": "2026-11-22T04:00:00Z"}, headers=AUTH)
+    assert response.status_code == 404
+    assert "no machine 'nope'" in response.json()["detail"]
+
+
+def test_openapi_describes_the_routes(client: TestClient) -> None:
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    assert {"/api/v1/machines", "/api/v1/machines/{machine_id}/intervals"} <= set(spec["paths"])
+
+
+def test_a_short_token_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="api_token"):
+        ApiSettings(api_token="short")
