@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asyncua import Client, Node, Server, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.server.server import Server
 
 from bridge.signals import SIGNAL_TYPES, coerce
 from uns.site import Machine, Signal
@@ -34,7 +37,6 @@ def _ms(dt: datetime | None) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return (dt - _EPOCH) // _MS
-
 
 
 class _Handler:
@@ -128,8 +130,12 @@ class OpcUaReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the machine's connection: report, retry
-                logger.warning("machine %s: OPC UA %s: %s", self.machine.id, self.machine.source.endpoint,
-                               exc or type(exc).__name__)
+                logger.warning(
+                    "machine %s: OPC UA %s: %s",
+                    self.machine.id,
+                    self.machine.source.endpoint,
+                    exc or type(exc).__name__,
+                )
             if self._online:
                 self._online = False
                 self.counters["losses"] += 1
@@ -160,8 +166,12 @@ class OpcUaReader:
             results = await sub.subscribe_data_change(nodes, queuesize=1000)
             for signal, result in zip(source.signals, results, strict=True):
                 if isinstance(result, ua.StatusCode):
-                    raise ConnectionError(f"cannot subscribe to {signal} ({source.signals[signal]}): {result.name}")
-            logger.info("machine %s: subscribed to %d signals at %s", self.machine.id, len(nodes), source.endpoint)
+                    raise ConnectionError(
+                        f"cannot subscribe to {signal} ({source.signals[signal]}): {result.name}"
+                    )
+            logger.info(
+                "machine %s: subscribed to %d signals at %s", self.machine.id, len(nodes), source.endpoint
+            )
             await self._lost.wait()
             raise ConnectionError("connection lost")
         finally:
@@ -195,7 +205,11 @@ NODE_NAMES: dict[Signal, str] = {
     Signal.FEED_OVERRIDE: "FeedOverride",
 }
 _DEFAULTS: dict[DataType, bool | int | float | str] = {
-    DataType.STRING: "", DataType.UINT32: 0, DataType.INT32: 0, DataType.BOOLEAN: False, DataType.DOUBLE: 0.0,
+    DataType.STRING: "",
+    DataType.UINT32: 0,
+    DataType.INT32: 0,
+    DataType.BOOLEAN: False,
+    DataType.DOUBLE: 0.0,
 }
 
 
@@ -220,13 +234,15 @@ class CncOpcUaServer:
         for signal, name in NODE_NAMES.items():
             datatype = SIGNAL_TYPES[signal]
             variant = ua.Variant(_DEFAULTS[datatype], _VARIANT[datatype])
-            self._vars[signal] = await obj.add_variable(ua.NodeId(name, idx), name, variant)
+            self._vars[signal] = await obj.add_variable(
+                ua.NodeId.from_string(f"ns={idx};s={name}"), name, variant
+            )
         await self.write(initial, t_ms)
         await server.start()
 
     async def write(self, values: Mapping[str, bool | int | float | str], t_ms: int) -> None:
         """Set signals as the controller saw them at `t_ms` (the source timestamp)."""
-        when = datetime.fromtimestamp(t_ms / 1000, UTC)
+        when = ua.DateTime.fromtimestamp(t_ms / 1000, UTC)
         for name, value in values.items():
             signal = Signal(name)
             dv = ua.DataValue(ua.Variant(value, _VARIANT[SIGNAL_TYPES[signal]]), SourceTimestamp=when)

@@ -39,7 +39,11 @@ def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader:
 
 
 async def run_bridge(
-    site: Site, address: BrokerAddress, clock: Clock, stop: asyncio.Event, edge_node_ids: list[str] | None = None
+    site: Site,
+    address: BrokerAddress,
+    clock: Clock,
+    stop: asyncio.Event,
+    edge_node_ids: list[str] | None = None,
 ) -> None:
     """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH)."""
     loop = asyncio.get_running_loop()
@@ -56,16 +60,16 @@ async def run_bridge(
                 for machine in site.edge_nodes()[node.session.edge_node_id]:
                     tg.create_task(_reader(node, machine, clock).run(), name=f"bridge[{machine.id}].opcua")
             tg.create_task(_cancel_on(stop), name="bridge.stop")
-    except* _Stopped:
+    except* _StopRequestedError:
         pass
     finally:
         await asyncio.gather(*(node.stop() for node in nodes))
 
 
-class _Stopped(Exception):
+class _StopRequestedError(Exception):
     pass
 
 
 async def _cancel_on(stop: asyncio.Event) -> None:
     await stop.wait()
-    raise _Stopped
+    raise _StopRequestedError

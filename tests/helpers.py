@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from uns.broker import Mosquitto
 from uns.mqtt import BrokerAddress, MqttClient, Will
 
-
 # Every client a test starts; the autouse fixture in conftest.py stops them after the test.
 OPEN: list[MqttClient] = []
 
@@ -69,8 +68,12 @@ async def recorder(
 ) -> Recorder:
     rec = Recorder()
     rec.client = MqttClient(
-        client_id, address(broker, role), rec, asyncio.get_running_loop(),
-        subscriptions=tuple((f, 1) for f in filters), will=(lambda: will) if will else None,
+        client_id,
+        address(broker, role),
+        rec,
+        asyncio.get_running_loop(),
+        subscriptions=tuple((f, 1) for f in filters),
+        will=(lambda: will) if will else None,
     )
     rec.client.start()
     track(rec.client)

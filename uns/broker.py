@@ -109,8 +109,9 @@ def make_password_file(path: Path, creds: Credentials) -> None:
 class Mosquitto:
     """A Mosquitto process on a loopback port with the project's config, ACL and fresh passwords."""
 
-    def __init__(self, workdir: Path, enterprise: str, *, port: int | None = None,
-                 creds: Credentials | None = None) -> None:
+    def __init__(
+        self, workdir: Path, enterprise: str, *, port: int | None = None, creds: Credentials | None = None
+    ) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (make test / make demo installs it with apt-get)")
         self.workdir = workdir
@@ -128,8 +129,9 @@ class Mosquitto:
         make_password_file(passwd, self.creds)
         acl.write_text(render_acl(self.enterprise))
         base = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
-        conf.write_text(render_config(base, port=self.port, passwd=passwd, acl=acl, data_dir=data,
-                                      log_file=self.log_file))
+        conf.write_text(
+            render_config(base, port=self.port, passwd=passwd, acl=acl, data_dir=data, log_file=self.log_file)
+        )
         return conf
 
     def start(self, timeout: float = 10.0) -> None:

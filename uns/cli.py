@@ -29,20 +29,32 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uns", description="Shop-floor unified namespace on MQTT and Sparkplug B")
+    p = argparse.ArgumentParser(
+        prog="uns", description="Shop-floor unified namespace on MQTT and Sparkplug B"
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole stack with a simulated job shop")
-    demo.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site model (default: the example shop)")
-    demo.add_argument("--speed", type=_positive, default=1.0, help="simulated time per real second (default 1)")
+    demo.add_argument(
+        "--site", type=Path, default=DEFAULT_SITE, help="site model (default: the example shop)"
+    )
+    demo.add_argument(
+        "--speed", type=_positive, default=1.0, help="simulated time per real second (default 1)"
+    )
     demo.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
     demo.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of our own")
-    demo.add_argument("--mqtt-port", type=_port, default=None, help="port for our Mosquitto (default: a free one)")
+    demo.add_argument(
+        "--mqtt-port", type=_port, default=None, help="port for our Mosquitto (default: a free one)"
+    )
     demo.add_argument("--api-port", type=_port, default=None, help="port for the API (default: a free one)")
-    demo.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="record, broker files (var/demo)")
-    demo.add_argument("--truth", type=Path, default=None, help="write the simulator's ground truth here on exit")
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("var/demo"), help="record, broker files (var/demo)"
+    )
+    demo.add_argument(
+        "--truth", type=Path, default=None, help="write the simulator's ground truth here on exit"
+    )
 
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
@@ -69,8 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         from uns.demo import DemoOptions, run_demo
 
         site = load_site(args.site)
-        opts = DemoOptions(site, args.data_dir, args.speed, args.seed, args.duration, args.broker,
-                           args.mqtt_port, args.api_port, args.truth)
+        opts = DemoOptions(
+            site,
+            args.data_dir,
+            args.speed,
+            args.seed,
+            args.duration,
+            args.broker,
+            args.mqtt_port,
+            args.api_port,
+            args.truth,
+        )
         asyncio.run(run_demo(opts))
         return 0
     except SiteConfigError as exc:

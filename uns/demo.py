@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 import uvicorn
+from pydantic import SecretStr
 
 from bridge.runner import run_bridge
 from bridge.sim.cnc import run_simulator
@@ -58,11 +59,15 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _broker_credentials() -> Credentials:
-    missing = [r for r in ("bridge", "services", "viewer") if not os.environ.get(f"UNS_MQTT_{r.upper()}_PASSWORD")]
+    missing = [
+        r for r in ("bridge", "services", "viewer") if not os.environ.get(f"UNS_MQTT_{r.upper()}_PASSWORD")
+    ]
     if missing:
         names = ", ".join(f"UNS_MQTT_{r.upper()}_PASSWORD" for r in missing)
         raise SystemExit(f"uns demo --broker: set {names} (the passwords of the broker's users)")
-    return Credentials({r: os.environ[f"UNS_MQTT_{r.upper()}_PASSWORD"] for r in ("bridge", "services", "viewer")})
+    return Credentials(
+        {r: os.environ[f"UNS_MQTT_{r.upper()}_PASSWORD"] for r in ("bridge", "services", "viewer")}
+    )
 
 
 async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> None:
@@ -91,7 +96,9 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _run(opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop: asyncio.Event, out: TextIO) -> None:
+async def _run(
+    opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop: asyncio.Event, out: TextIO
+) -> None:
     loop = asyncio.get_running_loop()
     site = opts.site.with_endpoints(
         {m.id: f"opc.tcp://127.0.0.1:{free_port()}/uns/{m.id}" for m in opts.site.machines}
@@ -100,13 +107,27 @@ async def _run(opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop:
     token = os.environ.get("UNS_API_TOKEN") or secrets.token_urlsafe(24)
     store = RecordStore(opts.data_dir / "record.db")
     api_port = opts.api_port or free_port()
-    server = _Uvicorn(uvicorn.Config(create_app(ApiSettings(api_token=token), store), host="127.0.0.1",
-                                     port=api_port, log_level="warning", lifespan="off"))
-    context = ContextService(site, store, base.with_credentials("services", creds.password("services")), clock)
+    server = _Uvicorn(
+        uvicorn.Config(
+            create_app(ApiSettings(api_token=SecretStr(token)), store),
+            host="127.0.0.1",
+            port=api_port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    context = ContextService(
+        site, store, base.with_credentials("services", creds.password("services")), clock
+    )
     sim_stop, bridge_stop, sim_ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    print(f"uns demo: starting {len(site.machines)} simulated CNC controllers (OPC UA servers)...", file=out, flush=True)
+    print(
+        f"uns demo: starting {len(site.machines)} simulated CNC controllers (OPC UA servers)...",
+        file=out,
+        flush=True,
+    )
     sim = asyncio.create_task(
-        run_simulator(list(site.machines), opts.seed, clock, sim_stop, opts.truth_file, sim_ready), name="demo.sim"
+        run_simulator(list(site.machines), opts.seed, clock, sim_stop, opts.truth_file, sim_ready),
+        name="demo.sim",
     )
     await asyncio.wait({sim, asyncio.create_task(sim_ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if sim.done():
@@ -121,8 +142,9 @@ async def _run(opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop:
     _banner(out, site, base, api_port, token, viewer, opts)
     try:
         waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({waiter, sim, api, bridge}, timeout=opts.duration,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, sim, api, bridge}, timeout=opts.duration, return_when=asyncio.FIRST_COMPLETED
+        )
         waiter.cancel()
         for task in done - {waiter}:
             if task.exception() is not None:
@@ -144,16 +166,19 @@ def _minute_now() -> int:
     return int(time.time() // 60 * 60_000)
 
 
-def _banner(out: TextIO, site: Site, base: BrokerAddress, api_port: int, token: str, viewer: str,
-            opts: DemoOptions) -> None:
+def _banner(
+    out: TextIO, site: Site, base: BrokerAddress, api_port: int, token: str, viewer: str, opts: DemoOptions
+) -> None:
     enterprise = site.config.enterprise
+    api = f"http://127.0.0.1:{api_port}/api/v1/machines"
+    host, port = base.host, base.port
     lines = [
-        f"uns demo: {len(site.machines)} simulated CNC machines at {opts.speed:g}x real time (seed {opts.seed})",
-        f"  API       http://127.0.0.1:{api_port}/api/v1/machines   (OpenAPI: /openapi.json)",
+        f"uns demo: {len(site.machines)} simulated CNC machines, {opts.speed:g}x real time, seed {opts.seed}",
+        f"  API       {api}   (OpenAPI: /openapi.json)",
         f"  API token {token}",
-        f"  MQTT      {base.host}:{base.port}   viewer login: viewer / {viewer}",
-        f"  watch:    mosquitto_sub -h {base.host} -p {base.port} -u viewer -P '{viewer}' -t '{enterprise}/#' -v",
-        f"  try:      curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{api_port}/api/v1/machines",
+        f"  MQTT      {host}:{port}   viewer login: viewer / {viewer}",
+        f"  watch:    mosquitto_sub -h {host} -p {port} -u viewer -P '{viewer}' -t '{enterprise}/#' -v",
+        f"  try:      curl -H 'Authorization: Bearer {token}' {api}",
         f"  record    {opts.data_dir / 'record.db'}",
         "  Ctrl-C stops it." if opts.duration is None else f"  stops by itself after {opts.duration:g} s.",
     ]

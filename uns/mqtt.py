@@ -9,6 +9,7 @@ timestamp can change per connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -42,7 +43,9 @@ class BrokerAddress:
         """`mqtt://user:password@host:port` (credentials may also come separately)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"broker URL {_redact(url)!r}: scheme must be mqtt:// (TLS is not supported yet)")
+            raise ValueError(
+                f"broker URL {_redact(url)!r}: scheme must be mqtt:// (TLS is not supported yet)"
+            )
         if not parts.hostname:
             raise ValueError(f"broker URL {_redact(url)!r} has no host")
         try:
@@ -148,7 +151,9 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
         if reason.is_failure:
-            logger.error("MQTT %s: broker %s refused the connection: %s", self.client_id, self.address, reason)
+            logger.error(
+                "MQTT %s: broker %s refused the connection: %s", self.client_id, self.address, reason
+            )
             return
         if self._subscriptions:
             client.subscribe(list(self._subscriptions))
@@ -171,10 +176,8 @@ class MqttClient:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
             self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: we are shutting down
-            pass
 
     # -- the asyncio loop --------------------------------------------------------------------
     def _drain(self) -> None:
@@ -198,7 +201,7 @@ class MqttClient:
                 handler.on_disconnected(a)
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
         self._client.connect_async(
             self.address.host, self.address.port, self._keepalive, clean_start=True, properties=props
@@ -216,8 +219,9 @@ class MqttClient:
             return False
         return True
 
-    async def publish_and_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                               timeout: float = 5.0) -> bool:
+    async def publish_and_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 5.0
+    ) -> bool:
         """Publish and wait until the broker has it (QoS 1) or the timeout passes."""
         if not self._connected:
             return False

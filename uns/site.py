@@ -42,7 +42,9 @@ class Signal(enum.StrEnum):
     FEED_OVERRIDE = "feed_override"  # percent
 
 
-REQUIRED_SIGNALS = frozenset({Signal.EXECUTION, Signal.MODE, Signal.PART_COUNT, Signal.ALARM_CODE, Signal.ESTOP})
+REQUIRED_SIGNALS = frozenset(
+    {Signal.EXECUTION, Signal.MODE, Signal.PART_COUNT, Signal.ALARM_CODE, Signal.ESTOP}
+)
 
 
 def _segment(level: str) -> AfterValidator:
@@ -161,8 +163,13 @@ class Site:
     def with_endpoints(self, endpoints: dict[str, str]) -> Site:
         """The same site with some machines' OPC UA endpoints replaced (the demo picks free ports)."""
         machines = tuple(
-            Machine(m.id, m.name, m.path, m.edge_node,
-                    m.source.model_copy(update={"endpoint": endpoints[m.id]}) if m.id in endpoints else m.source)
+            Machine(
+                m.id,
+                m.name,
+                m.path,
+                m.edge_node,
+                m.source.model_copy(update={"endpoint": endpoints[m.id]}) if m.id in endpoints else m.source,
+            )
             for m in self.machines
         )
         return Site(self.config, machines, self.source_file)
@@ -192,7 +199,7 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                    child = v if not isinstance(v, yaml.ScalarNode) else v
+                    child = v
                     line = k.start_mark.line + 1
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):

@@ -40,12 +40,23 @@ def truth_document(scenarios: list[MachineScenario], end_ms: int) -> dict[str, o
         machines[sc.machine_id] = {
             "parts": sc.parts_until(end_ms),
             "intervals": [
-                {"start": iso(i.start_ms), "end": iso(i.end_ms), "start_ms": i.start_ms, "end_ms": i.end_ms,
-                 "state": i.state, "phases": list(i.phases)}
+                {
+                    "start": iso(i.start_ms),
+                    "end": iso(i.end_ms),
+                    "start_ms": i.start_ms,
+                    "end_ms": i.end_ms,
+                    "state": i.state,
+                    "phases": list(i.phases),
+                }
                 for i in sc.truth(end_ms)
             ],
         }
     return {"end_ms": end_ms, "end": iso(end_ms), "machines": machines}
+
+
+def _write_json(path: Path, doc: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
 
 
 async def run_simulator(
@@ -76,7 +87,9 @@ async def run_simulator(
         clock.restart()  # the scenario's time runs from now, not from when the servers were being built
         if ready is not None:
             ready.set()
-        logger.info("simulator: %d CNC machines serving OPC UA (seed %d, speed %gx)", len(servers), seed, clock.speed)
+        logger.info(
+            "simulator: %d CNC machines serving OPC UA (seed %d, speed %gx)", len(servers), seed, clock.speed
+        )
         tasks = [
             asyncio.create_task(drive(server, c, clock), name=f"sim[{server.machine_id}].drive")
             for server, c in zip(servers, changes, strict=True)
@@ -89,8 +102,7 @@ async def run_simulator(
             await asyncio.gather(*tasks, return_exceptions=True)
         if truth_path is not None:
             doc = truth_document(scenarios, clock.now_ms())
-            truth_path.parent.mkdir(parents=True, exist_ok=True)
-            truth_path.write_text(json.dumps(doc, indent=1))
+            await asyncio.to_thread(_write_json, truth_path, doc)
             logger.info("simulator: ground truth written to %s", truth_path)
     finally:
         for server in started:

@@ -128,21 +128,31 @@ class MachineScenario:
         for _ in range(rng.randrange(2, 5)):
             mode = rng.choice(("MANUAL", "MANUAL", "MDI", "EDIT"))
             execution = "ACTIVE" if mode == "MDI" else "READY"
-            seg = Segment(t, rng.randrange(3, 15) * _MIN,
-                          Controller(execution, mode, program, spindle_speed=1000.0 if mode == "MDI" else 0.0),
-                          SETUP, "setup")
+            seg = Segment(
+                t,
+                rng.randrange(3, 15) * _MIN,
+                Controller(execution, mode, program, spindle_speed=1000.0 if mode == "MDI" else 0.0),
+                SETUP,
+                "setup",
+            )
             yield seg
             t = seg.end_ms
         # prove-out: the first part at reduced feed override, stopping to check
         override = float(rng.choice((25, 50)))
-        cutting = Controller("ACTIVE", "AUTOMATIC", program, spindle_speed=rpm, spindle_load=20.0,
-                             feed_override=override)
+        cutting = Controller(
+            "ACTIVE", "AUTOMATIC", program, spindle_speed=rpm, spindle_load=20.0, feed_override=override
+        )
         for _ in range(rng.randrange(1, 3)):
             seg = Segment(t, cycle_ms // 2, cutting, RUNNING, "prove_out")
             yield seg
             t = seg.end_ms
-            seg = Segment(t, rng.randrange(30, 300) * _S, replace(cutting, execution="FEED_HOLD", spindle_speed=0.0),
-                          IDLE, "prove_out")
+            seg = Segment(
+                t,
+                rng.randrange(30, 300) * _S,
+                replace(cutting, execution="FEED_HOLD", spindle_speed=0.0),
+                IDLE,
+                "prove_out",
+            )
             yield seg
             t = seg.end_ms
         seg = Segment(t, cycle_ms // 2, cutting, RUNNING, "prove_out", parts_at_end=1)
@@ -153,16 +163,22 @@ class MachineScenario:
                 yield seg
                 t = seg.end_ms
 
-    def _cycle(self, rng: random.Random, t: int, program: str, cycle_ms: int, rpm: float) -> Iterator[Segment]:
+    def _cycle(
+        self, rng: random.Random, t: int, program: str, cycle_ms: int, rpm: float
+    ) -> Iterator[Segment]:
         auto = Controller("READY", "AUTOMATIC", program)
         # load / unload between cycles
         load = Segment(t, rng.randrange(15, 90) * _S, auto, IDLE, "load_unload")
         yield load
         t = load.end_ms
         if rng.random() < 0.03:
-            estop = Segment(t, rng.randrange(1, 5) * _MIN,
-                            replace(auto, execution="STOPPED", estop=True, alarm_text="EMERGENCY STOP"),
-                            DOWN, "emergency_stop")
+            estop = Segment(
+                t,
+                rng.randrange(1, 5) * _MIN,
+                replace(auto, execution="STOPPED", estop=True, alarm_text="EMERGENCY STOP"),
+                DOWN,
+                "emergency_stop",
+            )
             yield estop
             t = estop.end_ms
         cutting = replace(auto, execution="ACTIVE", spindle_speed=rpm)
@@ -171,8 +187,13 @@ class MachineScenario:
             first = rng.randrange(length // 4, length // 2)
             yield self._cutting(rng, t, first, cutting, "cycle")
             t += first
-            hold = Segment(t, rng.randrange(5, 90) * _S, replace(cutting, execution="FEED_HOLD", spindle_speed=0.0),
-                           IDLE, "micro_stop")
+            hold = Segment(
+                t,
+                rng.randrange(5, 90) * _S,
+                replace(cutting, execution="FEED_HOLD", spindle_speed=0.0),
+                IDLE,
+                "micro_stop",
+            )
             yield hold
             t = hold.end_ms
             length -= first
@@ -181,9 +202,13 @@ class MachineScenario:
             yield self._cutting(rng, t, first, cutting, "cycle")
             t += first
             code, text = rng.choice(_ALARMS)
-            alarm = Segment(t, rng.randrange(3, 25) * _MIN,
-                            replace(auto, execution="INTERRUPTED", alarm_code=code, alarm_text=text),
-                            DOWN, "alarm")
+            alarm = Segment(
+                t,
+                rng.randrange(3, 25) * _MIN,
+                replace(auto, execution="INTERRUPTED", alarm_code=code, alarm_text=text),
+                DOWN,
+                "alarm",
+            )
             yield alarm
             t = alarm.end_ms
             reset = Segment(t, rng.randrange(20, 120) * _S, auto, IDLE, "alarm_reset")
@@ -225,7 +250,9 @@ class MachineScenario:
             for offset, load in seg.load_samples:
                 if end_ms is None or seg.start_ms + offset < end_ms:
                     yield Change(seg.start_ms + offset, {Signal.SPINDLE_LOAD: load})
-            previous[Signal.SPINDLE_LOAD] = seg.load_samples[-1][1] if seg.load_samples else now[Signal.SPINDLE_LOAD]
+            previous[Signal.SPINDLE_LOAD] = (
+                seg.load_samples[-1][1] if seg.load_samples else now[Signal.SPINDLE_LOAD]
+            )
 
     def truth(self, end_ms: int) -> list[TruthInterval]:
         """The intervals that really happened from the origin to `end_ms`, merged by state."""

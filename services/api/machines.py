@@ -59,7 +59,9 @@ def list_machines(store: Store) -> list[MachineOut]:
     ]
 
 
-@router.get("/{machine_id}/intervals", response_model=IntervalsOut, summary="State intervals in a time window")
+@router.get(
+    "/{machine_id}/intervals", response_model=IntervalsOut, summary="State intervals in a time window"
+)
 def machine_intervals(
     machine_id: str,
     store: Store,
@@ -79,7 +81,9 @@ def machine_intervals(
         )
     start_ms, end_ms = _ms(start), _ms(end)
     out = [
-        IntervalOut(start=iso(i.start_ms), end=iso(i.end_ms), state=i.state, duration_s=(i.end_ms - i.start_ms) / 1000)
+        IntervalOut(
+            start=iso(i.start_ms), end=iso(i.end_ms), state=i.state, duration_s=(i.end_ms - i.start_ms) / 1000
+        )
         for i in store.intervals(machine_id, start_ms, end_ms)
     ]
     if current.since_ms is not None and current.since_ms < end_ms:

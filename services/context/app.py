@@ -17,7 +17,7 @@ from services.context.record import RecordStore
 from services.context.state import Interval, MachineTracker, PartsMade, SignalValue
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
-from uns.site import Machine, Site, Signal
+from uns.site import Machine, Signal, Site
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
 from uns.sparkplug.payload import Quality
 from uns.sparkplug.topic import state_topic
@@ -60,7 +60,11 @@ class ContextService:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._client = MqttClient(
-            f"uns-host.{self.site.host_id}", self.address, self, loop, will=self._will,
+            f"uns-host.{self.site.host_id}",
+            self.address,
+            self,
+            loop,
+            will=self._will,
             subscriptions=(("spBv1.0/#", 0),),
         )
         self._client.start()
@@ -88,7 +92,9 @@ class ContextService:
     # -- MqttHandler ----------------------------------------------------------------------------
     def on_connected(self) -> None:
         assert self._client is not None
-        self._client.publish(state_topic(self.site.host_id), state_payload(True, self._state_ts), qos=1, retain=True)
+        self._client.publish(
+            state_topic(self.site.host_id), state_payload(True, self._state_ts), qos=1, retain=True
+        )
         self._dirty.update(self.trackers)  # republish the retained tree
         self._schedule_flush()
 
@@ -126,7 +132,8 @@ class ContextService:
         if machine is None:
             return
         values = [
-            SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp) for m in event.metrics
+            SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
+            for m in event.metrics
         ]
         tracker = self.trackers[machine.id]
         closed, parts = tracker.apply(values, birth=event.is_birth)
@@ -157,7 +164,9 @@ class ContextService:
             return
         dirty = sorted(self._dirty)
         current = [
-            (m, t.state, t.since_ms, t.updated_ms, t.counter) for m in dirty if (t := self.trackers[m]).since_ms
+            (m, t.state, t.since_ms, t.updated_ms, t.counter)
+            for m in dirty
+            if (t := self.trackers[m]).since_ms
         ]
         self.store.write(self._intervals, self._parts, current)
         self._intervals, self._parts, self._dirty = [], [], set()
@@ -166,7 +175,9 @@ class ContextService:
             return
         for machine_id in dirty:
             machine = self.site.machine(machine_id)
-            client.publish(machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True)
+            client.publish(
+                machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True
+            )
 
     def state_json(self, machine: Machine) -> dict[str, Any]:
         t = self.trackers[machine.id]

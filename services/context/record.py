@@ -118,7 +118,9 @@ class RecordStore:
                 "FROM machine m LEFT JOIN current_state c USING (machine_id) ORDER BY m.path"
             ).fetchall()
         return [
-            CurrentState(mid, path, name, MachineState(state or MachineState.COMMS_LOSS), since, updated, counter)
+            CurrentState(
+                mid, path, name, MachineState(state or MachineState.COMMS_LOSS), since, updated, counter
+            )
             for mid, path, name, state, since, updated, counter in rows
         ]
 

@@ -19,7 +19,7 @@ from itertools import groupby
 
 from uns.site import Signal
 
-Value = bool | int | float | str | None
+Value = bool | int | float | str | bytes | None
 
 
 class MachineState(enum.StrEnum):
@@ -103,7 +103,9 @@ class MachineTracker:
         self.state = state
         return closed
 
-    def apply(self, values: Iterable[SignalValue], *, birth: bool = False) -> tuple[list[Interval], list[PartsMade]]:
+    def apply(
+        self, values: Iterable[SignalValue], *, birth: bool = False
+    ) -> tuple[list[Interval], list[PartsMade]]:
         """Apply new signal values in event-time order.
 
         A birth states every value at once: it takes effect at the latest timestamp among the

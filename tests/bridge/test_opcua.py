@@ -14,8 +14,18 @@ from uns.site import Machine, load_site
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
 
-INITIAL = {"execution": "READY", "mode": "AUTOMATIC", "program": "O1234", "part_count": 10, "alarm_code": 0,
-           "alarm_text": "", "estop": False, "spindle_speed": 0.0, "spindle_load": 0.0, "feed_override": 100.0}
+INITIAL = {
+    "execution": "READY",
+    "mode": "AUTOMATIC",
+    "program": "O1234",
+    "part_count": 10,
+    "alarm_code": 0,
+    "alarm_text": "",
+    "estop": False,
+    "spindle_speed": 0.0,
+    "spindle_load": 0.0,
+    "feed_override": 100.0,
+}
 
 
 def machine() -> Machine:
@@ -30,8 +40,14 @@ class Seen:
         self.offline = 0
 
     def reader(self, m: Machine) -> OpcUaReader:
-        return OpcUaReader(m, on_online=self.online.append, on_samples=self.samples.extend,
-                           on_offline=self._off, now_ms=lambda: 0, max_backoff_s=0.5)
+        return OpcUaReader(
+            m,
+            on_online=self.online.append,
+            on_samples=self.samples.extend,
+            on_offline=self._off,
+            now_ms=lambda: 0,
+            max_backoff_s=0.5,
+        )
 
     def _off(self) -> None:
         self.offline += 1
@@ -59,7 +75,9 @@ async def test_values_arrive_with_the_source_timestamp_and_bad_values_are_bad_qu
         await server.write({"execution": "FEED_HOLD"}, 2_000_500)  # two changes in one publish interval
         await until(lambda: len(seen.samples) >= 3)
         assert [(s.name, s.value, s.timestamp) for s in seen.samples[:3]] == [
-            ("execution", "ACTIVE", 2_000_000), ("part_count", 11, 2_000_000), ("execution", "FEED_HOLD", 2_000_500)
+            ("execution", "ACTIVE", 2_000_000),
+            ("part_count", 11, 2_000_000),
+            ("execution", "FEED_HOLD", 2_000_500),
         ]
         # a controller that reports nonsense: bad quality, not the last good value
         await server.write({"execution": "WARP_SPEED"}, 3_000_000)

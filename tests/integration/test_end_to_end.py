@@ -62,7 +62,9 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
     for machine_id, scenario in scenarios.items():
         truth = scenario.truth(end_ms)
         recorded = store.intervals(machine_id, ORIGIN_MS, end_ms + 1)
-        assert len(recorded) == len(truth) - 1, f"{machine_id}: {len(recorded)} intervals, truth {len(truth) - 1}"
+        assert len(recorded) == len(truth) - 1, (
+            f"{machine_id}: {len(recorded)} intervals, truth {len(truth) - 1}"
+        )
         for rec, real in zip(recorded, truth, strict=False):
             assert rec.state == real.state, f"{machine_id} at {real.start_ms}: {rec} vs {real}"
             assert abs(rec.start_ms - real.start_ms) <= TOLERANCE_MS

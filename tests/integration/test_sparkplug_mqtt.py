@@ -24,8 +24,10 @@ from uns.sparkplug.topic import MessageType, parse
 
 DEFS = {
     "vf2-01": [
-        MetricDef("execution", DataType.STRING), MetricDef("mode", DataType.STRING),
-        MetricDef("part_count", DataType.UINT32), MetricDef("alarm_code", DataType.INT32),
+        MetricDef("execution", DataType.STRING),
+        MetricDef("mode", DataType.STRING),
+        MetricDef("part_count", DataType.UINT32),
+        MetricDef("alarm_code", DataType.INT32),
         MetricDef("estop", DataType.BOOLEAN),
     ]
 }
@@ -46,18 +48,28 @@ areas:
                   endpoint: opc.tcp://127.0.0.1:4840
                   signals: {execution: a, mode: b, part_count: c, alarm_code: d, estop: e}
 """
-READY = [Sample("execution", "READY", 1000), Sample("mode", "AUTOMATIC", 1000), Sample("part_count", 7, 1000),
-         Sample("alarm_code", 0, 1000), Sample("estop", False, 1000)]
+READY = [
+    Sample("execution", "READY", 1000),
+    Sample("mode", "AUTOMATIC", 1000),
+    Sample("part_count", 7, 1000),
+    Sample("alarm_code", 0, 1000),
+    Sample("estop", False, 1000),
+]
 
 
 def of_type(kind: MessageType):  # type: ignore[no-untyped-def]
-    return lambda topic, payload: topic.startswith("spBv1.0/") and "STATE" not in topic and \
-        parse(topic).message_type is kind
+    return lambda topic, payload: (
+        topic.startswith("spBv1.0/") and "STATE" not in topic and parse(topic).message_type is kind
+    )
 
 
 async def edge_node(broker: Mosquitto, last_bdseq: int = 255) -> EdgeNode:
-    node = EdgeNode(EdgeSession("dayton", "edge1", DEFS, last_bdseq=last_bdseq), address(broker, "bridge"),
-                    WallClock(), primary_host_id="test-host")
+    node = EdgeNode(
+        EdgeSession("dayton", "edge1", DEFS, last_bdseq=last_bdseq),
+        address(broker, "bridge"),
+        WallClock(),
+        primary_host_id="test-host",
+    )
     node.start(asyncio.get_running_loop())
     track(node._client)
     return node
@@ -73,7 +85,12 @@ async def test_edge_births_in_order_with_seq_aliases_and_timestamps(mosquitto: M
     node.data("vf2-01", [Sample("part_count", 8, 3000)])
     await watch.wait_for(of_type(MessageType.DDATA), count=2)
     sparkplug = [(parse(t).message_type, decode(p)) for t, p in watch.messages]
-    assert [k for k, _ in sparkplug] == [MessageType.NBIRTH, MessageType.DBIRTH, MessageType.DDATA, MessageType.DDATA]
+    assert [k for k, _ in sparkplug] == [
+        MessageType.NBIRTH,
+        MessageType.DBIRTH,
+        MessageType.DDATA,
+        MessageType.DDATA,
+    ]
     assert [p.seq for _, p in sparkplug] == [0, 1, 2, 3]
     nbirth, dbirth, ddata = sparkplug[0][1], sparkplug[1][1], sparkplug[2][1]
     assert {m.name for m in nbirth.metrics} == {BDSEQ, REBIRTH}
@@ -135,7 +152,9 @@ async def test_edge_rebirths_when_the_primary_host_comes_online(mosquitto: Mosqu
     node = await edge_node(mosquitto)
     await watch.wait_for(of_type(MessageType.NBIRTH))
     assert watch.client is not None
-    watch.client.publish("spBv1.0/STATE/test-host", json.dumps({"online": True, "timestamp": 5}).encode(), 1, True)
+    watch.client.publish(
+        "spBv1.0/STATE/test-host", json.dumps({"online": True, "timestamp": 5}).encode(), 1, True
+    )
     await watch.wait_for(of_type(MessageType.NBIRTH), count=2)
     await node.stop()
 
@@ -218,7 +237,7 @@ async def test_host_requests_rebirth_on_seq_gap_and_unknown_alias_and_survives_g
 
 
 async def test_host_marks_machines_comms_loss_on_ndeath(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    service, store = await host(mosquitto, tmp_path)
+    _service, store = await host(mosquitto, tmp_path)
     tree = await recorder(mosquitto, "viewer", "acme/#", client_id="viewer")
     node = await edge_node(mosquitto)
     node.device_online("vf2-01", READY)
@@ -236,8 +255,10 @@ async def test_host_marks_machines_comms_loss_on_ndeath(mosquitto: Mosquitto, tm
 
 
 # -- the broker's ACL ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("role", "topic"), [("viewer", "spBv1.0/dayton/NCMD/edge1"),
-                                             ("bridge", "acme/dayton/x"), ("viewer", "acme/dayton/x")])
+@pytest.mark.parametrize(
+    ("role", "topic"),
+    [("viewer", "spBv1.0/dayton/NCMD/edge1"), ("bridge", "acme/dayton/x"), ("viewer", "acme/dayton/x")],
+)
 async def test_acl_keeps_each_role_to_its_topics(mosquitto: Mosquitto, role: str, topic: str) -> None:
     watch = await recorder(mosquitto, "services", "#")
     writer = await recorder(mosquitto, role, client_id="writer")

@@ -21,11 +21,17 @@ T0 = 1_795_300_000_000  # 2026-11-21T22:26:40Z
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     store = RecordStore(tmp_path / "record.db")
-    store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),
-                             ("st20-01", "acme/dayton/machining/lathes/cell-3/st20-01", "Haas ST-20")])
+    store.register_machines(
+        [
+            ("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),
+            ("st20-01", "acme/dayton/machining/lathes/cell-3/st20-01", "Haas ST-20"),
+        ]
+    )
     store.write(
-        [Interval("vf2-01", T0, T0 + 60_000, MachineState.SETUP),
-         Interval("vf2-01", T0 + 60_000, T0 + 120_000, MachineState.RUNNING)],
+        [
+            Interval("vf2-01", T0, T0 + 60_000, MachineState.SETUP),
+            Interval("vf2-01", T0 + 60_000, T0 + 120_000, MachineState.RUNNING),
+        ],
         [PartsMade("vf2-01", T0 + 120_000, 1, 11)],
         [("vf2-01", MachineState.IDLE, T0 + 120_000, T0 + 125_000, 11)],
     )
@@ -34,8 +40,14 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     store.close()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/machines", "/openapi.json",
-                                  "/api/v1/machines/vf2-01/intervals?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/machines",
+        "/openapi.json",
+        "/api/v1/machines/vf2-01/intervals?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z",
+    ],
+)
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}])
 def test_every_route_needs_the_token(client: TestClient, path: str, headers: dict[str, str]) -> None:
     response = client.get(path, headers=headers)
@@ -63,7 +75,9 @@ def test_intervals_in_a_window_with_the_open_one_last(client: TestClient) -> Non
     assert response.status_code == 200
     body = response.json()
     assert [(i["state"], i["duration_s"]) for i in body["intervals"]] == [
-        ("setup", 60.0), ("running", 60.0), ("idle", None)
+        ("setup", 60.0),
+        ("running", 60.0),
+        ("idle", None),
     ]
     assert body["intervals"][-1]["end"] is None
 
@@ -78,16 +92,20 @@ def test_intervals_in_a_window_with_the_open_one_last(client: TestClient) -> Non
         ({"start": "2026-01-01T00:00:00Z", "end": "2026-11-22T04:00:00Z"}, 422, "longer than 31 days"),
     ],
 )
-def test_bad_windows_are_rejected_clearly(client: TestClient, params: dict[str, str], status: int,
-                                          detail: str) -> None:
+def test_bad_windows_are_rejected_clearly(
+    client: TestClient, params: dict[str, str], status: int, detail: str
+) -> None:
     response = client.get("/api/v1/machines/vf2-01/intervals", params=params, headers=AUTH)
     assert response.status_code == status
     assert detail in str(response.json()["detail"])
 
 
 def test_unknown_machine_is_404(client: TestClient) -> None:
-    response = client.get("/api/v1/machines/nope/intervals",
-                          params={"start": "2026-11-22T03:00:00Z", "end": "2026-11-22T04:00:00Z"}, headers=AUTH)
+    response = client.get(
+        "/api/v1/machines/nope/intervals",
+        params={"start": "2026-11-22T03:00:00Z", "end": "2026-11-22T04:00:00Z"},
+        headers=AUTH,
+    )
     assert response.status_code == 404
     assert "no machine 'nope'" in response.json()["detail"]
 

@@ -58,8 +58,16 @@ def test_comms_loss_and_recovery() -> None:
     assert t.lose(60_000) == [Interval("m", 0, 60_000, S.RUNNING)]
     assert t.state is S.COMMS_LOSS
     # the birth after the outage carries values stamped before it: they count from the birth on
-    t.apply([sv("execution", "READY", 1_000), sv("mode", "AUTOMATIC", 1_000), sv("alarm_code", 0, 1_000),
-             sv("estop", False, 1_000), sv("part_count", 8, 1_000)], birth=True)
+    t.apply(
+        [
+            sv("execution", "READY", 1_000),
+            sv("mode", "AUTOMATIC", 1_000),
+            sv("alarm_code", 0, 1_000),
+            sv("estop", False, 1_000),
+            sv("part_count", 8, 1_000),
+        ],
+        birth=True,
+    )
     assert t.state is S.IDLE
     assert t.since_ms == 60_000
 

@@ -82,7 +82,7 @@ def test_rebirth_command_is_recognised_and_bad_commands_raise() -> None:
     topic, payload = RebirthRequest("g", "e", "test").command(5)
     assert s.is_rebirth_request(topic, payload)
     assert not s.is_rebirth_request("spBv1.0/g/NCMD/other", payload)
-    with pytest.raises(ValueError, match="NCMD on spBv1.0/g/NCMD/e"):
+    with pytest.raises(ValueError, match=r"NCMD on spBv1\.0/g/NCMD/e"):
         s.is_rebirth_request(topic, b"\xff\xff")
 
 

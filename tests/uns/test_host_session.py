@@ -49,7 +49,9 @@ def test_seq_gap_is_counted_and_asks_for_a_throttled_rebirth() -> None:
 
 def test_unknown_alias_asks_for_rebirth_and_keeps_the_known_metrics() -> None:
     _, host, _ = born()
-    payload = Payload(5, (Metric(None, 99, 5, DataType.INT32, 1), Metric(None, 1, 5, DataType.INT32, 3)), seq=2)
+    payload = Payload(
+        5, (Metric(None, 99, 5, DataType.INT32, 1), Metric(None, 1, 5, DataType.INT32, 3)), seq=2
+    )
     events = host.handle("spBv1.0/g/DDATA/e/m1", encode(payload, with_datatypes=False), 1.0)
     assert host.counters["unknown_metrics"] == 1
     assert isinstance(events[0], RebirthRequest)
@@ -72,7 +74,9 @@ def test_malformed_and_foreign_messages_are_counted_and_the_host_goes_on() -> No
 def test_data_before_birth_asks_for_rebirth() -> None:
     host = HostSession()
     payload = encode(Payload(1, (Metric(None, 1, 1, DataType.INT32, 3),), seq=4), with_datatypes=False)
-    assert host.handle("spBv1.0/g/DDATA/e/m1", payload, 0.0) == [RebirthRequest("g", "e", "DDATA before NBIRTH")]
+    assert host.handle("spBv1.0/g/DDATA/e/m1", payload, 0.0) == [
+        RebirthRequest("g", "e", "DDATA before NBIRTH")
+    ]
     assert host.counters["before_birth"] == 1
 
 

@@ -8,11 +8,22 @@ from uns.sparkplug import sparkplug_b_pb2 as pb
 from uns.sparkplug.payload import DataType, Metric, Payload, PayloadError, decode, encode
 
 CASES = [
-    (DataType.INT8, -128), (DataType.INT16, -300), (DataType.INT32, -(2**31)), (DataType.INT64, -(2**63)),
-    (DataType.UINT8, 255), (DataType.UINT16, 65535), (DataType.UINT32, 2**32 - 1), (DataType.UINT64, 2**64 - 1),
-    (DataType.FLOAT, 1.5), (DataType.DOUBLE, 3.141592653589793), (DataType.BOOLEAN, True),
-    (DataType.STRING, "FEED_HOLD"), (DataType.TEXT, "ü"), (DataType.DATETIME, 1_795_000_000_000),
-    (DataType.BYTES, b"\x00\x01"), (DataType.INT32, None),
+    (DataType.INT8, -128),
+    (DataType.INT16, -300),
+    (DataType.INT32, -(2**31)),
+    (DataType.INT64, -(2**63)),
+    (DataType.UINT8, 255),
+    (DataType.UINT16, 65535),
+    (DataType.UINT32, 2**32 - 1),
+    (DataType.UINT64, 2**64 - 1),
+    (DataType.FLOAT, 1.5),
+    (DataType.DOUBLE, 3.141592653589793),
+    (DataType.BOOLEAN, True),
+    (DataType.STRING, "FEED_HOLD"),
+    (DataType.TEXT, "ü"),
+    (DataType.DATETIME, 1_795_000_000_000),
+    (DataType.BYTES, b"\x00\x01"),
+    (DataType.INT32, None),
 ]
 
 
@@ -33,19 +44,36 @@ def test_data_without_datatype_keeps_the_raw_value() -> None:
 def test_field_numbers_match_the_sparkplug_specification() -> None:
     fields = {f.name: f.number for f in pb.SpbMetric.DESCRIPTOR.fields}
     assert fields == {
-        "name": 1, "alias": 2, "timestamp": 3, "datatype": 4, "is_historical": 5, "is_transient": 6,
-        "is_null": 7, "metadata": 8, "properties": 9, "int_value": 10, "long_value": 11, "float_value": 12,
-        "double_value": 13, "boolean_value": 14, "string_value": 15, "bytes_value": 16,
+        "name": 1,
+        "alias": 2,
+        "timestamp": 3,
+        "datatype": 4,
+        "is_historical": 5,
+        "is_transient": 6,
+        "is_null": 7,
+        "metadata": 8,
+        "properties": 9,
+        "int_value": 10,
+        "long_value": 11,
+        "float_value": 12,
+        "double_value": 13,
+        "boolean_value": 14,
+        "string_value": 15,
+        "bytes_value": 16,
     }
     assert {f.name: f.number for f in pb.SpbPayload.DESCRIPTOR.fields} == {
-        "timestamp": 1, "metrics": 2, "seq": 3, "uuid": 4, "body": 5,
+        "timestamp": 1,
+        "metrics": 2,
+        "seq": 3,
+        "uuid": 4,
+        "body": 5,
     }
 
 
 def test_known_wire_bytes() -> None:
     # Payload{timestamp=1, seq=0, metrics=[{name="bdSeq", timestamp=1, datatype=Int64, long_value=3}]}
     wire = encode(Payload(1, (Metric("bdSeq", None, 1, DataType.INT64, 3),), seq=0))
-    assert wire == bytes.fromhex("0801" "120d" "0a056264536571" "1801" "2004" "5803" "1800")
+    assert wire == bytes.fromhex("0801120d0a0562645365711801200458031800")
 
 
 @pytest.mark.parametrize(
@@ -53,16 +81,32 @@ def test_known_wire_bytes() -> None:
     [
         (b"\xff\xff\xff", "not a Sparkplug B protobuf payload"),
         (pb.SpbPayload(seq=1).SerializeToString(), "payload has no timestamp"),
-        (pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(timestamp=1, int_value=1)]).SerializeToString(),
-         "neither a name nor an alias"),
-        (pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(name="x", int_value=1)]).SerializeToString(),
-         "has no timestamp"),
-        (pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=99, int_value=1)])
-         .SerializeToString(), "unsupported datatype 99"),
-        (pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=12, int_value=1)])
-         .SerializeToString(), "datatype STRING but value 1"),
-        (pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=12)]).SerializeToString(),
-         "carries no value and is not marked null"),
+        (
+            pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(timestamp=1, int_value=1)]).SerializeToString(),
+            "neither a name nor an alias",
+        ),
+        (
+            pb.SpbPayload(timestamp=1, metrics=[pb.SpbMetric(name="x", int_value=1)]).SerializeToString(),
+            "has no timestamp",
+        ),
+        (
+            pb.SpbPayload(
+                timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=99, int_value=1)]
+            ).SerializeToString(),
+            "unsupported datatype 99",
+        ),
+        (
+            pb.SpbPayload(
+                timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=12, int_value=1)]
+            ).SerializeToString(),
+            "datatype STRING but value 1",
+        ),
+        (
+            pb.SpbPayload(
+                timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=12)]
+            ).SerializeToString(),
+            "carries no value and is not marked null",
+        ),
     ],
 )
 def test_bad_payloads_name_what_is_wrong(data: bytes, message: str) -> None:

@@ -51,15 +51,23 @@ def problems(text: str) -> list[str]:
 
 
 def test_unknown_key_names_file_line_and_field() -> None:
-    text = GOOD.replace("              - id: vf2-01\n", "              - id: vf2-01\n                nmae: typo\n")
-    assert problems(text) == ["plant.yaml:13: areas[0].lines[0].cells[0].machines[0].nmae: unknown field (a typo?)"]
+    text = GOOD.replace(
+        "              - id: vf2-01\n", "              - id: vf2-01\n                nmae: typo\n"
+    )
+    assert problems(text) == [
+        "plant.yaml:13: areas[0].lines[0].cells[0].machines[0].nmae: unknown field (a typo?)"
+    ]
 
 
 def test_wrong_type_names_file_line_and_field() -> None:
-    text = GOOD.replace("endpoint: opc.tcp://127.0.0.1:4840", "endpoint: opc.tcp://127.0.0.1:4840\n"
-                        "                  publishing_interval_ms: fast")
+    text = GOOD.replace(
+        "endpoint: opc.tcp://127.0.0.1:4840",
+        "endpoint: opc.tcp://127.0.0.1:4840\n                  publishing_interval_ms: fast",
+    )
     [p] = problems(text)
-    assert p.startswith("plant.yaml:16: areas[0].lines[0].cells[0].machines[0].source.publishing_interval_ms: ")
+    assert p.startswith(
+        "plant.yaml:16: areas[0].lines[0].cells[0].machines[0].source.publishing_interval_ms: "
+    )
     assert "integer" in p
 
 
@@ -71,10 +79,11 @@ def test_missing_field_and_missing_signal() -> None:
 
 
 def test_duplicate_machine_id() -> None:
-    machine = GOOD[GOOD.index("              - id: vf2-01"):]
+    machine = GOOD[GOOD.index("              - id: vf2-01") :]
     [p] = problems(GOOD + machine)
     assert p == (
-        "plant.yaml:18: areas[0].lines[0].cells[0].machines[1].id: duplicate machine id 'vf2-01' (first at line 12)"
+        "plant.yaml:18: areas[0].lines[0].cells[0].machines[1].id: "
+        "duplicate machine id 'vf2-01' (first at line 12)"
     )
 
 

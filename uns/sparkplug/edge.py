@@ -153,7 +153,9 @@ class EdgeSession:
                 slot = slots[s.name]
             except KeyError:
                 where = "the node" if device_id is None else f"device {device_id!r}"
-                raise KeyError(f"{where} of edge node {self.edge_node_id!r} has no metric {s.name!r}") from None
+                raise KeyError(
+                    f"{where} of edge node {self.edge_node_id!r} has no metric {s.name!r}"
+                ) from None
             if s.timestamp >= slot.timestamp:
                 slot.value, slot.timestamp, slot.quality = s.value, s.timestamp, s.quality
             touched.append(slot)

@@ -48,7 +48,12 @@ class EdgeNode:
         if self.primary_host_id is not None:
             subs.append((state_topic(self.primary_host_id), 1))
         self._client = MqttClient(
-            f"{s.group_id}.{s.edge_node_id}", self.address, self, loop, will=self._will, subscriptions=tuple(subs)
+            f"{s.group_id}.{s.edge_node_id}",
+            self.address,
+            self,
+            loop,
+            will=self._will,
+            subscriptions=tuple(subs),
         )
         self._client.start()
 

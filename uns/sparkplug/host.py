@@ -164,7 +164,12 @@ class HostSession:
             return []
         self.counters["seq_gaps"] += 1
         logger.warning(
-            "seq gap from %s/%s: expected %d, got %d (%s)", t.group_id, t.edge_node_id, expected, seq, t.message_type
+            "seq gap from %s/%s: expected %d, got %d (%s)",
+            t.group_id,
+            t.edge_node_id,
+            expected,
+            seq,
+            t.message_type,
         )
         return self._ask_rebirth(t.node_key, f"seq gap: expected {expected}, got {seq}", now)
 
@@ -204,7 +209,9 @@ class HostSession:
         events: list[Event] = []
         if old is not None and old.devices:
             # A rebirth without a death: the old devices are gone until their DBIRTH comes again.
-            events.append(Death(t.group_id, t.edge_node_id, None, payload.timestamp, tuple(sorted(old.devices))))
+            events.append(
+                Death(t.group_id, t.edge_node_id, None, payload.timestamp, tuple(sorted(old.devices)))
+            )
         node_metrics = tuple(m for m in metrics if m.name not in (BDSEQ, REBIRTH))
         events.append(MetricsUpdate(t.group_id, t.edge_node_id, None, node_metrics, True))
         return events
@@ -221,7 +228,8 @@ class HostSession:
     @staticmethod
     def _register(node: _Node, device: str | None, metrics: list[Metric]) -> None:
         for m in metrics:
-            assert m.name is not None and m.datatype is not None
+            assert m.name is not None
+            assert m.datatype is not None
             node.types[(device, m.name)] = m.datatype
             if m.alias is not None:
                 node.aliases[m.alias] = (device, m.name, m.datatype)
@@ -261,13 +269,18 @@ class HostSession:
             if value is not None and m.datatype is not datatype:
                 try:
                     if m.datatype is not None:
-                        raise PayloadError(f"{name!r} is {m.datatype.name} here but {datatype.name} in the birth")
+                        raise PayloadError(
+                            f"{name!r} is {m.datatype.name} here but {datatype.name} in the birth"
+                        )
                     value = typed_value(repr(name), datatype, value)
                 except PayloadError as exc:
                     bad.append(str(exc))
                     continue
-            resolved.append(Metric(name, m.alias, m.timestamp, datatype, value, m.is_historical,
-                                   m.is_transient, m.quality))
+            resolved.append(
+                Metric(
+                    name, m.alias, m.timestamp, datatype, value, m.is_historical, m.is_transient, m.quality
+                )
+            )
         if bad:
             self.counters["malformed_metrics"] += len(bad)
             logger.warning("%s on %s/%s: dropped %s", payload.seq, t.group_id, t.edge_node_id, "; ".join(bad))

@@ -104,8 +104,7 @@ def _unwrap_signed(raw: int, bits: int) -> int:
     return raw - (1 << bits) if raw >= 1 << (bits - 1) else raw
 
 
-def _check_int(metric: Metric, value: int) -> None:
-    dt = metric.datatype
+def _check_int(metric: Metric, dt: DataType, value: int) -> None:
     if dt in _SIGNED_BITS:
         bits = _SIGNED_BITS[dt]
         low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -143,8 +142,10 @@ def _fill_metric(out: pb.SpbMetric, metric: Metric, with_datatype: bool) -> None
         return
     if dt in _INT_FIELD:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise PayloadError(f"metric {metric.name or metric.alias!r}: {dt.name} needs an int, got {value!r}")
-        _check_int(metric, value)
+            raise PayloadError(
+                f"metric {metric.name or metric.alias!r}: {dt.name} needs an int, got {value!r}"
+            )
+        _check_int(metric, dt, value)
         bits = _SIGNED_BITS.get(dt)
         setattr(out, _INT_FIELD[dt], _wrap_signed(value, bits) if bits else value)
     elif dt is DataType.BOOLEAN:
@@ -153,14 +154,18 @@ def _fill_metric(out: pb.SpbMetric, metric: Metric, with_datatype: bool) -> None
         out.boolean_value = value
     elif dt in (DataType.FLOAT, DataType.DOUBLE):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PayloadError(f"metric {metric.name or metric.alias!r}: {dt.name} needs a number, got {value!r}")
+            raise PayloadError(
+                f"metric {metric.name or metric.alias!r}: {dt.name} needs a number, got {value!r}"
+            )
         if dt is DataType.FLOAT:
             out.float_value = float(value)
         else:
             out.double_value = float(value)
     elif dt in _STRING_TYPES:
         if not isinstance(value, str):
-            raise PayloadError(f"metric {metric.name or metric.alias!r}: {dt.name} needs a str, got {value!r}")
+            raise PayloadError(
+                f"metric {metric.name or metric.alias!r}: {dt.name} needs a str, got {value!r}"
+            )
         out.string_value = value
     else:  # BYTES
         if not isinstance(value, bytes):

@@ -72,14 +72,18 @@ def parse(topic: str) -> SparkplugTopic:
     """Parse a Sparkplug edge-node or device topic; STATE topics are parsed by `parse_state`."""
     parts = topic.split("/")
     if len(parts) < 4 or parts[0] != NAMESPACE:
-        raise TopicError(f"{topic!r} is not a Sparkplug B topic ({NAMESPACE}/<group>/<type>/<edge>[/<device>])")
+        raise TopicError(
+            f"{topic!r} is not a Sparkplug B topic ({NAMESPACE}/<group>/<type>/<edge>[/<device>])"
+        )
     try:
         message_type = MessageType(parts[2])
     except ValueError:
         raise TopicError(f"{topic!r}: unknown message type {parts[2]!r}") from None
     expected = 5 if message_type.is_device else 4
     if len(parts) != expected:
-        raise TopicError(f"{topic!r}: {message_type} topics have {expected} levels, this one has {len(parts)}")
+        raise TopicError(
+            f"{topic!r}: {message_type} topics have {expected} levels, this one has {len(parts)}"
+        )
     return SparkplugTopic(parts[1], message_type, parts[3], parts[4] if expected == 5 else None)
 
 
