@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,3 +248,40 @@ class MqttClient:
         if sock is not None:
             sock.close()
         self._connected = False
+
+
+class BareCounter:
+    """A bare paho-mqtt subscriber that only counts messages: the baseline for the host benchmark."""
+
+    def __init__(self, address: BrokerAddress, topic: str, client_id: str = "bare-counter") -> None:
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self._topic = topic
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        if address.username is not None:
+            c.username_pw_set(address.username, address.password)
+        c.on_message = self._on_message
+        c.on_connect = self._on_connect
+        self._client = c
+        self._address = address
+        self.subscribed = threading.Event()
+
+    def _on_connect(self, client: paho.Client, *_: Any) -> None:
+        client.subscribe(self._topic, 0)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.count += 1
+
+    def start(self) -> None:
+        self._client.on_subscribe = lambda *_: self.subscribed.set()
+        self._client.connect(self._address.host, self._address.port, 30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

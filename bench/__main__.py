@@ -1,0 +1,9 @@
+"""`make bench`: print the figures (run on an otherwise idle machine)."""
+
+from __future__ import annotations
+
+from bench import codec, host
+
+if __name__ == "__main__":
+    codec.report()
+    host.report()

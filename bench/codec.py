@@ -1,0 +1,51 @@
+"""Sparkplug encodes and decodes per second for a 10-metric DDATA."""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.internal import api_implementation
+
+from uns.sparkplug.edge import EdgeSession, MetricDef, Sample
+from uns.sparkplug.payload import DataType, decode
+
+METRICS = [MetricDef(f"m{i}", DataType.DOUBLE if i % 2 else DataType.STRING) for i in range(10)]
+
+
+def samples(i: int) -> list[Sample]:
+    return [
+        Sample(d.name, float(i) if d.datatype is DataType.DOUBLE else f"v{i}", 1_795_000_000_000 + i)
+        for d in METRICS
+    ]
+
+
+def run(seconds: float = 2.0) -> dict[str, float]:
+    session = EdgeSession("g", "e", {"d": METRICS})
+    session.new_connection(0)
+    session.device_online("d", 0, samples(0))
+    batches = [samples(i) for i in range(1000)]
+    n, start = 0, time.perf_counter()
+    payload = b""
+    while time.perf_counter() - start < seconds:
+        for batch in batches:
+            msg = session.data("d", batch, 1)
+            assert msg is not None
+            payload = msg[1]
+        n += len(batches)
+    enc = n / (time.perf_counter() - start)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            decode(payload)
+        n += 1000
+    dec = n / (time.perf_counter() - start)
+    return {"encode_per_s": enc, "decode_per_s": dec, "bytes": len(payload)}
+
+
+def report() -> None:
+    r = run()
+    print(
+        f"sparkplug codec (protobuf backend: {api_implementation.Type()}), 10-metric DDATA of {r['bytes']:.0f} B:"
+    )
+    print(f"  encode (EdgeSession.data: aliases, seq, protobuf)  {r['encode_per_s']:>10,.0f} /s")
+    print(f"  decode (payload.decode)                            {r['decode_per_s']:>10,.0f} /s")
