@@ -27,7 +27,7 @@ N = 50_000
 
 def _publish(host: str, port: int, password: str, n: int) -> None:
     async def main() -> None:
-        session = EdgeSession("bench", "edge", {d: METRICS for d in DEVICES})
+        session = EdgeSession("bench", "edge", dict.fromkeys(DEVICES, METRICS))
         session.new_connection(0)
         for d in DEVICES:
             session.device_online(d, 0, samples(0))
