@@ -44,8 +44,7 @@ def run(seconds: float = 2.0) -> dict[str, float]:
 
 def report() -> None:
     r = run()
-    print(
-        f"sparkplug codec (protobuf backend: {api_implementation.Type()}), 10-metric DDATA of {r['bytes']:.0f} B:"
-    )
+    backend = api_implementation.Type()
+    print(f"sparkplug codec (protobuf backend: {backend}), 10-metric DDATA of {r['bytes']:.0f} B:")
     print(f"  encode (EdgeSession.data: aliases, seq, protobuf)  {r['encode_per_s']:>10,.0f} /s")
     print(f"  decode (payload.decode)                            {r['decode_per_s']:>10,.0f} /s")
