@@ -56,6 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--truth", type=Path, default=None, help="write the simulator's ground truth here on exit"
     )
 
+    sim = sub.add_parser("sim", help="serve the simulated CNC machines of a site model over OPC UA")
+    sim.add_argument("--site", type=Path, default=DEFAULT_SITE)
+    sim.add_argument("--speed", type=_positive, default=1.0)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--truth", type=Path, default=None, help="write the ground truth here on exit")
+
+    bridge = sub.add_parser("bridge", help="run the OPC UA -> Sparkplug bridge (UNS_MQTT_PASSWORD)")
+    bridge.add_argument("--site", type=Path, default=DEFAULT_SITE)
+    bridge.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    bridge.add_argument(
+        "--edge-node", action="append", default=None, help="only these edge nodes (repeatable)"
+    )
+
+    context = sub.add_parser(
+        "context", help="run the Sparkplug host that keeps the record (UNS_MQTT_PASSWORD)"
+    )
+    context.add_argument("--site", type=Path, default=DEFAULT_SITE)
+    context.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    context.add_argument("--record", type=Path, default=Path("var/record.db"))
+
+    api = sub.add_parser("api", help="serve the HTTP API over the record (UNS_API_TOKEN)")
+    api.add_argument("--record", type=Path, default=Path("var/record.db"))
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=_port, default=8000)
+
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
 
@@ -78,9 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "broker-acl":
             print(render_acl(load_site(args.site).config.enterprise), end="")
             return 0
+        from uns import processes
+
+        if args.command == "api":
+            processes.api(args.record, args.host, args.port)
+            return 0
+        site = load_site(args.site)
+        if args.command == "sim":
+            asyncio.run(processes.sim(site, args.speed, args.seed, args.truth))
+            return 0
+        if args.command == "bridge":
+            asyncio.run(processes.bridge(site, args.broker, args.edge_node))
+            return 0
+        if args.command == "context":
+            asyncio.run(processes.context(site, args.broker, args.record))
+            return 0
         from uns.demo import DemoOptions, run_demo
 
-        site = load_site(args.site)
         opts = DemoOptions(
             site,
             args.data_dir,
@@ -94,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(run_demo(opts))
         return 0
-    except SiteConfigError as exc:
+    except (SiteConfigError, ValueError) as exc:
         print(f"uns: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a missing setting (ConfigError) or a broker that will not start
+        print(f"uns: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

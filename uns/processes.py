@@ -1,0 +1,85 @@
+"""Each part of the stack as its own process (`uns sim`, `uns bridge`, `uns context`, `uns api`), for a
+plant where they run on different hosts or containers (compose.yaml). `uns demo` runs them all at once.
+
+Broker credentials come from the environment: UNS_MQTT_USERNAME (default: the role's user) and
+UNS_MQTT_PASSWORD; the API token from UNS_API_TOKEN. Nothing secret is taken from the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import uvicorn
+from pydantic import SecretStr
+
+from bridge.runner import run_bridge
+from bridge.sim.cnc import run_simulator
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.context.app import ContextService
+from services.context.record import RecordStore
+from uns.clock import ScaledClock, WallClock
+from uns.mqtt import BrokerAddress
+from uns.site import Site
+
+
+class ConfigError(RuntimeError):
+    """A setting missing from the environment; the message names it."""
+
+
+def broker_address(url: str, role: str) -> BrokerAddress:
+    address = BrokerAddress.parse(url)
+    user = os.environ.get("UNS_MQTT_USERNAME") or address.username or role
+    password = os.environ.get("UNS_MQTT_PASSWORD") or address.password
+    if not password:
+        raise ConfigError(f"set UNS_MQTT_PASSWORD to the password of MQTT user {user!r}")
+    return address.with_credentials(user, password)
+
+
+async def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(stop)
+
+
+async def sim(site: Site, speed: float, seed: int, truth: Path | None) -> None:
+    clock = ScaledClock(int(time.time() // 60 * 60_000), speed)
+    await _until_signal(lambda stop: run_simulator(list(site.machines), seed, clock, stop, truth))
+
+
+async def bridge(site: Site, url: str, edge_nodes: list[str] | None) -> None:
+    address = broker_address(url, "bridge")
+    await _until_signal(lambda stop: run_bridge(site, address, WallClock(), stop, edge_nodes))
+
+
+async def context(site: Site, url: str, record: Path) -> None:
+    address = broker_address(url, "services")
+    store = RecordStore(record)
+    service = ContextService(site, store, address, WallClock())
+    service.start(asyncio.get_running_loop())
+
+    async def run(stop: asyncio.Event) -> None:
+        await stop.wait()
+        await service.stop()
+        store.close()
+
+    await _until_signal(run)
+
+
+def api(record: Path, host: str, port: int) -> None:
+    token = os.environ.get("UNS_API_TOKEN")
+    if not token:
+        raise ConfigError("set UNS_API_TOKEN (at least 16 characters) to the bearer token clients must send")
+    settings = ApiSettings(api_token=SecretStr(token))
+    store = RecordStore(record)
+    try:
+        uvicorn.run(create_app(settings, store), host=host, port=port, log_level="info")
+    finally:
+        store.close()
