@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 NAMESPACE = "spBv1.0"
@@ -68,6 +69,7 @@ class SparkplugTopic:
         return base if self.device_id is None else f"{base}/{self.device_id}"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse(topic: str) -> SparkplugTopic:
     """Parse a Sparkplug edge-node or device topic; STATE topics are parsed by `parse_state`."""
     parts = topic.split("/")
