@@ -92,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("asyncua", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.log_level != "DEBUG":
+        # asyncua warns about every unsecured endpoint and revised session timeout; our bridge logs
+        # what matters (a machine lost, a bad value) itself.
+        logging.getLogger("asyncua").setLevel(logging.ERROR)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         if args.command == "check-site":
             site = load_site(args.site)

@@ -137,6 +137,7 @@ class ContextService:
         ]
         tracker = self.trackers[machine.id]
         closed, parts = tracker.apply(values, birth=event.is_birth)
+        self._log_changes(closed, tracker)
         self._intervals += closed
         self._parts += parts
         self._dirty.add(machine.id)
@@ -148,8 +149,24 @@ class ContextService:
         for device in devices:
             machine = self._machine(event.group_id, event.edge_node_id, device)
             if machine is not None:
-                self._intervals += self.trackers[machine.id].lose(ts)
+                tracker = self.trackers[machine.id]
+                closed = tracker.lose(ts)
+                self._log_changes(closed, tracker)
+                self._intervals += closed
                 self._dirty.add(machine.id)
+
+    @staticmethod
+    def _log_changes(closed: list[Interval], tracker: MachineTracker) -> None:
+        if closed and tracker.since_ms is not None:
+            last = closed[-1]
+            logger.info(
+                "%s: %s since %s (was %s for %.1f min)",
+                tracker.machine_id,
+                tracker.state.value,
+                iso(tracker.since_ms),
+                last.state.value,
+                (last.end_ms - last.start_ms) / 60_000,
+            )
 
     # -- output ----------------------------------------------------------------------------------
     def _schedule_flush(self) -> None:
