@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from bridge.sim.scenario import MachineScenario
 
 ORIGIN = 1_795_300_000_000
@@ -22,7 +24,7 @@ def test_a_day_has_every_kind_of_event_and_the_truth_tiles_the_day() -> None:
     truth = scenario.truth(ORIGIN + DAY)
     assert truth[0].start_ms == ORIGIN
     assert truth[-1].end_ms == ORIGIN + DAY
-    for before, after in zip(truth, truth[1:], strict=False):
+    for before, after in itertools.pairwise(truth):
         assert before.end_ms == after.start_ms
         assert before.state != after.state  # merged by state
     phases = {p for i in truth for p in i.phases}
@@ -34,6 +36,6 @@ def test_a_day_has_every_kind_of_event_and_the_truth_tiles_the_day() -> None:
 def test_changes_start_with_every_signal_and_are_in_time_order() -> None:
     changes = list(MachineScenario("st20-01", 1, ORIGIN).changes(ORIGIN + DAY))
     assert len(changes[0].values) == 10
-    assert all(a.t_ms <= b.t_ms for a, b in zip(changes, changes[1:], strict=False))
+    assert all(a.t_ms <= b.t_ms for a, b in itertools.pairwise(changes))
     counts = [c.values["part_count"] for c in changes if "part_count" in c.values]
-    assert all(b > a for a, b in zip(counts, counts[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(counts))
