@@ -21,7 +21,7 @@ from asyncua.common.node import Node
 from asyncua.server.server import Server
 
 from bridge.signals import SIGNAL_TYPES, coerce
-from uns.site import Machine, Signal
+from uns.site import Machine, OpcUaSource, Signal
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import DataType, Quality
 
@@ -59,6 +59,7 @@ class OpcUaReader:
     def __init__(
         self,
         machine: Machine,
+        source: OpcUaSource,
         *,
         on_online: Callable[[list[Sample]], None],
         on_samples: Callable[[list[Sample]], None],
@@ -67,6 +68,7 @@ class OpcUaReader:
         max_backoff_s: float = 10.0,
     ) -> None:
         self.machine = machine
+        self.source = source
         self._on_online, self._on_samples, self._on_offline = on_online, on_samples, on_offline
         self._now_ms = now_ms
         self._max_backoff = max_backoff_s
@@ -90,7 +92,7 @@ class OpcUaReader:
             return Sample(signal.value, coerce(signal, raw), ts)
         except ValueError as exc:
             self.counters["bad_values"] += 1
-            logger.warning("machine %s (%s): %s", self.machine.id, self.machine.source.endpoint, exc)
+            logger.warning("machine %s (%s): %s", self.machine.id, self.source.endpoint, exc)
             return Sample(signal.value, None, ts, Quality.BAD)
 
     def _received(self, node: Node, dv: ua.DataValue) -> None:
@@ -133,7 +135,7 @@ class OpcUaReader:
                 logger.warning(
                     "machine %s: OPC UA %s: %s",
                     self.machine.id,
-                    self.machine.source.endpoint,
+                    self.source.endpoint,
                     exc or type(exc).__name__,
                 )
             if self._online:
@@ -145,7 +147,7 @@ class OpcUaReader:
             backoff = min(backoff * 2, self._max_backoff)
 
     async def _session(self) -> None:
-        source = self.machine.source
+        source = self.source
         client = Client(source.endpoint, timeout=4, watchdog_intervall=1.0)
         self._lost = asyncio.Event()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bridge.modbus import ModbusReader
 from bridge.opcua import OpcUaReader
 from bridge.signals import metric_defs
 from uns.clock import Clock
 from uns.mqtt import BrokerAddress
-from uns.site import Machine, Site
+from uns.site import Machine, ModbusSource, Site
 from uns.sparkplug.edge import EdgeSession, Sample
 from uns.sparkplug.edge_node import EdgeNode
 
@@ -23,7 +24,7 @@ def make_edge_node(site: Site, edge_node_id: str, address: BrokerAddress, clock:
     return EdgeNode(session, address, clock, primary_host_id=site.host_id)
 
 
-def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader:
+def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | ModbusReader:
     def online(samples: list[Sample]) -> None:
         logger.info("machine %s online", machine.id)
         node.device_online(machine.id, samples)
@@ -35,7 +36,18 @@ def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader:
     def data(samples: list[Sample]) -> None:
         node.data(machine.id, samples)
 
-    return OpcUaReader(machine, on_online=online, on_samples=data, on_offline=offline, now_ms=clock.now_ms)
+    if isinstance(machine.source, ModbusSource):
+        return ModbusReader(
+            machine,
+            machine.source,
+            on_online=online,
+            on_samples=data,
+            on_offline=offline,
+            now_ms=clock.now_ms,
+        )
+    return OpcUaReader(
+        machine, machine.source, on_online=online, on_samples=data, on_offline=offline, now_ms=clock.now_ms
+    )
 
 
 async def run_bridge(
@@ -58,7 +70,8 @@ async def run_bridge(
         async with asyncio.TaskGroup() as tg:
             for node in nodes:
                 for machine in site.edge_nodes()[node.session.edge_node_id]:
-                    tg.create_task(_reader(node, machine, clock).run(), name=f"bridge[{machine.id}].opcua")
+                    reader = _reader(node, machine, clock)
+                    tg.create_task(reader.run(), name=f"bridge[{machine.id}].{machine.source.protocol}")
             tg.create_task(_cancel_on(stop), name="bridge.stop")
     except* _StopRequestedError:
         pass

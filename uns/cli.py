@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-site":
             site = load_site(args.site)
             for m in site.machines:
-                print(f"{m.id:12} {m.path}  edge node {m.edge_node}  {m.source.endpoint}")
+                print(f"{m.id:12} {m.path}  edge node {m.edge_node}  {m.where}")
             return 0
         if args.command == "broker-acl":
             print(render_acl(load_site(args.site).config.enterprise), end="")

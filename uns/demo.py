@@ -100,9 +100,7 @@ async def _run(
     opts: DemoOptions, base: BrokerAddress, creds: Credentials, stop: asyncio.Event, out: TextIO
 ) -> None:
     loop = asyncio.get_running_loop()
-    site = opts.site.with_endpoints(
-        {m.id: f"opc.tcp://127.0.0.1:{free_port()}/uns/{m.id}" for m in opts.site.machines}
-    )
+    site = opts.site.with_ports({m.id: free_port() for m in opts.site.machines})
     clock = ScaledClock(origin_ms=_minute_now(), speed=opts.speed)
     token = os.environ.get("UNS_API_TOKEN") or secrets.token_urlsafe(24)
     store = RecordStore(opts.data_dir / "record.db")

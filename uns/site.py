@@ -7,13 +7,21 @@ and where each machine's signals come from.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from uns.paths import Isa95Path, check_segment
 from uns.sparkplug.topic import check_id
@@ -89,11 +97,161 @@ class OpcUaSource(_Strict):
         return value
 
 
+class Table(enum.StrEnum):
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
+    HOLDING = "holding"
+    INPUT = "input"
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (Table.COIL, Table.DISCRETE_INPUT)
+
+
+class RegisterType(enum.StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+    @property
+    def words(self) -> int:
+        return {"int32": 2, "uint32": 2, "float32": 2, "float64": 4}.get(self.value, 1)
+
+
+_TEXT_SIGNALS = frozenset({Signal.EXECUTION, Signal.MODE, Signal.PROGRAM, Signal.ALARM_TEXT})
+
+
+class ModbusSignal(BaseModel):
+    """Where one signal lives in a Modbus device, and how its raw value becomes the signal's value.
+
+    value = map[raw] if `map` is given, else format.format(raw * scale + offset) for text signals,
+    else raw * scale + offset.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: Table
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: RegisterType | None = None  # bool for coils and discrete inputs, uint16 for registers
+    bit: Annotated[int, Field(ge=0, le=15)] | None = None
+    word_order: Literal["big", "little"] = "big"
+    byte_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    map: dict[int, str] | None = None
+    format: str | None = None
+    deadband: Annotated[float, Field(ge=0)] = 0.0
+    rollover: Annotated[int, Field(ge=2)] | None = None  # a counter's modulus, e.g. 65536
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in RegisterType._value2member_map_:
+            raise ValueError(f"unknown type {value!r}: use one of {', '.join(t.value for t in RegisterType)}")
+        return value
+
+    @property
+    def register_type(self) -> RegisterType:
+        if self.type is not None:
+            return self.type
+        return RegisterType.BOOL if self.table.is_bits or self.bit is not None else RegisterType.UINT16
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """First and last address this signal reads."""
+        return self.address, self.address + self.register_type.words - 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusSignal:
+        kind = self.register_type
+        if self.table.is_bits:
+            if kind is not RegisterType.BOOL:
+                raise ValueError(f"a {self.table} is one bit: its type is bool, not {kind}")
+            if self.bit is not None:
+                raise ValueError(f"'bit' is for registers; a {self.table} is already one bit")
+        elif kind is RegisterType.BOOL and self.bit is None:
+            raise ValueError("a bool out of a register needs 'bit' (0-15)")
+        elif self.bit is not None and kind is not RegisterType.BOOL:
+            raise ValueError(f"'bit' picks a bool out of a register; it does not go with type {kind}")
+        if self.span[1] > 65535:
+            raise ValueError(f"{kind} at address {self.address} runs past register 65535")
+        if self.format is not None:
+            try:
+                self.format.format(0)
+            except (IndexError, KeyError, ValueError) as exc:
+                raise ValueError(f"format {self.format!r} must take one value, like 'O{{}}': {exc}") from None
+        return self
+
+
+class PollGroup(_Strict):
+    interval_ms: Annotated[int, Field(ge=20, le=3_600_000)]
+    signals: dict[Signal, ModbusSignal]
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _signal_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {Signal(k) if k in Signal._value2member_map_ else k: v for k, v in value.items()}
+        return value
+
+
+class ModbusSource(_Strict):
+    protocol: Literal["modbus"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    device_id: Annotated[int, Field(ge=0, le=247)] = 1
+    timeout_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
+    poll_groups: Annotated[dict[str, PollGroup], Field(min_length=1)]
+
+    @property
+    def signals(self) -> dict[Signal, ModbusSignal]:
+        return {s: spec for group in self.poll_groups.values() for s, spec in group.signals.items()}
+
+    @model_validator(mode="after")
+    def _whole_map(self) -> ModbusSource:
+        seen: dict[Signal, str] = {}
+        for name, group in self.poll_groups.items():
+            for signal in group.signals:
+                if signal in seen:
+                    raise ValueError(f"signal {signal} is in poll groups {seen[signal]!r} and {name!r}")
+                seen[signal] = name
+        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(seen))
+        if missing:
+            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        signals = self.signals
+        for signal in (Signal.EXECUTION, Signal.MODE):
+            if signal in signals and signals[signal].map is None:
+                raise ValueError(f"{signal} needs a 'map' from register values to {signal} names")
+        for signal, spec in signals.items():
+            if signal in _TEXT_SIGNALS and spec.map is None and spec.format is None:
+                raise ValueError(f"{signal} is text: give a 'map' or a 'format' for the register value")
+        _check_overlaps(signals)
+        return self
+
+
+def _check_overlaps(signals: dict[Signal, ModbusSignal]) -> None:
+    """Two signals may share a register only as different bits of it."""
+    # coils and discrete inputs are separate tables; holding and input registers too
+    taken: dict[tuple[Table, int], list[tuple[Signal, int | None]]] = {}
+    for signal, spec in signals.items():
+        first, last = spec.span
+        for address in range(first, last + 1):
+            for other, other_bit in taken.get((spec.table, address), []):
+                if spec.bit is None or other_bit is None or spec.bit == other_bit:
+                    where = f"{spec.table} {address}" + (f" bit {spec.bit}" if spec.bit == other_bit else "")
+                    raise ValueError(f"signals {other} and {signal} overlap at {where}")
+            taken.setdefault((spec.table, address), []).append((signal, spec.bit))
+
+
 class MachineConfig(_Strict):
     id: Annotated[str, _segment("machine id")]
     name: str = ""
     edge_node: Annotated[str, _sparkplug_id("edge node id")] | None = None
-    source: OpcUaSource
+    source: Annotated[OpcUaSource | ModbusSource, Field(discriminator="protocol")]
 
 
 class CellConfig(_Strict):
@@ -131,7 +289,20 @@ class Machine:
     name: str
     path: Isa95Path
     edge_node: str
-    source: OpcUaSource
+    source: OpcUaSource | ModbusSource
+
+    @property
+    def where(self) -> str:
+        """Where the machine's signals are read from, for logs and listings."""
+        s = self.source
+        return s.endpoint if isinstance(s, OpcUaSource) else f"modbus://{s.host}:{s.port}/{s.device_id}"
+
+    @property
+    def counter_rollover(self) -> int | None:
+        """The modulus of the machine's part counter, if it rolls over (a 16-bit PLC register)."""
+        if isinstance(self.source, ModbusSource):
+            return self.source.signals[Signal.PART_COUNT].rollover
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,19 +331,23 @@ class Site:
             nodes.setdefault(m.edge_node, []).append(m)
         return nodes
 
-    def with_endpoints(self, endpoints: dict[str, str]) -> Site:
-        """The same site with some machines' OPC UA endpoints replaced (the demo picks free ports)."""
-        machines = tuple(
-            Machine(
-                m.id,
-                m.name,
-                m.path,
-                m.edge_node,
-                m.source.model_copy(update={"endpoint": endpoints[m.id]}) if m.id in endpoints else m.source,
-            )
-            for m in self.machines
-        )
+    def with_ports(self, ports: dict[str, int]) -> Site:
+        """The same site with some machines on other loopback ports (the demo and tests pick free ones)."""
+
+        def moved(m: Machine) -> OpcUaSource | ModbusSource:
+            if m.id not in ports:
+                return m.source
+            if isinstance(m.source, ModbusSource):
+                return m.source.model_copy(update={"host": "127.0.0.1", "port": ports[m.id]})
+            return m.source.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{ports[m.id]}/uns/{m.id}"})
+
+        machines = tuple(Machine(m.id, m.name, m.path, m.edge_node, moved(m)) for m in self.machines)
         return Site(self.config, machines, self.source_file)
+
+    def only(self, machine_ids: Iterable[str]) -> Site:
+        """The same site with only these machines."""
+        wanted = set(machine_ids)
+        return Site(self.config, tuple(m for m in self.machines if m.id in wanted), self.source_file)
 
 
 # -- loading ------------------------------------------------------------------------------------

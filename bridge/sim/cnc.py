@@ -1,7 +1,9 @@
-"""The CNC job-shop simulator: one real OPC UA server per machine, driven by its seeded scenario.
+"""The job-shop simulator: one real server per machine, driven by the machine's seeded scenario.
 
-Values are written with the scenario's event time as their source timestamp, paced by the clock
-(`--speed` runs faster than real time). On stop it can write its ground truth as JSON.
+A machine whose site-model source is OPC UA gets a CNC controller as an asyncua server; one whose
+source is Modbus gets an older CNC behind a PLC as a pymodbus server. Values are written when event
+time reaches them, paced by the clock (`--speed` runs faster than real time); OPC UA keeps the
+scenario's time as the source timestamp. On stop it can write its ground truth as JSON.
 """
 
 from __future__ import annotations
@@ -9,19 +11,39 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
+from bridge.modbus import LegacyModbusServer
 from bridge.opcua import CncOpcUaServer
 from bridge.sim.scenario import Change, MachineScenario
 from uns.clock import ScaledClock, iso
-from uns.site import Machine
+from uns.site import Machine, ModbusSource
 
 logger = logging.getLogger(__name__)
 
 
+class SimulatedMachine(Protocol):
+    machine_id: str
+
+    async def start(self, initial: Mapping[str, bool | int | float | str], t_ms: int) -> None: ...
+
+    async def write(self, values: Mapping[str, bool | int | float | str], t_ms: int) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def make_server(machine: Machine, scenario: MachineScenario) -> SimulatedMachine:
+    if isinstance(machine.source, ModbusSource):
+        # start the 16-bit counter close to the top, so the demo shows a rollover early on
+        offset = 65536 - 8 - scenario.initial_part_count % 65536
+        return LegacyModbusServer(machine.id, machine.source.host, machine.source.port, counter_offset=offset)
+    return CncOpcUaServer(machine.id, machine.source.endpoint)
+
+
 async def drive(
-    server: CncOpcUaServer, changes: Iterator[Change], clock: ScaledClock, until_ms: int | None = None
+    server: SimulatedMachine, changes: Iterator[Change], clock: ScaledClock, until_ms: int | None = None
 ) -> None:
     """Write each change when event time reaches it (all of them before `until_ms`, if given)."""
     for change in changes:
@@ -73,11 +95,11 @@ async def run_simulator(
     seconds of CPU each); `ready` is set once they all serve, with the scenario's origin values.
     """
     scenarios = [MachineScenario(m.id, seed, clock.origin_ms) for m in machines]
-    servers = [CncOpcUaServer(m.id, m.source.endpoint) for m in machines]
+    servers = [make_server(m, sc) for m, sc in zip(machines, scenarios, strict=True)]
     changes = [sc.changes() for sc in scenarios]
-    started: list[CncOpcUaServer] = []
+    started: list[SimulatedMachine] = []
 
-    async def start(server: CncOpcUaServer, machine_changes: Iterator[Change]) -> None:
+    async def start(server: SimulatedMachine, machine_changes: Iterator[Change]) -> None:
         first = next(machine_changes)
         await server.start(first.values, first.t_ms)
         started.append(server)

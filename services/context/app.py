@@ -43,9 +43,15 @@ class ContextService:
         for m in site.machines:
             c = restored.get(m.id)
             self.trackers[m.id] = (
-                MachineTracker(m.id, state=c.state, since_ms=c.since_ms, counter=c.counter)
+                MachineTracker(
+                    m.id,
+                    state=c.state,
+                    since_ms=c.since_ms,
+                    counter=c.counter,
+                    counter_rollover=m.counter_rollover,
+                )
                 if c is not None and c.since_ms is not None
-                else MachineTracker(m.id)
+                else MachineTracker(m.id, counter_rollover=m.counter_rollover)
             )
         self._intervals: list[Interval] = []
         self._parts: list[PartsMade] = []

@@ -81,8 +81,10 @@ class MachineTracker:
         state: MachineState = MachineState.COMMS_LOSS,
         since_ms: int | None = None,
         counter: int | None = None,
+        counter_rollover: int | None = None,
     ) -> None:
         self.machine_id = machine_id
+        self.counter_rollover = counter_rollover
         self.state = state
         self.since_ms = since_ms
         self.counter = counter
@@ -139,8 +141,14 @@ class MachineTracker:
         last, self.counter = self.counter, value
         if last is None or value == last:
             return None
-        # A counter that went down was reset (or wrapped): what it shows now was made since.
-        delta = value - last if value > last else value
+        if value > last:
+            delta = value - last
+        elif self.counter_rollover and last - value > self.counter_rollover // 2:
+            # it wrapped past its top (a 16-bit PLC register): count across the wrap
+            delta = value + self.counter_rollover - last
+        else:
+            # it was reset: what it shows now was made since
+            delta = value
         return PartsMade(self.machine_id, ts, delta, value) if delta > 0 else None
 
     def lose(self, ts: int) -> list[Interval]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from bridge.opcua import CncOpcUaServer, OpcUaReader
 from uns.broker import free_port
 from uns.cli import DEFAULT_SITE
-from uns.site import Machine, load_site
+from uns.site import Machine, OpcUaSource, load_site
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
 
@@ -29,8 +29,12 @@ INITIAL = {
 
 
 def machine() -> Machine:
-    site = load_site(DEFAULT_SITE)
-    return site.with_endpoints({"vf2-01": f"opc.tcp://127.0.0.1:{free_port()}/sim"}).machine("vf2-01")
+    return load_site(DEFAULT_SITE).with_ports({"vf2-01": free_port()}).machine("vf2-01")
+
+
+def endpoint(m: Machine) -> str:
+    assert isinstance(m.source, OpcUaSource)
+    return m.source.endpoint
 
 
 class Seen:
@@ -62,7 +66,7 @@ async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
 
 async def test_values_arrive_with_the_source_timestamp_and_bad_values_are_bad_quality() -> None:
     m = machine()
-    server = CncOpcUaServer(m.id, m.source.endpoint)
+    server = CncOpcUaServer(m.id, endpoint(m))
     await server.start(INITIAL, 1_000_000)
     seen = Seen()
     task = asyncio.create_task(seen.reader(m).run())
@@ -91,7 +95,7 @@ async def test_values_arrive_with_the_source_timestamp_and_bad_values_are_bad_qu
 
 async def test_a_lost_server_is_noticed_and_the_reader_reconnects() -> None:
     m = machine()
-    server = CncOpcUaServer(m.id, m.source.endpoint)
+    server = CncOpcUaServer(m.id, endpoint(m))
     await server.start(INITIAL, 1_000_000)
     seen = Seen()
     task = asyncio.create_task(seen.reader(m).run())
@@ -101,7 +105,7 @@ async def test_a_lost_server_is_noticed_and_the_reader_reconnects() -> None:
         started = time.monotonic()
         await until(lambda: seen.offline == 1)
         assert time.monotonic() - started < 10  # bounded: the client's watchdog probes every second
-        server = CncOpcUaServer(m.id, m.source.endpoint)
+        server = CncOpcUaServer(m.id, endpoint(m))
         await server.start(INITIAL, 5_000_000)
         await until(lambda: len(seen.online) == 2, timeout=30)
     finally:

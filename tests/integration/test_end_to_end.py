@@ -21,25 +21,25 @@ from tests.helpers import address, track
 from uns.broker import Mosquitto, free_port
 from uns.cli import DEFAULT_SITE
 from uns.clock import ScaledClock
-from uns.site import load_site
+from uns.site import OpcUaSource, load_site
 
 TOLERANCE_MS = 1
 SPEED = 1800.0  # half an hour of shop time per second
 HORIZON_MS = 3 * 3600 * 1000  # three hours of scenario
 ORIGIN_MS = 1_795_300_000_000
-MACHINES = ("vf2-01", "st20-01", "grind-01")  # two edge nodes
+MACHINES = ("vf2-01", "st20-01", "swiss-01")  # OPC UA machines on two edge nodes
 
 
 async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tmp_path: Path) -> None:
     full = load_site(DEFAULT_SITE)
-    site = full.with_endpoints({m: f"opc.tcp://127.0.0.1:{free_port()}/sim/{m}" for m in MACHINES})
-    site = type(site)(site.config, tuple(m for m in site.machines if m.id in MACHINES))
+    site = full.with_ports({m: free_port() for m in MACHINES}).only(MACHINES)
     clock = ScaledClock(ORIGIN_MS, SPEED)
     scenarios = {m.id: MachineScenario(m.id, seed=42, origin_ms=ORIGIN_MS) for m in site.machines}
     servers, changes = {}, {}
     for m in site.machines:
         changes[m.id] = scenarios[m.id].changes()
         first = next(changes[m.id])
+        assert isinstance(m.source, OpcUaSource)
         servers[m.id] = CncOpcUaServer(m.id, m.source.endpoint)
         await servers[m.id].start(first.values, first.t_ms)
 

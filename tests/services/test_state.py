@@ -78,3 +78,11 @@ def test_part_count_deltas_reset_and_repeats() -> None:
     assert t.apply([sv("part_count", 101, 10)])[1] == [PartsMade("m", 10, 1, 101)]
     assert t.apply([sv("part_count", 101, 20)])[1] == []  # a birth repeating the value
     assert t.apply([sv("part_count", 3, 30)])[1] == [PartsMade("m", 30, 3, 3)]  # reset to 0, then 3 made
+
+
+def test_a_16_bit_counter_wraps_and_is_counted_across_the_wrap() -> None:
+    t = MachineTracker("m", counter_rollover=65536)
+    birth(t, 0, execution="ACTIVE", mode="AUTOMATIC", alarm_code=0, estop=False, part_count=65534)
+    assert t.apply([sv("part_count", 1, 10)])[1] == [PartsMade("m", 10, 3, 1)]  # 65535, 0, 1
+    assert t.apply([sv("part_count", 0, 20)])[1] == []  # a small step down is a reset to 0
+    assert t.counter == 0

@@ -1,0 +1,264 @@
+"""Modbus TCP: the machine reader the bridge uses and the legacy-controller server the simulator runs.
+
+This is the only module that imports pymodbus.
+
+`ModbusReader` polls each poll group of a machine's register map at its own interval and reports by
+exception (a number moves only when it leaves its deadband). A Modbus device gives no timestamps, so
+each value is stamped with the bridge's clock when the poll began. A failed read reports the affected
+signals as bad quality, never the last good value; a lost connection reports the machine offline and
+reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimData, SimDevice
+
+from bridge.registers import Read, changed, plan_reads, raw_value, signal_value
+from uns.site import Machine, ModbusSource, PollGroup, Signal, Table
+from uns.sparkplug.edge import Sample
+from uns.sparkplug.payload import Quality
+
+logger = logging.getLogger(__name__)
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs every failed request; we report them
+
+_MISSING = object()
+
+
+class ReadFailedError(RuntimeError):
+    pass
+
+
+class ModbusReader:
+    """Reads one machine; reports `on_online(samples)`, `on_samples(samples)` and `on_offline()`."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        source: ModbusSource,
+        *,
+        on_online: Callable[[list[Sample]], None],
+        on_samples: Callable[[list[Sample]], None],
+        on_offline: Callable[[], None],
+        now_ms: Callable[[], int],
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.machine = machine
+        self.source = source
+        self._on_online, self._on_samples, self._on_offline = on_online, on_samples, on_offline
+        self._now_ms = now_ms
+        self._max_backoff = max_backoff_s
+        self._plans = {name: plan_reads(group.signals) for name, group in source.poll_groups.items()}
+        self._last: dict[Signal, tuple[object, int | None]] = {}
+        self._online = False
+        self.counters = {"samples": 0, "bad_reads": 0, "bad_values": 0, "connects": 0, "losses": 0}
+
+    @property
+    def where(self) -> str:
+        return f"modbus://{self.source.host}:{self.source.port}/{self.source.device_id}"
+
+    async def run(self) -> None:
+        """Connect, poll, report; on a lost connection report offline and start over. Runs until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of the machine's connection: report, retry
+                logger.warning("machine %s: %s: %s", self.machine.id, self.where, exc or type(exc).__name__)
+            if self._online:
+                self._online = False
+                self.counters["losses"] += 1
+                self._on_offline()
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _session(self) -> None:
+        src = self.source
+        client = AsyncModbusTcpClient(
+            src.host, port=src.port, timeout=src.timeout_ms / 1000, retries=0, reconnect_delay=0
+        )
+        try:
+            if not await client.connect():
+                raise ConnectionError("cannot connect")
+            self.counters["connects"] += 1
+            self._last = {}
+            first: list[Sample] = []
+            for name in src.poll_groups:
+                first += await self._poll(client, name)
+            self._online = True
+            logger.info("machine %s: polling %d signals at %s", self.machine.id, len(first), self.where)
+            self._on_online(first)
+            async with asyncio.TaskGroup() as tg:
+                for name, group in src.poll_groups.items():
+                    tg.create_task(
+                        self._poll_loop(client, name, group), name=f"bridge[{self.machine.id}].{name}"
+                    )
+        finally:
+            client.close()
+
+    async def _poll_loop(self, client: AsyncModbusTcpClient, name: str, group: PollGroup) -> None:
+        loop = asyncio.get_running_loop()
+        interval = group.interval_ms / 1000
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + interval, loop.time())  # a slow device skips ticks, never bunches them
+            samples = await self._poll(client, name)
+            if samples:
+                self._on_samples(samples)
+
+    async def _poll(self, client: AsyncModbusTcpClient, group: str) -> list[Sample]:
+        ts = self._now_ms()
+        out: list[Sample] = []
+        for read in self._plans[group]:
+            try:
+                data = await self._read(client, read)
+            except ReadFailedError as exc:
+                if not client.connected:
+                    raise ConnectionError(f"connection lost ({exc})") from exc
+                self.counters["bad_reads"] += 1
+                logger.warning("machine %s: %s: %s", self.machine.id, self.where, exc)
+                data = None
+            for signal in read.signals:
+                out += self._report(signal, read, data, ts)
+        self.counters["samples"] += len(out)
+        return out
+
+    def _report(self, signal: Signal, read: Read, data: Sequence[Any] | None, ts: int) -> list[Sample]:
+        spec = self.source.signals[signal]
+        value: object = None
+        quality: int | None = Quality.BAD
+        if data is not None:
+            try:
+                value, quality = signal_value(signal, spec, raw_value(spec, read, data)), None
+            except (ValueError, struct.error) as exc:
+                self.counters["bad_values"] += 1
+                logger.warning("machine %s (%s): %s", self.machine.id, self.where, exc)
+        last = self._last.get(signal, _MISSING)
+        if last is not _MISSING:
+            assert isinstance(last, tuple)
+            if last[1] == quality and not changed(spec, last[0], value):
+                return []
+        self._last[signal] = (value, quality)
+        return [Sample(signal.value, value, ts, quality)]  # type: ignore[arg-type]
+
+    async def _read(self, client: AsyncModbusTcpClient, read: Read) -> Sequence[Any]:
+        fn = {
+            Table.COIL: client.read_coils,
+            Table.DISCRETE_INPUT: client.read_discrete_inputs,
+            Table.HOLDING: client.read_holding_registers,
+            Table.INPUT: client.read_input_registers,
+        }[read.table]
+        where = f"{read.table} {read.address}..{read.address + read.count - 1}"
+        try:
+            response = await fn(read.address, count=read.count, device_id=self.source.device_id)
+        except ModbusException as exc:
+            raise ReadFailedError(f"reading {where}: {exc}") from exc
+        if response.isError():
+            raise ReadFailedError(f"reading {where}: the device answered {response}")
+        if read.table.is_bits:
+            return list(response.bits[: read.count])
+        return list(response.registers)
+
+
+# -- the simulator's side ------------------------------------------------------------------------
+EXECUTION_CODES = {"READY": 0, "ACTIVE": 1, "FEED_HOLD": 2, "INTERRUPTED": 3, "STOPPED": 4}
+MODE_CODES = {"AUTOMATIC": 1, "MANUAL": 2, "MDI": 3, "EDIT": 4}
+REGISTERS = 16
+
+
+class LegacyModbusServer:
+    """An older CNC behind a PLC, as a real Modbus TCP server (device id 1). Its "PLC program":
+
+    register 0  status bits: 0 cycle running, 1 feed hold, 2 alarm active, 3 emergency stop
+                (also readable as coils / discrete inputs 0-3)
+    register 1  controller mode (1 automatic, 2 manual, 3 MDI, 4 edit)
+    register 2  alarm code (int16, 0 = none)
+    register 3  part counter (uint16, rolls over at 65536)
+    register 4  program number (O4711 -> 4711)
+    register 5  spindle speed, float32 over registers 5-6 (big-endian words)
+    register 7  spindle load in tenths of a percent
+    register 8  feed override in percent
+    register 9  execution (0 ready, 1 active, 2 feed hold, 3 interrupted, 4 stopped)
+    Holding and input registers are the same registers, as on many small PLCs.
+    """
+
+    def __init__(self, machine_id: str, host: str, port: int, *, counter_offset: int = 0) -> None:
+        self.machine_id = machine_id
+        self.host, self.port = host, port
+        self.counter_offset = counter_offset
+        self._signals: dict[str, bool | int | float | str] = {}
+        self._image = [0] * REGISTERS
+        self._answering = asyncio.Event()
+        self._answering.set()
+        device = SimDevice(
+            id=1,
+            simdata=[SimData(0, count=REGISTERS, values=0, datatype=SimType.REGISTERS)],
+            action=self._action,
+            use_bit_addressing=True,
+        )
+        self._server = ModbusTcpServer(device, address=(host, port))
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        await self._answering.wait()
+        for i in range(len(current_registers)):
+            reg = start_address + i
+            current_registers[i] = self._image[reg] if 0 <= reg < REGISTERS else 0
+
+    async def start(self, initial: Mapping[str, bool | int | float | str], t_ms: int) -> None:
+        await self.write(initial, t_ms)
+        await self._server.serve_forever(background=True)
+
+    async def write(self, values: Mapping[str, bool | int | float | str], t_ms: int) -> None:
+        """The controller's signals changed (a PLC has no clock to tell when: `t_ms` is not kept)."""
+        self._signals.update(values)
+        s = self._signals
+        execution = str(s.get(Signal.EXECUTION, "READY"))
+        alarm = int(s.get(Signal.ALARM_CODE, 0))
+        status = (execution == "ACTIVE") | (execution == "FEED_HOLD") << 1 | (alarm != 0) << 2
+        status |= bool(s.get(Signal.ESTOP, False)) << 3
+        speed_hi, speed_lo = struct.unpack(">HH", struct.pack(">f", float(s.get(Signal.SPINDLE_SPEED, 0.0))))
+        program = str(s.get(Signal.PROGRAM, "O0")).lstrip("O") or "0"
+        self._image[:10] = [
+            status,
+            MODE_CODES[str(s.get(Signal.MODE, "AUTOMATIC"))],
+            alarm & 0xFFFF,
+            (int(s.get(Signal.PART_COUNT, 0)) + self.counter_offset) % 65536,
+            int(program) % 65536,
+            speed_hi,
+            speed_lo,
+            round(float(s.get(Signal.SPINDLE_LOAD, 0.0)) * 10) % 65536,
+            round(float(s.get(Signal.FEED_OVERRIDE, 100.0))) % 65536,
+            EXECUTION_CODES[execution],
+        ]
+
+    def stop_answering(self) -> None:
+        """The PLC hangs: the connection stays up, requests get no answer."""
+        self._answering.clear()
+
+    def answer_again(self) -> None:
+        self._answering.set()
+
+    async def stop(self) -> None:
+        self._answering.set()
+        await self._server.shutdown()  # type: ignore[no-untyped-call]
