@@ -123,6 +123,10 @@ class RegisterType(enum.StrEnum):
 
 
 _TEXT_SIGNALS = frozenset({Signal.EXECUTION, Signal.MODE, Signal.PROGRAM, Signal.ALARM_TEXT})
+_NUMBER_SIGNALS = frozenset(
+    {Signal.PART_COUNT, Signal.ALARM_CODE, Signal.SPINDLE_SPEED, Signal.SPINDLE_LOAD, Signal.FEED_OVERRIDE}
+)
+_PROTOCOLS = frozenset({"opcua", "modbus"})
 
 
 class ModbusSignal(BaseModel):
@@ -229,6 +233,8 @@ class ModbusSource(_Strict):
         for signal, spec in signals.items():
             if signal in _TEXT_SIGNALS and spec.map is None and spec.format is None:
                 raise ValueError(f"{signal} is text: give a 'map' or a 'format' for the register value")
+            if signal in _NUMBER_SIGNALS and spec.register_type is RegisterType.BOOL and spec.map is None:
+                raise ValueError(f"{signal} is a number: a single bit does not hold it")
         _check_overlaps(signals)
         return self
 
@@ -242,7 +248,8 @@ def _check_overlaps(signals: dict[Signal, ModbusSignal]) -> None:
         for address in range(first, last + 1):
             for other, other_bit in taken.get((spec.table, address), []):
                 if spec.bit is None or other_bit is None or spec.bit == other_bit:
-                    where = f"{spec.table} {address}" + (f" bit {spec.bit}" if spec.bit == other_bit else "")
+                    same_bit = spec.bit is not None and spec.bit == other_bit
+                    where = f"{spec.table} {address}" + (f" bit {spec.bit}" if same_bit else "")
                     raise ValueError(f"signals {other} and {signal} overlap at {where}")
             taken.setdefault((spec.table, address), []).append((signal, spec.bit))
 
@@ -426,7 +433,13 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = tuple(
+                p
+                for i, p in enumerate(err["loc"])
+                if not (isinstance(p, str) and p.startswith("function-"))
+                # the tag pydantic adds for the source's protocol is not a key in the file
+                and not (p in _PROTOCOLS and i > 0 and err["loc"][i - 1] == "source")
+            )
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (a typo?)"

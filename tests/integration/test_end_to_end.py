@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bridge.opcua import CncOpcUaServer
 from bridge.runner import run_bridge
-from bridge.sim.cnc import drive
+from bridge.sim.cnc import drive, make_server
 from bridge.sim.scenario import MachineScenario
 from services.context.app import ContextService
 from services.context.record import RecordStore
@@ -90,3 +90,56 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
     store.close()
     assert context.host.counters["seq_gaps"] == 0
     assert context.host.counters["malformed"] == 0
+
+
+async def test_a_modbus_machine_through_to_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A legacy machine has no source timestamps: values are stamped when polled, so boundaries are good
+    to one poll interval (100 ms) in event time. At 360x that is 36 s; checked here: the recorded state
+    in the middle of every true interval longer than a minute, and every part, across a counter wrap."""
+    speed = 360.0
+    tolerance_ms = int(0.1 * speed * 1000) + 2000  # one poll, plus scheduling on a busy machine
+    full = load_site(DEFAULT_SITE)
+    site = full.with_ports({"lynx-01": free_port()}).only(["lynx-01"])
+    [machine] = site.machines
+    clock = ScaledClock(ORIGIN_MS, speed)
+    scenario = MachineScenario(machine.id, seed=5, origin_ms=ORIGIN_MS)
+    changes = scenario.changes()
+    first = next(changes)
+    server = make_server(machine, scenario)  # its counter wraps after 8 parts
+    await server.start(first.values, first.t_ms)
+
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), clock)
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(run_bridge(site, address(mosquitto, "bridge"), clock, stop))
+    deadline = time.monotonic() + 30
+    while context.trackers[machine.id].since_ms is None:
+        assert time.monotonic() < deadline, "the machine never came online"
+        await asyncio.sleep(0.05)
+    clock.restart()
+    end_ms = ORIGIN_MS + 3 * 3600 * 1000
+    await drive(server, changes, clock, until_ms=end_ms)
+    await asyncio.sleep(1.0)
+
+    truth = scenario.truth(end_ms)
+    recorded = [*store.intervals(machine.id, ORIGIN_MS, end_ms + 1)]
+    tracker = context.trackers[machine.id]
+    checked = 0
+    for real in truth[:-1]:
+        if real.end_ms - real.start_ms < 2 * tolerance_ms + 60_000:
+            continue
+        middle = (real.start_ms + real.end_ms) // 2
+        at = [i for i in recorded if i.start_ms <= middle < i.end_ms]
+        state = at[0].state if at else tracker.state
+        assert state == real.state, f"at {middle}: recorded {state}, truth {real}"
+        checked += 1
+    assert checked >= 10
+    made = sum(p.delta for p in store.parts(machine.id, ORIGIN_MS, end_ms + tolerance_ms))
+    assert made == scenario.parts_until(end_ms) > 8  # more than 8: the 16-bit counter wrapped
+    stop.set()
+    await bridge
+    await context.stop()
+    await server.stop()
+    store.close()

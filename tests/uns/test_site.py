@@ -103,3 +103,88 @@ def test_not_yaml_and_unreadable_file(tmp_path: Path) -> None:
     assert problems("enterprise: [unclosed\n")[0].startswith("plant.yaml:")
     with pytest.raises(SiteConfigError, match="cannot read the site model"):
         load_site(tmp_path / "missing.yaml")
+
+
+MODBUS = GOOD.replace(
+    """                source:
+                  protocol: opcua
+                  endpoint: opc.tcp://127.0.0.1:4840
+                  signals: {execution: "ns=2;s=E", mode: "ns=2;s=M", part_count: "ns=2;s=P",
+                            alarm_code: "ns=2;s=A", estop: "ns=2;s=S"}
+""",
+    """                source:
+                  protocol: modbus
+                  host: 127.0.0.1
+                  poll_groups:
+                    fast:
+                      interval_ms: 100
+                      signals:
+                        execution: {table: holding, address: 9, map: {0: READY, 1: ACTIVE}}
+                        mode: {table: holding, address: 1, map: {1: AUTOMATIC}}
+                        alarm_code: {table: input, address: 2, type: int16}
+                        estop: {table: holding, address: 0, bit: 3}
+                        part_count: {table: input, address: 3, type: uint16}
+""",
+)
+
+
+def test_a_modbus_register_map_loads() -> None:
+    [m] = parse_site(MODBUS).machines
+    assert m.where == "modbus://127.0.0.1:502/1"
+
+
+def test_overlapping_registers_name_both_signals_and_the_line() -> None:
+    [p] = problems(
+        MODBUS.replace(
+            "part_count: {table: input, address: 3, type: uint16}",
+            "part_count: {table: input, address: 1, type: uint32}",
+        )
+    )
+    assert p.startswith("plant.yaml:13: areas[0].lines[0].cells[0].machines[0].source: ")
+    assert "signals alarm_code and part_count overlap at input 2" in p
+
+
+def test_bits_of_one_register_may_share_it_but_not_the_same_bit() -> None:
+    ok = MODBUS.replace(
+        "alarm_code: {table: input, address: 2, type: int16}",
+        "alarm_code: {table: holding, address: 0, bit: 2, type: bool}",
+    )
+    [p] = problems(ok)  # no overlap; but a bit cannot hold an alarm code
+    assert "alarm_code is a number: a single bit does not hold it" in p
+    [p] = problems(
+        MODBUS.replace(
+            "estop: {table: holding, address: 0, bit: 3}", "estop: {table: holding, address: 9, bit: 3}"
+        )
+    )
+    assert "signals execution and estop overlap at holding 9" in p
+
+
+def test_unknown_register_type() -> None:
+    [p] = problems(MODBUS.replace("type: int16", "type: int24"))
+    assert p.startswith(
+        "plant.yaml:22: areas[0].lines[0].cells[0].machines[0].source.poll_groups.fast."
+        "signals.alarm_code.type: "
+    )
+    assert "unknown type 'int24'" in p
+
+
+def test_bit_index_out_of_range() -> None:
+    [p] = problems(MODBUS.replace("bit: 3", "bit: 16"))
+    assert ".signals.estop.bit: " in p
+    assert "less than or equal to 15" in p
+    assert p.startswith("plant.yaml:23: ")
+
+
+def test_bit_on_a_coil_and_text_without_map() -> None:
+    found = problems(
+        MODBUS.replace(
+            "estop: {table: holding, address: 0, bit: 3}", "estop: {table: coil, address: 0, bit: 3}"
+        )
+    )
+    assert any("'bit' is for registers" in p for p in found)
+    found = problems(
+        MODBUS.replace(
+            "mode: {table: holding, address: 1, map: {1: AUTOMATIC}}", "mode: {table: holding, address: 1}"
+        )
+    )
+    assert any("mode needs a 'map'" in p for p in found)
