@@ -56,7 +56,7 @@ def _publish(host: str, port: int, password: str, n: int) -> None:
     asyncio.run(main())
 
 
-def _send(broker: Mosquitto, n: int) -> multiprocessing.Process:
+def _send(broker: Mosquitto, n: int) -> multiprocessing.process.BaseProcess:
     proc = multiprocessing.get_context("spawn").Process(
         target=_publish, args=("127.0.0.1", broker.port, broker.creds.password("bridge"), n)
     )

@@ -15,7 +15,7 @@ from uns.site import Machine, ModbusSource, load_site
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
 
-INITIAL = {
+INITIAL: dict[str, bool | int | float | str] = {
     "execution": "READY",
     "mode": "MANUAL",
     "program": "O4711",

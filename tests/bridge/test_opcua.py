@@ -14,7 +14,7 @@ from uns.site import Machine, OpcUaSource, load_site
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
 
-INITIAL = {
+INITIAL: dict[str, bool | int | float | str] = {
     "execution": "READY",
     "mode": "AUTOMATIC",
     "program": "O1234",
@@ -44,8 +44,10 @@ class Seen:
         self.offline = 0
 
     def reader(self, m: Machine) -> OpcUaReader:
+        assert isinstance(m.source, OpcUaSource)
         return OpcUaReader(
             m,
+            m.source,
             on_online=self.online.append,
             on_samples=self.samples.extend,
             on_offline=self._off,

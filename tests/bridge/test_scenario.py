@@ -37,5 +37,5 @@ def test_changes_start_with_every_signal_and_are_in_time_order() -> None:
     changes = list(MachineScenario("st20-01", 1, ORIGIN).changes(ORIGIN + DAY))
     assert len(changes[0].values) == 10
     assert all(a.t_ms <= b.t_ms for a, b in itertools.pairwise(changes))
-    counts = [c.values["part_count"] for c in changes if "part_count" in c.values]
+    counts = [int(c.values["part_count"]) for c in changes if "part_count" in c.values]
     assert all(b > a for a, b in itertools.pairwise(counts))

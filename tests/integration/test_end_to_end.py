@@ -84,8 +84,8 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
     stop.set()
     await bridge
     await context.stop()
-    for m, server in servers.items():
-        if m != "vf2-01":
+    for machine_id, server in servers.items():
+        if machine_id != "vf2-01":
             await server.stop()
     store.close()
     assert context.host.counters["seq_gaps"] == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
@@ -35,7 +36,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         [PartsMade("vf2-01", T0 + 120_000, 1, 11)],
         [("vf2-01", MachineState.IDLE, T0 + 120_000, T0 + 125_000, 11)],
     )
-    with TestClient(create_app(ApiSettings(api_token=TOKEN), store)) as c:
+    with TestClient(create_app(ApiSettings(api_token=SecretStr(TOKEN)), store)) as c:
         yield c
     store.close()
 
@@ -117,4 +118,4 @@ def test_openapi_describes_the_routes(client: TestClient) -> None:
 
 def test_a_short_token_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="api_token"):
-        ApiSettings(api_token="short")
+        ApiSettings(api_token=SecretStr("short"))

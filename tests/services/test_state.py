@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from services.context.state import Interval, MachineState, MachineTracker, PartsMade, SignalValue, derive
+from services.context.state import (
+    Interval,
+    MachineState,
+    MachineTracker,
+    PartsMade,
+    SignalValue,
+    Value,
+    derive,
+)
 
 S = MachineState
 
 
-def sv(name: str, value: object, ts: int) -> SignalValue:
-    return SignalValue(name, value, ts)  # type: ignore[arg-type]
+def sv(name: str, value: Value, ts: int) -> SignalValue:
+    return SignalValue(name, value, ts)
 
 
 def test_rules_in_order() -> None:
-    base = {"execution": "ACTIVE", "mode": "AUTOMATIC", "alarm_code": 0, "estop": False}
+    base: dict[str, Value] = {"execution": "ACTIVE", "mode": "AUTOMATIC", "alarm_code": 0, "estop": False}
     assert derive(base) is S.RUNNING
     assert derive({**base, "execution": "FEED_HOLD"}) is S.IDLE
     assert derive({**base, "mode": "MDI"}) is S.SETUP
@@ -21,7 +29,7 @@ def test_rules_in_order() -> None:
     assert derive({**base, "execution": None}) is S.COMMS_LOSS
 
 
-def birth(t: MachineTracker, ts: int, **values: object) -> None:
+def birth(t: MachineTracker, ts: int, **values: Value) -> None:
     t.apply([sv(k, v, ts) for k, v in values.items()], birth=True)
 
 
@@ -68,8 +76,7 @@ def test_comms_loss_and_recovery() -> None:
         ],
         birth=True,
     )
-    assert t.state is S.IDLE
-    assert t.since_ms == 60_000
+    assert (t.state, t.since_ms) == (S.IDLE, 60_000)
 
 
 def test_part_count_deltas_reset_and_repeats() -> None:

@@ -46,7 +46,7 @@ def test_seq_is_one_counter_for_node_and_devices_and_wraps() -> None:
     assert seqs[253:256] == [255, 0, 1]
     death = s.device_offline("m1", 500)
     assert death is not None
-    assert decode(death[1]).seq == (seqs[-1] + 1) % 256
+    assert decode(death[1]).seq == ((seqs[-1] or 0) + 1) % 256
 
 
 def test_nbirth_holds_bdseq_and_rebirth_unaliased_and_data_carries_aliases_only() -> None:
