@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
+from bridge.buffer import DiskBuffer
+from bridge.edge_node import EdgeNode
 from bridge.modbus import ModbusReader
 from bridge.opcua import OpcUaReader
 from bridge.signals import metric_defs
@@ -12,16 +15,20 @@ from uns.clock import Clock
 from uns.mqtt import BrokerAddress
 from uns.site import Machine, ModbusSource, Site
 from uns.sparkplug.edge import EdgeSession, Sample
-from uns.sparkplug.edge_node import EdgeNode
 
 logger = logging.getLogger(__name__)
 
 
-def make_edge_node(site: Site, edge_node_id: str, address: BrokerAddress, clock: Clock) -> EdgeNode:
+def make_edge_node(
+    site: Site, edge_node_id: str, address: BrokerAddress, clock: Clock, buffer_dir: Path | None = None
+) -> EdgeNode:
+    """An edge node for the site's machines on `edge_node_id`, buffering in `buffer_dir` (memory if None)."""
     machines = site.edge_nodes()[edge_node_id]
     devices = {m.id: metric_defs(tuple(m.source.signals)) for m in machines}
-    session = EdgeSession(site.group_id, edge_node_id, devices)
-    return EdgeNode(session, address, clock, primary_host_id=site.host_id)
+    name = f"{site.group_id}.{edge_node_id}.db"
+    buffer = DiskBuffer(buffer_dir / name if buffer_dir is not None else ":memory:")
+    session = EdgeSession(site.group_id, edge_node_id, devices, last_bdseq=buffer.last_bdseq)
+    return EdgeNode(session, address, clock, primary_host_id=site.host_id, buffer=buffer)
 
 
 def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | ModbusReader:
@@ -56,6 +63,7 @@ async def run_bridge(
     clock: Clock,
     stop: asyncio.Event,
     edge_node_ids: list[str] | None = None,
+    buffer_dir: Path | None = None,
 ) -> None:
     """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH)."""
     loop = asyncio.get_running_loop()
@@ -63,7 +71,7 @@ async def run_bridge(
     unknown = sorted(set(wanted) - set(site.edge_nodes()))
     if unknown:
         raise ValueError(f"edge nodes {unknown} are not in the site model ({', '.join(site.edge_nodes())})")
-    nodes = [make_edge_node(site, e, address, clock) for e in wanted]
+    nodes = [make_edge_node(site, e, address, clock, buffer_dir) for e in wanted]
     for node in nodes:
         node.start(loop)
     try:

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument(
         "--edge-node", action="append", default=None, help="only these edge nodes (repeatable)"
     )
+    bridge.add_argument("--buffer-dir", type=Path, default=Path("var/buffer"), help="store-and-forward files")
 
     context = sub.add_parser(
         "context", help="run the Sparkplug host that keeps the record (UNS_MQTT_PASSWORD)"
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(processes.sim(site, args.speed, args.seed, args.truth))
             return 0
         if args.command == "bridge":
-            asyncio.run(processes.bridge(site, args.broker, args.edge_node))
+            asyncio.run(processes.bridge(site, args.broker, args.edge_node, args.buffer_dir))
             return 0
         if args.command == "context":
             asyncio.run(processes.context(site, args.broker, args.record))

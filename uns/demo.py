@@ -133,7 +133,13 @@ async def _run(
     api = asyncio.create_task(server.serve(), name="demo.api")
     context.start(loop)
     bridge = asyncio.create_task(
-        run_bridge(site, base.with_credentials("bridge", creds.password("bridge")), clock, bridge_stop),
+        run_bridge(
+            site,
+            base.with_credentials("bridge", creds.password("bridge")),
+            clock,
+            bridge_stop,
+            buffer_dir=opts.data_dir / "buffer",
+        ),
         name="demo.bridge",
     )
     viewer = creds.password("viewer")

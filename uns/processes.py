@@ -54,9 +54,9 @@ async def sim(site: Site, speed: float, seed: int, truth: Path | None) -> None:
     await _until_signal(lambda stop: run_simulator(list(site.machines), seed, clock, stop, truth))
 
 
-async def bridge(site: Site, url: str, edge_nodes: list[str] | None) -> None:
+async def bridge(site: Site, url: str, edge_nodes: list[str] | None, buffer_dir: Path) -> None:
     address = broker_address(url, "bridge")
-    await _until_signal(lambda stop: run_bridge(site, address, WallClock(), stop, edge_nodes))
+    await _until_signal(lambda stop: run_bridge(site, address, WallClock(), stop, edge_nodes, buffer_dir))
 
 
 async def context(site: Site, url: str, record: Path) -> None:

@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Any
 
-from services.context.record import RecordStore
-from services.context.state import Interval, MachineTracker, PartsMade, SignalValue
+from services.context.record import Event, RecordStore
+from services.context.state import LOST, Interval, MachineTracker, PartsMade, SignalValue, birth_time, replay
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
 from uns.site import Machine, Signal, Site
@@ -54,6 +54,9 @@ class ContextService:
                 else MachineTracker(m.id, counter_rollover=m.counter_rollover)
             )
         self._intervals: list[Interval] = []
+        self._events: list[Event] = []
+        self._history: dict[str, list[tuple[int, list[SignalValue]]]] = {}
+        self._last_birth: dict[str, int] = {}
         self._parts: list[PartsMade] = []
         self._dirty: set[str] = set()
         self._flush_scheduled = False
@@ -90,6 +93,9 @@ class ContextService:
         now = self.clock.now_ms()
         for tracker in self.trackers.values():
             self._intervals += tracker.lose(now)
+            self._events.append(
+                (tracker.machine_id, SignalValue(LOST, None, tracker.since_ms or now), "lost")
+            )
             self._dirty.add(tracker.machine_id)
         self.flush()
         if client is not None:
@@ -140,12 +146,30 @@ class ContextService:
         values = [
             SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
             for m in event.metrics
+            if not m.is_historical
         ]
+        if len(values) < len(event.metrics):
+            # buffered by the edge node while we could not hear it: goes into the past, at flush
+            history = [
+                SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
+                for m in event.metrics
+                if m.is_historical
+            ]
+            self._history.setdefault(machine.id, []).append((event.timestamp, history))
+        if event.is_birth:
+            self._last_birth[machine.id] = event.timestamp
+            if values:
+                at = birth_time(values)
+                values = [SignalValue(v.name, v.value, at) for v in values]
+        if not values:
+            return
         tracker = self.trackers[machine.id]
-        closed, parts = tracker.apply(values, birth=event.is_birth)
+        closed, parts = tracker.apply(values)
         self._log_changes(closed, tracker)
         self._intervals += closed
         self._parts += parts
+        source = "birth" if event.is_birth else "live"
+        self._events += [(machine.id, v, source) for v in values]
         self._dirty.add(machine.id)
 
     def _death(self, event: Death) -> None:
@@ -157,6 +181,7 @@ class ContextService:
             if machine is not None:
                 tracker = self.trackers[machine.id]
                 closed = tracker.lose(ts)
+                self._events.append((machine.id, SignalValue(LOST, None, tracker.since_ms or ts), "lost"))
                 self._log_changes(closed, tracker)
                 self._intervals += closed
                 self._dirty.add(machine.id)
@@ -183,7 +208,7 @@ class ContextService:
     def flush(self) -> None:
         """Write what changed to the record, then publish the changed machines' state."""
         self._flush_scheduled = False
-        if not (self._intervals or self._parts or self._dirty):
+        if not (self._intervals or self._parts or self._dirty or self._history):
             return
         dirty = sorted(self._dirty)
         current = [
@@ -191,16 +216,57 @@ class ContextService:
             for m in dirty
             if (t := self.trackers[m]).since_ms
         ]
-        self.store.write(self._intervals, self._parts, current)
-        self._intervals, self._parts, self._dirty = [], [], set()
+        self.store.write(self._intervals, self._parts, current, self._events)
+        self._intervals, self._parts, self._dirty, self._events = [], [], set(), []
+        history, self._history = self._history, {}
+        for machine_id, batches in history.items():
+            self._backfill(machine_id, batches)
+            dirty.append(machine_id)
         client = self._client
         if client is None or not client.connected:
             return
-        for machine_id in dirty:
+        for machine_id in sorted(set(dirty)):
             machine = self.site.machine(machine_id)
             client.publish(
                 machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True
             )
+
+    def _backfill(self, machine_id: str, batches: list[tuple[int, list[SignalValue]]]) -> None:
+        """Historical values: into the event log, and the record recomputed from where they begin."""
+        cover_from = min(ts for ts, _ in batches)
+        cover_to = self._last_birth.get(machine_id, self.clock.now_ms())
+        values = [v for _, vs in batches for v in vs]
+        if not self.store.backfill(machine_id, values, cover_from, cover_to):
+            self.host.counters["history_repeated"] += len(values)
+            return  # seen all of it before: nothing changes
+        self.host.counters["history_applied"] += len(values)
+        old = self.trackers[machine_id]
+        start = self.store.rebuild_start(machine_id, min(cover_from, *(v.timestamp for v in values)))
+        tracker = MachineTracker(
+            machine_id,
+            state=start.previous_state,
+            since_ms=start.previous_start,
+            counter=start.counter,
+            counter_rollover=old.counter_rollover,
+            signals=start.signals,
+        )
+        closed, parts = replay(tracker, start.events)
+        self.store.replace_from(
+            machine_id,
+            start,
+            closed,
+            parts,
+            (tracker.state, tracker.since_ms, tracker.updated_ms, tracker.counter),
+        )
+        self.trackers[machine_id] = tracker
+        logger.info(
+            "%s: backfilled %d historical values from %s; now %s since %s",
+            machine_id,
+            len(values),
+            iso(cover_from),
+            tracker.state.value,
+            iso(tracker.since_ms or cover_from),
+        )
 
     def state_json(self, machine: Machine) -> dict[str, Any]:
         t = self.trackers[machine.id]

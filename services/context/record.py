@@ -6,13 +6,14 @@ is stored once, so replaying the same input gives the same record. See docs/reco
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.context.state import Interval, MachineState, PartsMade
+from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine (
@@ -35,6 +36,14 @@ CREATE TABLE IF NOT EXISTS state_interval (
     PRIMARY KEY (machine_id, start_ms)
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
+CREATE TABLE IF NOT EXISTS signal_event (
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    value       TEXT,
+    source      TEXT NOT NULL,
+    PRIMARY KEY (machine_id, ts_ms, name)
+);
 CREATE TABLE IF NOT EXISTS part_count (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -43,6 +52,21 @@ CREATE TABLE IF NOT EXISTS part_count (
     PRIMARY KEY (machine_id, ts_ms, counter)
 );
 """
+
+
+Event = tuple[str, SignalValue, str]  # machine id, value (or LOST marker), source: live, birth, lost
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildStart:
+    """What a machine looked like just before `start_ms`, and every event from then on."""
+
+    start_ms: int
+    previous_start: int | None  # the interval that ends at start_ms begins here (None: there is none)
+    previous_state: MachineState
+    signals: dict[str, Value]
+    counter: int | None
+    events: list[SignalValue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +111,17 @@ class RecordStore:
         intervals: Iterable[Interval] = (),
         parts: Iterable[PartsMade] = (),
         current: Iterable[tuple[str, MachineState, int | None, int | None, int | None]] = (),
+        events: Iterable[Event] = (),
     ) -> None:
-        """Store closed intervals, part counts and current states in one transaction."""
+        """Store closed intervals, part counts, current states and logged events in one transaction."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, ?)",
+                    [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
+                )
                 db.executemany(
                     "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
                     [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
@@ -108,6 +137,107 @@ class RecordStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            db.execute("COMMIT")
+
+    # -- backfill -------------------------------------------------------------------------------
+    def backfill(self, machine_id: str, events: Iterable[SignalValue], cover_from: int, cover_to: int) -> int:
+        """Historical values from an edge node's buffer, which saw the machine from `cover_from` to
+        `cover_to`: they go into the event log (once, however often they come), and the comms-loss
+        markers the host wrote in that window are void. Returns how much changed (0: nothing to redo)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            added = db.executemany(
+                "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, 'historical')",
+                [(machine_id, v.timestamp, v.name, json.dumps(v.value)) for v in events],
+            ).rowcount
+            voided = db.execute(
+                "DELETE FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms >= ? AND ts_ms < ?",
+                (machine_id, LOST, cover_from, cover_to),
+            ).rowcount
+            db.execute("COMMIT")
+        return added + voided
+
+    def rebuild_start(self, machine_id: str, from_ms: int) -> RebuildStart:
+        """Where to recompute a machine's record from, to take in events at or after `from_ms`."""
+        with self._lock:
+            db = self._db
+            row = db.execute(
+                "SELECT max(s) FROM (SELECT start_ms AS s FROM state_interval"
+                " WHERE machine_id = ? AND start_ms <= ?"
+                " UNION ALL SELECT since_ms FROM current_state WHERE machine_id = ? AND since_ms <= ?)",
+                (machine_id, from_ms, machine_id, from_ms),
+            ).fetchone()
+            start = row[0] if row and row[0] is not None else from_ms
+            prev = db.execute(
+                "SELECT start_ms, state FROM state_interval WHERE machine_id = ? AND end_ms = ?",
+                (machine_id, start),
+            ).fetchone()
+            lost = db.execute(
+                "SELECT max(ts_ms) FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms < ?",
+                (machine_id, LOST, start),
+            ).fetchone()[0]
+            signals = {
+                name: json.loads(value)
+                for name, value, _ in db.execute(
+                    "SELECT name, value, max(ts_ms) FROM signal_event WHERE machine_id = ? AND name != ? "
+                    "AND ts_ms < ? AND ts_ms > ? GROUP BY name",
+                    (machine_id, LOST, start, -1 if lost is None else lost),
+                )
+            }
+            counter = db.execute(
+                "SELECT value FROM signal_event WHERE machine_id = ? AND name = 'part_count' AND ts_ms < ? "
+                "AND value != 'null' ORDER BY ts_ms DESC LIMIT 1",
+                (machine_id, start),
+            ).fetchone()
+            events = [
+                SignalValue(name, json.loads(value), ts)
+                for ts, name, value in db.execute(
+                    "SELECT ts_ms, name, value FROM signal_event"
+                    " WHERE machine_id = ? AND ts_ms >= ? ORDER BY ts_ms",
+                    (machine_id, start),
+                )
+            ]
+        return RebuildStart(
+            start,
+            prev[0] if prev else None,
+            MachineState(prev[1]) if prev else MachineState.COMMS_LOSS,
+            signals,
+            json.loads(counter[0]) if counter else None,
+            events,
+        )
+
+    def replace_from(
+        self,
+        machine_id: str,
+        start: RebuildStart,
+        intervals: list[Interval],
+        parts: list[PartsMade],
+        current: tuple[MachineState, int | None, int | None, int | None],
+    ) -> None:
+        """Put a recomputed stretch of a machine's record in place of what was there."""
+        first = start.previous_start if start.previous_start is not None else start.start_ms
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            db.execute(
+                "DELETE FROM state_interval WHERE machine_id = ? AND start_ms >= ?", (machine_id, first)
+            )
+            db.execute(
+                "DELETE FROM part_count WHERE machine_id = ? AND ts_ms >= ?", (machine_id, start.start_ms)
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
+                [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
+                [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
+                (machine_id, current[0].value, *current[1:]),
+            )
             db.execute("COMMIT")
 
     # -- queries -------------------------------------------------------------------------------

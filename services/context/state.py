@@ -71,6 +71,32 @@ class SignalValue:
     timestamp: int
 
 
+LOST = "*lost*"  # the name of a comms-loss marker in the event log
+
+
+def birth_time(values: list[SignalValue]) -> int:
+    """When a birth's values take effect: the latest change among the state signals it carries."""
+    stamps = [v.timestamp for v in values if v.name in STATE_SIGNALS] or [v.timestamp for v in values]
+    return max(stamps)
+
+
+def replay(tracker: MachineTracker, events: Iterable[SignalValue]) -> tuple[list[Interval], list[PartsMade]]:
+    """Apply logged events (values and LOST markers) in time order, as the live service did."""
+    closed: list[Interval] = []
+    parts: list[PartsMade] = []
+    ordered = sorted(events, key=lambda e: (e.timestamp, e.name != LOST))
+    for ts, group in groupby(ordered, key=lambda e: e.timestamp):
+        batch = list(group)
+        if batch[0].name == LOST:
+            closed += tracker.lose(ts)
+            batch = [e for e in batch if e.name != LOST]
+        if batch:
+            more, made = tracker.apply(batch)
+            closed += more
+            parts += made
+    return closed, parts
+
+
 class MachineTracker:
     """One machine's current state and signals; `apply` and `lose` return what to record."""
 
@@ -82,13 +108,14 @@ class MachineTracker:
         since_ms: int | None = None,
         counter: int | None = None,
         counter_rollover: int | None = None,
+        signals: dict[str, Value] | None = None,
     ) -> None:
         self.machine_id = machine_id
         self.counter_rollover = counter_rollover
         self.state = state
         self.since_ms = since_ms
         self.counter = counter
-        self.signals: dict[str, Value] = {}
+        self.signals: dict[str, Value] = dict(signals or {})
         self.updated_ms: int | None = since_ms
         self.late_values = 0
 
@@ -115,8 +142,7 @@ class MachineTracker:
         """
         values = sorted(values, key=lambda v: v.timestamp)
         if birth and values:
-            stamps = [v.timestamp for v in values if v.name in STATE_SIGNALS] or [values[-1].timestamp]
-            at = max(stamps)
+            at = birth_time(values)
             values = [SignalValue(v.name, v.value, at) for v in values]
         closed: list[Interval] = []
         parts: list[PartsMade] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.edge_node import EdgeNode
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from services.context.state import MachineState
@@ -17,7 +18,6 @@ from uns.broker import Mosquitto
 from uns.clock import WallClock
 from uns.site import parse_site
 from uns.sparkplug.edge import BDSEQ, REBIRTH, EdgeSession, MetricDef, Sample
-from uns.sparkplug.edge_node import EdgeNode
 from uns.sparkplug.host import RebirthRequest
 from uns.sparkplug.payload import DataType, Metric, Payload, decode, encode
 from uns.sparkplug.topic import MessageType, parse
@@ -63,12 +63,12 @@ def of_type(kind: MessageType):  # type: ignore[no-untyped-def]
     )
 
 
-async def edge_node(broker: Mosquitto, last_bdseq: int = 255) -> EdgeNode:
+async def edge_node(broker: Mosquitto, last_bdseq: int = 255, primary_host_id: str | None = None) -> EdgeNode:
     node = EdgeNode(
         EdgeSession("dayton", "edge1", DEFS, last_bdseq=last_bdseq),
         address(broker, "bridge"),
         WallClock(),
-        primary_host_id="test-host",
+        primary_host_id=primary_host_id,
     )
     node.start(asyncio.get_running_loop())
     track(node._client)
@@ -147,15 +147,48 @@ async def test_edge_rebirth_on_command_keeps_bdseq_and_restarts_seq(mosquitto: M
     await node.stop()
 
 
-async def test_edge_rebirths_when_the_primary_host_comes_online(mosquitto: Mosquitto) -> None:
+def host_state(online: bool, ts: int) -> tuple[str, bytes, int, bool]:
+    return "spBv1.0/STATE/test-host", json.dumps({"online": online, "timestamp": ts}).encode(), 1, True
+
+
+async def test_edge_waits_for_its_primary_host_and_replays_what_it_buffered(mosquitto: Mosquitto) -> None:
     watch = await recorder(mosquitto, "services", "spBv1.0/#")
-    node = await edge_node(mosquitto)
-    await watch.wait_for(of_type(MessageType.NBIRTH))
+    node = await edge_node(mosquitto, primary_host_id="test-host")
+    node.device_online("vf2-01", READY)
+    node.data("vf2-01", [Sample("execution", "ACTIVE", 2000)])
+    node.data("vf2-01", [Sample("execution", "FEED_HOLD", 3000)])
+    await asyncio.sleep(0.5)
+    assert watch.messages == []  # no host online: nothing goes out, everything is kept
+    assert node.buffer.depth == 3
     assert watch.client is not None
-    watch.client.publish(
-        "spBv1.0/STATE/test-host", json.dumps({"online": True, "timestamp": 5}).encode(), 1, True
-    )
+    watch.client.publish(*host_state(True, 5))
+    ddata = await watch.wait_for(of_type(MessageType.DDATA), count=3)
+    sparkplug = [(t, p) for t, p in watch.messages if "STATE" not in t]
+    kinds = [parse(t).message_type for t, _ in sparkplug]
+    assert kinds[:2] == [MessageType.NBIRTH, MessageType.DBIRTH]  # births first
+    replayed = [decode(p) for _, p in ddata]
+    assert all(m.is_historical for p in replayed for m in p.metrics)
+    assert [len(p.metrics) for p in replayed] == [5, 5, 5]  # whole snapshots
+    by_alias = {m.alias: m.name for m in decode(sparkplug[1][1]).metrics}
+    execution = [next(m for m in p.metrics if by_alias[m.alias] == "execution") for p in replayed]
+    assert [(m.value, m.timestamp) for m in execution] == [("READY", 1000), ("ACTIVE", 2000), ("FEED_HOLD", 3000)]
+    assert [p.seq for p in replayed] == [2, 3, 4]
+    await asyncio.sleep(0.2)
+    assert node.buffer.depth == 0
+    node.data("vf2-01", [Sample("execution", "ACTIVE", 4000)])  # then live data
+    [*_, (_, live)] = await watch.wait_for(of_type(MessageType.DDATA), count=4)
+    assert [(m.value, m.is_historical) for m in decode(live).metrics] == [("ACTIVE", False)]
+    # the host goes away: buffer again; it comes back: births, then what was missed
+    watch.client.publish(*host_state(False, 5))
+    await asyncio.sleep(0.3)
+    node.data("vf2-01", [Sample("execution", "READY", 5000)])
+    assert node.buffer.depth >= 1
+    watch.client.publish(*host_state(True, 6))
     await watch.wait_for(of_type(MessageType.NBIRTH), count=2)
+    [*_, (_, last)] = await watch.wait_for(
+        lambda t, p: of_type(MessageType.DDATA)(t, p) and any(m.timestamp == 5000 for m in decode(p).metrics)
+    )
+    assert all(m.is_historical for m in decode(last).metrics)
     await node.stop()
 
 

@@ -1,7 +1,7 @@
 """The edge-node side of a Sparkplug B 3.0 session, without sockets.
 
 `EdgeSession` owns bdSeq, seq, aliases and the last value of every metric, and turns them into
-(topic, payload) pairs; `uns.sparkplug.edge_node` puts those on MQTT. The rules it keeps:
+(topic, payload) pairs; `bridge.edge_node` puts those on MQTT. The rules it keeps:
 
 - bdSeq goes up by one per new MQTT connection (0-255, wraps); the Will (NDEATH) and the NBIRTH
   of that connection carry the same value; a rebirth keeps it.
@@ -194,6 +194,29 @@ class EdgeSession:
         kind = MessageType.NDATA if device_id is None else MessageType.DDATA
         payload = Payload(now_ms, metrics, self._next_seq())
         return self._topic(kind, device_id), encode(payload, with_datatypes=False)
+
+    def snapshot(self, device_id: str) -> list[Sample]:
+        """Every metric of a device as it stands, each with the time it last changed."""
+        return [Sample(name, s.value, s.timestamp, s.quality) for name, s in self._device(device_id).items()]
+
+    def historical(self, device_id: str, samples: Iterable[Sample], payload_ms: int) -> Message:
+        """A DDATA of buffered values, sent after the births: metrics flagged is_historical, with their
+        original timestamps; `payload_ms` is when the bridge buffered them."""
+        slots = self._device(device_id)
+        metrics = tuple(
+            Metric(
+                None,
+                slots[s.name].alias,
+                s.timestamp,
+                slots[s.name].datatype,
+                s.value,
+                True,
+                quality=s.quality,
+            )
+            for s in samples
+        )
+        payload = Payload(payload_ms, metrics, self._next_seq())
+        return self._topic(MessageType.DDATA, device_id), encode(payload, with_datatypes=False)
 
     # -- commands --------------------------------------------------------------------------
     def is_rebirth_request(self, topic: str, payload: bytes) -> bool:

@@ -32,6 +32,7 @@ class MetricsUpdate:
     device_id: str | None
     metrics: tuple[Metric, ...]
     is_birth: bool
+    timestamp: int = 0  # the payload's: when the edge node sent (or, for historical data, buffered) it
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +214,7 @@ class HostSession:
                 Death(t.group_id, t.edge_node_id, None, payload.timestamp, tuple(sorted(old.devices)))
             )
         node_metrics = tuple(m for m in metrics if m.name not in (BDSEQ, REBIRTH))
-        events.append(MetricsUpdate(t.group_id, t.edge_node_id, None, node_metrics, True))
+        events.append(MetricsUpdate(t.group_id, t.edge_node_id, None, node_metrics, True, payload.timestamp))
         return events
 
     def _device_birth(self, t: SparkplugTopic, node: _Node, payload: Payload) -> list[Event]:
@@ -223,7 +224,7 @@ class HostSession:
         self._register(node, device, metrics)
         node.devices.add(device)
         self.counters["births"] += 1
-        return [MetricsUpdate(t.group_id, t.edge_node_id, device, tuple(metrics), True)]
+        return [MetricsUpdate(t.group_id, t.edge_node_id, device, tuple(metrics), True, payload.timestamp)]
 
     @staticmethod
     def _register(node: _Node, device: str | None, metrics: list[Metric]) -> None:
@@ -292,7 +293,9 @@ class HostSession:
             logger.warning("%s: %s not in the birth", where, ", ".join(unknown))
             events += self._ask_rebirth(t.node_key, f"unknown {unknown[0]}", now)
         if resolved:
-            events.append(MetricsUpdate(t.group_id, t.edge_node_id, device, tuple(resolved), False))
+            events.append(
+                MetricsUpdate(t.group_id, t.edge_node_id, device, tuple(resolved), False, payload.timestamp)
+            )
         return events
 
     def disconnected(self) -> list[Death]:

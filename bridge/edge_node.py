@@ -1,0 +1,259 @@
+"""An edge node on MQTT: `EdgeSession` (the rules) plus a connection and store-and-forward.
+
+The Will is made anew before every CONNECT (bdSeq + 1, kept in the buffer file across restarts).
+The node publishes only while it is connected and its primary host's STATE is online (Sparkplug
+3.0); otherwise every change goes to the disk buffer as a snapshot of the device. When it can
+publish again: births first, then the buffered snapshots in order as historical DDATA (original
+timestamps), then live data. The last few seconds sent live are kept in memory and buffered again
+when the connection drops, because QoS 0 messages in flight then may never have reached the host;
+the host's backfill is idempotent, so sending them twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from bridge.buffer import DiskBuffer
+from uns.clock import Clock
+from uns.mqtt import BrokerAddress, MqttClient, Will
+from uns.sparkplug.edge import EdgeSession, Message, Sample
+from uns.sparkplug.payload import Quality
+from uns.sparkplug.topic import MessageType, SparkplugTopic, parse_state, state_topic
+
+logger = logging.getLogger(__name__)
+
+DRAIN_BATCH = 200
+
+
+class EdgeNode:
+    def __init__(
+        self,
+        session: EdgeSession,
+        address: BrokerAddress,
+        clock: Clock,
+        *,
+        primary_host_id: str | None = None,
+        buffer: DiskBuffer | None = None,
+        resend_window_s: float = 3.0,
+    ) -> None:
+        self.session = session
+        self.address = address
+        self.clock = clock
+        self.primary_host_id = primary_host_id
+        self.buffer = buffer or DiskBuffer(":memory:")
+        self._resend_window = resend_window_s
+        self._lock = threading.Lock()  # the Will is made on paho's thread
+        self._client: MqttClient | None = None
+        self._host_online = primary_host_id is None
+        self._host_online_ts = -1
+        self._born = False  # births sent since we last could publish
+        self._pending = self.buffer.devices()  # devices whose buffered rows go before their live data
+        self._recent: deque[tuple[float, str, int, list[Sample]]] = deque()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = {
+            "births": 0,
+            "data_sent": 0,
+            "data_unsent": 0,
+            "buffered": 0,
+            "replayed": 0,
+            "bad_commands": 0,
+        }
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.session
+        subs = [
+            (str(SparkplugTopic(s.group_id, MessageType.NCMD, s.edge_node_id)), 1),
+            (f"spBv1.0/{s.group_id}/DCMD/{s.edge_node_id}/+", 1),
+        ]
+        if self.primary_host_id is not None:
+            subs.append((state_topic(self.primary_host_id), 1))
+        self._client = MqttClient(
+            f"{s.group_id}.{s.edge_node_id}",
+            self.address,
+            self,
+            loop,
+            will=self._will,
+            subscriptions=tuple(subs),
+        )
+        self._client.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    @property
+    def publishable(self) -> bool:
+        return self.connected and self._host_online
+
+    def _will(self) -> Will:
+        with self._lock:
+            topic, payload = self.session.new_connection(self.clock.now_ms())
+            self.buffer.last_bdseq = self.session.bdseq
+        return Will(topic, payload, qos=1, retain=False)
+
+    def _publish(self, message: Message | None) -> bool:
+        assert self._client is not None
+        return message is not None and self._client.publish(message[0], message[1])
+
+    # -- going on and off line ----------------------------------------------------------------
+    def _can_publish_now(self) -> None:
+        with self._lock:
+            births = self.session.births(self.clock.now_ms())
+        self.counters["births"] += 1
+        for message in births:
+            self._publish(message)
+        self._born = True
+        self._start_drain()
+
+    def _cannot_publish(self) -> None:
+        if not self._born:
+            return
+        self._born = False
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        # what was sent in the last seconds may have died with the connection: send it again later
+        horizon = time.monotonic() - self._resend_window
+        again = [(d, ts, snap) for sent, d, ts, snap in self._recent if sent >= horizon]
+        self._recent.clear()
+        if again:
+            self.buffer.append(again)
+            self._pending.update(d for d, _, _ in again)
+            self.counters["buffered"] += len(again)
+        logger.warning("edge node %s: cannot publish; buffering on disk", self.session.edge_node_id)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.get_running_loop().create_task(
+                self._drain(), name=f"edge[{self.session.edge_node_id}].drain"
+            )
+
+    async def _drain(self) -> None:
+        """Buffered snapshots of the online devices, oldest first, as historical DDATA."""
+        assert self._client is not None
+        while self.publishable and self._born:
+            online = {d for d in self._pending if self.session.is_online(d)}
+            rows = self.buffer.peek(online, DRAIN_BATCH)
+            if not rows:
+                self._pending -= online
+                return
+            with self._lock:
+                messages = [self.session.historical(r.device, r.samples, r.ts_ms) for r in rows]
+            for message in messages[:-1]:
+                if not self._publish(message):
+                    return
+            topic, payload = messages[-1]
+            if not await self._client.publish_and_wait(topic, payload, qos=0):
+                return
+            self.buffer.delete([r.id for r in rows])
+            self.counters["replayed"] += len(rows)
+            await asyncio.sleep(0)
+
+    # -- MqttHandler ------------------------------------------------------------------------
+    def on_connected(self) -> None:
+        if self._host_online:
+            self._can_publish_now()
+
+    def on_disconnected(self, reason: str) -> None:
+        self._cannot_publish()
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        host = parse_state(topic)
+        if host is not None:
+            self._on_host_state(host, payload)
+            return
+        try:
+            with self._lock:
+                rebirth = self.session.is_rebirth_request(topic, payload)
+        except ValueError as exc:
+            self.counters["bad_commands"] += 1
+            logger.warning("edge node %s: ignored a command on %s: %s", self.session.edge_node_id, topic, exc)
+            return
+        if rebirth and self.publishable:
+            logger.info("edge node %s: rebirth requested", self.session.edge_node_id)
+            self._can_publish_now()
+
+    def _on_host_state(self, host: str, payload: bytes) -> None:
+        try:
+            state = json.loads(payload)
+            online, ts = bool(state["online"]), int(state["timestamp"])
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("edge node %s: bad STATE of host %s: %s", self.session.edge_node_id, host, exc)
+            return
+        if online and ts > self._host_online_ts:
+            # the primary host came (back) online: it needs our births, then what we buffered
+            self._host_online_ts = ts
+            self._host_online = True
+            if self.connected:
+                self._can_publish_now()
+        elif not online and ts >= self._host_online_ts:
+            self._host_online = False
+            self._cannot_publish()
+
+    # -- what the bridge tells us -------------------------------------------------------------
+    def _buffer(self, device_id: str, snapshot: list[Sample]) -> None:
+        self.buffer.append([(device_id, self.clock.now_ms(), snapshot)])
+        self._pending.add(device_id)
+        self.counters["buffered"] += 1
+
+    def device_online(self, device_id: str, samples: Iterable[Sample]) -> None:
+        with self._lock:
+            birth = self.session.device_online(device_id, self.clock.now_ms(), samples)
+            snapshot = self.session.snapshot(device_id)
+        if self.publishable and self._born:
+            self._publish(birth)
+            if device_id in self._pending:
+                self._start_drain()
+        else:
+            self._buffer(device_id, snapshot)
+
+    def device_offline(self, device_id: str) -> None:
+        with self._lock:
+            death = self.session.device_offline(device_id, self.clock.now_ms())
+            now = self.clock.now_ms()
+            unknown = [Sample(s.name, None, now, Quality.BAD) for s in self.session.snapshot(device_id)]
+        if self.publishable and self._born and device_id not in self._pending:
+            self._publish(death)
+        else:
+            self._buffer(device_id, unknown)
+
+    def data(self, device_id: str, samples: Iterable[Sample]) -> None:
+        samples = list(samples)
+        with self._lock:
+            now = self.clock.now_ms()
+            live = self.publishable and self._born and device_id not in self._pending
+            message = self.session.data(device_id, samples, now) if live else None
+            if not live:
+                self.session.record(device_id, samples)
+            snapshot = self.session.snapshot(device_id)
+        if not live:
+            self._buffer(device_id, snapshot)
+            return
+        if self._publish(message):
+            self.counters["data_sent"] += 1
+            sent = time.monotonic()
+            self._recent.append((sent, device_id, now, snapshot))
+            while self._recent and self._recent[0][0] < sent - self._resend_window:
+                self._recent.popleft()
+        else:  # the connection went in between: keep it
+            self.counters["data_unsent"] += 1
+            self._buffer(device_id, snapshot)
+
+    async def stop(self) -> None:
+        """Clean exit: publish our own NDEATH (QoS 1), then disconnect; the buffer stays on disk."""
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+        if self._client is not None:
+            with self._lock:
+                topic, payload = self.session.death(self.clock.now_ms())
+            await self._client.publish_and_wait(topic, payload, qos=1)
+            self._client.stop()
+        self.buffer.close()
