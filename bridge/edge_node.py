@@ -56,6 +56,7 @@ class EdgeNode:
         self._born = False  # births sent since we last could publish
         self._pending = self.buffer.devices()  # devices whose buffered rows go before their live data
         self._recent: deque[tuple[float, str, int, list[Sample]]] = deque()
+        self._last_sent: dict[str, int] = {}  # device -> payload time of the last message it had live
         self._drain_task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {
             "births": 0,
@@ -105,7 +106,9 @@ class EdgeNode:
     # -- going on and off line ----------------------------------------------------------------
     def _can_publish_now(self) -> None:
         with self._lock:
-            births = self.session.births(self.clock.now_ms())
+            now = self.clock.now_ms()
+            births = self.session.births(now)
+            self._last_sent = {d: now for d in self.session.devices if self.session.is_online(d)}
         self.counters["births"] += 1
         for message in births:
             self._publish(message)
@@ -118,10 +121,17 @@ class EdgeNode:
         self._born = False
         if self._drain_task is not None:
             self._drain_task.cancel()
-        # what was sent in the last seconds may have died with the connection: send it again later
+        # what was sent in the last seconds may have died with the connection: send it again later,
+        # then each online device as it stood when we last sent it: the host then knows we saw
+        # everything from that moment on
         horizon = time.monotonic() - self._resend_window
         again = [(d, ts, snap) for sent, d, ts, snap in self._recent if sent >= horizon]
         self._recent.clear()
+        with self._lock:
+            for device, ts in sorted(self._last_sent.items(), key=lambda x: x[1]):
+                if self.session.is_online(device):
+                    again.append((device, ts, self.session.snapshot(device)))
+        self._last_sent.clear()
         if again:
             self.buffer.append(again)
             self._pending.update(d for d, _, _ in again)
@@ -157,6 +167,10 @@ class EdgeNode:
 
     # -- MqttHandler ------------------------------------------------------------------------
     def on_connected(self) -> None:
+        # A new connection: whatever we knew of the host is stale until its STATE arrives again
+        # (retained, or published when it reconnects).
+        self._host_online = self.primary_host_id is None
+        self._host_online_ts = -1
         if self._host_online:
             self._can_publish_now()
 
@@ -208,6 +222,7 @@ class EdgeNode:
             snapshot = self.session.snapshot(device_id)
         if self.publishable and self._born:
             self._publish(birth)
+            self._last_sent[device_id] = self.clock.now_ms()
             if device_id in self._pending:
                 self._start_drain()
         else:
@@ -220,6 +235,7 @@ class EdgeNode:
             unknown = [Sample(s.name, None, now, Quality.BAD) for s in self.session.snapshot(device_id)]
         if self.publishable and self._born and device_id not in self._pending:
             self._publish(death)
+            self._last_sent.pop(device_id, None)
         else:
             self._buffer(device_id, unknown)
 
@@ -231,7 +247,9 @@ class EdgeNode:
             message = self.session.data(device_id, samples, now) if live else None
             if not live:
                 self.session.record(device_id, samples)
-            snapshot = self.session.snapshot(device_id)
+            # every sample of this batch (a metric may change twice in one), then the rest as they stand
+            changed = {s.name for s in samples}
+            snapshot = samples + [s for s in self.session.snapshot(device_id) if s.name not in changed]
         if not live:
             self._buffer(device_id, snapshot)
             return
@@ -239,6 +257,7 @@ class EdgeNode:
             self.counters["data_sent"] += 1
             sent = time.monotonic()
             self._recent.append((sent, device_id, now, snapshot))
+            self._last_sent[device_id] = now
             while self._recent and self._recent[0][0] < sent - self._resend_window:
                 self._recent.popleft()
         else:  # the connection went in between: keep it

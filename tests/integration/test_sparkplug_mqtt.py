@@ -171,7 +171,11 @@ async def test_edge_waits_for_its_primary_host_and_replays_what_it_buffered(mosq
     assert [len(p.metrics) for p in replayed] == [5, 5, 5]  # whole snapshots
     by_alias = {m.alias: m.name for m in decode(sparkplug[1][1]).metrics}
     execution = [next(m for m in p.metrics if by_alias[m.alias] == "execution") for p in replayed]
-    assert [(m.value, m.timestamp) for m in execution] == [("READY", 1000), ("ACTIVE", 2000), ("FEED_HOLD", 3000)]
+    assert [(m.value, m.timestamp) for m in execution] == [
+        ("READY", 1000),
+        ("ACTIVE", 2000),
+        ("FEED_HOLD", 3000),
+    ]
     assert [p.seq for p in replayed] == [2, 3, 4]
     await asyncio.sleep(0.2)
     assert node.buffer.depth == 0
