@@ -122,8 +122,7 @@ class ContextService:
                 self._update(event)
             elif isinstance(event, Death):
                 self._death(event)
-            elif isinstance(event, RebirthRequest):
-                assert self._client is not None
+            elif isinstance(event, RebirthRequest) and self._client is not None:
                 self._client.publish(*event.command(self.clock.now_ms()), qos=0)
         self._schedule_flush()
 

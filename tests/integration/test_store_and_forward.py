@@ -1,0 +1,153 @@
+"""Store-and-forward with real processes: the bridge (`uns bridge`) is killed with SIGKILL while the
+broker is down and started again; what it had buffered on disk survives, and the record shows what
+the machine really did, on the controller's own timestamps, with no comms_loss where it was seen."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bridge.opcua import CncOpcUaServer
+from services.context.app import ContextService
+from services.context.record import RecordStore
+from services.context.state import Interval, MachineState
+from tests.helpers import address, track
+from uns.broker import Mosquitto, free_port
+from uns.clock import WallClock
+from uns.site import parse_site
+
+S = MachineState
+INITIAL: dict[str, bool | int | float | str] = {
+    "execution": "READY",
+    "mode": "AUTOMATIC",
+    "program": "O1",
+    "part_count": 1,
+    "alarm_code": 0,
+    "alarm_text": "",
+    "estop": False,
+    "spindle_speed": 0.0,
+    "spindle_load": 0.0,
+    "feed_override": 100.0,
+}
+
+
+def site_yaml(port: int) -> str:
+    signals = ", ".join(
+        f"{s}: 'ns=2;s={n}'"
+        for s, n in [
+            ("execution", "Execution"),
+            ("mode", "ControllerMode"),
+            ("part_count", "PartCount"),
+            ("alarm_code", "AlarmCode"),
+            ("estop", "EmergencyStop"),
+        ]
+    )
+    return f"""\
+enterprise: acme
+site: dayton
+sparkplug: {{group_id: dayton, edge_node_id: edge1, host_id: uns-host}}
+areas:
+  - name: machining
+    lines:
+      - name: mills
+        cells:
+          - name: cell-1
+            machines:
+              - id: vf2-01
+                source:
+                  protocol: opcua
+                  endpoint: opc.tcp://127.0.0.1:{port}/sim
+                  publishing_interval_ms: 50
+                  signals: {{{signals}}}
+"""
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def buffered(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM row").fetchone()[0])
+
+
+async def test_a_killed_bridge_keeps_its_buffer(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "site.yaml").write_text(site_yaml(port))
+    site = parse_site(site_yaml(port))
+    server = CncOpcUaServer("vf2-01", f"opc.tcp://127.0.0.1:{port}/sim")
+    now = WallClock().now_ms
+    await server.start(INITIAL, now())
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), WallClock())
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    buffer_file = tmp_path / "buffer" / "dayton.edge1.db"
+    env = {**os.environ, "UNS_MQTT_PASSWORD": mosquitto.creds.password("bridge")}
+    command = [
+        sys.executable,
+        "-m",
+        "uns.cli",
+        "--log-level",
+        "WARNING",
+        "bridge",
+        "--site",
+        str(tmp_path / "site.yaml"),
+        "--broker",
+        f"mqtt://127.0.0.1:{mosquitto.port}",
+        "--buffer-dir",
+        str(tmp_path / "buffer"),
+    ]
+
+    def bridge() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    proc = bridge()
+    try:
+        await until(lambda: context.trackers["vf2-01"].state is S.IDLE, "the machine to come online")
+        born_at = context.trackers["vf2-01"].since_ms
+        mosquitto.kill()
+        await asyncio.sleep(0.5)
+        at_loss = buffered(buffer_file)  # its last snapshot before the loss
+        t1 = now()
+        await server.write({"execution": "ACTIVE"}, t1)
+        await until(lambda: buffered(buffer_file) > at_loss, "the bridge to buffer")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        t2 = now()
+        await server.write({"execution": "FEED_HOLD"}, t2)  # while no bridge runs at all
+        proc = bridge()
+        rows_before = buffered(buffer_file)
+        assert rows_before >= 1  # it survived the kill
+        await until(lambda: buffered(buffer_file) > rows_before, "the new bridge to buffer")
+        t3 = now()
+        await server.write({"execution": "ACTIVE"}, t3)
+        await until(lambda: buffered(buffer_file) > rows_before + 1, "the new bridge to buffer t3")
+        mosquitto.start()
+        await until(lambda: context.trackers["vf2-01"].since_ms == t3, "the backfill")
+        await until(lambda: buffered(buffer_file) == 0, "the buffer to drain")
+        recorded = [i for i in store.intervals("vf2-01", 0, t3 + 1) if i.start_ms >= (born_at or 0)]
+        assert recorded == [
+            Interval("vf2-01", born_at or 0, t1, S.IDLE),
+            Interval("vf2-01", t1, t2, S.RUNNING),
+            Interval("vf2-01", t2, t3, S.IDLE),
+        ]
+        assert context.trackers["vf2-01"].state is S.RUNNING
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        await context.stop()
+        await server.stop()
+        store.close()
