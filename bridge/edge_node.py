@@ -264,6 +264,21 @@ class EdgeNode:
             self.counters["data_unsent"] += 1
             self._buffer(device_id, snapshot)
 
+    def publish_health(self, node_samples: list[Sample], devices: dict[str, list[Sample]]) -> None:
+        """Health is about now: sent while we can publish, never buffered."""
+        if not (self.publishable and self._born):
+            return
+        with self._lock:
+            now = self.clock.now_ms()
+            messages = [self.session.data(None, node_samples, now)]
+            messages += [
+                self.session.data(d, samples, now)
+                for d, samples in devices.items()
+                if self.session.is_online(d) and d not in self._pending
+            ]
+        for message in messages:
+            self._publish(message)
+
     async def stop(self) -> None:
         """Clean exit: publish our own NDEATH (QoS 1), then disconnect; the buffer stays on disk."""
         if self._drain_task is not None:

@@ -63,6 +63,10 @@ class ModbusReader:
         self.counters = {"samples": 0, "bad_reads": 0, "bad_values": 0, "connects": 0, "losses": 0}
 
     @property
+    def online(self) -> bool:
+        return self._online
+
+    @property
     def where(self) -> str:
         return f"modbus://{self.source.host}:{self.source.port}/{self.source.device_id}"
 

@@ -80,6 +80,10 @@ class OpcUaReader:
         self._lost = asyncio.Event()
         self.counters = {"samples": 0, "bad_values": 0, "connects": 0, "losses": 0}
 
+    @property
+    def online(self) -> bool:
+        return self._online
+
     def _sample(self, signal: Signal, dv: ua.DataValue) -> Sample:
         ts = _ms(dv.SourceTimestamp) or _ms(dv.ServerTimestamp) or self._now_ms()
         status = dv.StatusCode

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from bridge import health
 from bridge.buffer import DiskBuffer
 from bridge.edge_node import EdgeNode
 from bridge.modbus import ModbusReader
@@ -24,10 +25,12 @@ def make_edge_node(
 ) -> EdgeNode:
     """An edge node for the site's machines on `edge_node_id`, buffering in `buffer_dir` (memory if None)."""
     machines = site.edge_nodes()[edge_node_id]
-    devices = {m.id: metric_defs(tuple(m.source.signals)) for m in machines}
+    devices = {m.id: metric_defs(tuple(m.source.signals)) + health.DEVICE_METRICS for m in machines}
     name = f"{site.group_id}.{edge_node_id}.db"
     buffer = DiskBuffer(buffer_dir / name if buffer_dir is not None else ":memory:")
-    session = EdgeSession(site.group_id, edge_node_id, devices, last_bdseq=buffer.last_bdseq)
+    session = EdgeSession(
+        site.group_id, edge_node_id, devices, health.NODE_METRICS, last_bdseq=buffer.last_bdseq
+    )
     return EdgeNode(session, address, clock, primary_host_id=site.host_id, buffer=buffer)
 
 
@@ -64,6 +67,7 @@ async def run_bridge(
     stop: asyncio.Event,
     edge_node_ids: list[str] | None = None,
     buffer_dir: Path | None = None,
+    health_interval_s: float = 10.0,
 ) -> None:
     """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH)."""
     loop = asyncio.get_running_loop()
@@ -77,9 +81,12 @@ async def run_bridge(
     try:
         async with asyncio.TaskGroup() as tg:
             for node in nodes:
-                for machine in site.edge_nodes()[node.session.edge_node_id]:
-                    reader = _reader(node, machine, clock)
-                    tg.create_task(reader.run(), name=f"bridge[{machine.id}].{machine.source.protocol}")
+                edge = node.session.edge_node_id
+                readers = {m.id: _reader(node, m, clock) for m in site.edge_nodes()[edge]}
+                for machine_id, reader in readers.items():
+                    kind = site.machine(machine_id).source.protocol
+                    tg.create_task(reader.run(), name=f"bridge[{machine_id}].{kind}")
+                tg.create_task(health.report(node, readers, health_interval_s), name=f"bridge[{edge}].health")
             tg.create_task(_cancel_on(stop), name="bridge.stop")
     except* _StopRequestedError:
         pass

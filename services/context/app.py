@@ -19,12 +19,13 @@ from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
 from uns.site import Machine, Signal, Site
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
-from uns.sparkplug.payload import Quality
+from uns.sparkplug.payload import Metric, Quality
 from uns.sparkplug.topic import state_topic
 
 logger = logging.getLogger(__name__)
 
 _GOOD = (None, Quality.GOOD)
+HEALTH_PREFIX = "health/"  # the bridges' health metrics (bridge/health.py)
 
 
 class ContextService:
@@ -57,6 +58,9 @@ class ContextService:
         self._events: list[Event] = []
         self._history: dict[str, list[tuple[int, list[SignalValue]]]] = {}
         self._last_birth: dict[str, int] = {}
+        self._health: dict[str, dict[str, bool | int | float | None]] = {}
+        self._health_task: asyncio.Task[None] | None = None
+        self.health_interval_s = 10.0
         self._parts: list[PartsMade] = []
         self._dirty: set[str] = set()
         self._flush_scheduled = False
@@ -77,6 +81,9 @@ class ContextService:
             subscriptions=(("spBv1.0/#", 0),),
         )
         self._client.start()
+        self._health_task = loop.create_task(
+            self._report_health(self.health_interval_s), name="context.health"
+        )
 
     def _will(self) -> Will:
         # The Will and the online STATE of one connection carry the same timestamp.
@@ -85,6 +92,8 @@ class ContextService:
 
     async def stop(self) -> None:
         """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed."""
+        if self._health_task is not None:
+            self._health_task.cancel()
         client = self._client
         if client is not None:
             await client.publish_and_wait(
@@ -138,20 +147,24 @@ class ContextService:
 
     def _update(self, event: MetricsUpdate) -> None:
         if event.device_id is None:
-            return  # node metrics (bdSeq, ...) carry no machine state
+            self._keep_health(f"edge/{event.edge_node_id}", event.metrics)
+            return  # node metrics carry no machine state
         machine = self._machine(event.group_id, event.edge_node_id, event.device_id)
         if machine is None:
             return
+        metrics = [m for m in event.metrics if not (m.name or "").startswith(HEALTH_PREFIX)]
+        if len(metrics) < len(event.metrics):
+            self._keep_health(f"machine/{machine.id}", event.metrics)
         values = [
             SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
-            for m in event.metrics
+            for m in metrics
             if not m.is_historical
         ]
-        if len(values) < len(event.metrics):
+        if len(values) < len(metrics):
             # buffered by the edge node while we could not hear it: goes into the past, at flush
             history = [
                 SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
-                for m in event.metrics
+                for m in metrics
                 if m.is_historical
             ]
             self._history.setdefault(machine.id, []).append((event.timestamp, history))
@@ -171,6 +184,49 @@ class ContextService:
         self._events += [(machine.id, v, source) for v in values]
         self._dirty.add(machine.id)
 
+    def _keep_health(self, scope: str, metrics: tuple[Metric, ...]) -> None:
+        values = {
+            m.name.removeprefix(HEALTH_PREFIX): m.value
+            for m in metrics
+            if m.name and m.name.startswith(HEALTH_PREFIX) and isinstance(m.value, bool | int | float)
+        }
+        if values:
+            self._health.setdefault(scope, {}).update(values)
+
+    async def _report_health(self, interval_s: float) -> None:
+        """Every `interval_s`: the host's own counters, and the bridges' and machines' health, into the
+        record (for the API's /metrics) and as retained JSON under `<enterprise>/<site>/_health/`."""
+        root = f"{self.site.config.enterprise}/{self.site.config.site}/_health"
+        while True:
+            await asyncio.sleep(interval_s)
+            now = self.clock.now_ms()
+            scopes: dict[str, dict[str, bool | int | float | None]] = {
+                f"host/{self.site.host_id}": {
+                    **dict(self.host.counters),
+                    "connected": self._client is not None and self._client.connected,
+                    "nodes_online": len(self.host.nodes),
+                    "late_values": sum(t.late_values for t in self.trackers.values()),
+                },
+                **self._health,
+            }
+            self.store.write_health(
+                (scope, name, None if value is None else float(value), now)
+                for scope, values in scopes.items()
+                for name, value in values.items()
+            )
+            client = self._client
+            if client is None or not client.connected:
+                continue
+            for scope, values in scopes.items():
+                kind, _, name = scope.partition("/")
+                topic = (
+                    self.site.machine(name).path.topic("health")
+                    if kind == "machine"
+                    else f"{root}/{kind}/{name}"
+                )
+                payload = {"updated": iso(now), **values}
+                client.publish(topic, json.dumps(payload).encode(), 1, True)
+
     def _death(self, event: Death) -> None:
         # A node's death payload was made when it connected: stamp the loss with our own clock.
         ts = event.timestamp if event.device_id is not None else self.clock.now_ms()
@@ -178,6 +234,7 @@ class ContextService:
         for device in devices:
             machine = self._machine(event.group_id, event.edge_node_id, device)
             if machine is not None:
+                self._health.setdefault(f"machine/{machine.id}", {})["connected"] = False
                 tracker = self.trackers[machine.id]
                 closed = tracker.lose(ts)
                 self._events.append((machine.id, SignalValue(LOST, None, tracker.since_ms or ts), "lost"))

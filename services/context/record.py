@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS signal_event (
     source      TEXT NOT NULL,
     PRIMARY KEY (machine_id, ts_ms, name)
 );
+CREATE TABLE IF NOT EXISTS health (
+    scope       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    value       REAL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (scope, name)
+);
 CREATE TABLE IF NOT EXISTS part_count (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -239,6 +246,18 @@ class RecordStore:
                 (machine_id, current[0].value, *current[1:]),
             )
             db.execute("COMMIT")
+
+    # -- health ---------------------------------------------------------------------------------
+    def write_health(self, rows: Iterable[tuple[str, str, float | None, int]]) -> None:
+        """(scope, name, value, updated) for `host/<id>`, `edge/<id>` and `machine/<id>` scopes."""
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?)", list(rows))
+
+    def health(self) -> list[tuple[str, str, float | None, int]]:
+        with self._lock:
+            return list(
+                self._db.execute("SELECT scope, name, value, updated_ms FROM health ORDER BY scope, name")
+            )
 
     # -- queries -------------------------------------------------------------------------------
     def current_states(self) -> list[CurrentState]:

@@ -46,6 +46,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     [
         "/api/v1/machines",
         "/openapi.json",
+        "/metrics",
         "/api/v1/machines/vf2-01/intervals?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z",
     ],
 )
@@ -119,3 +120,23 @@ def test_openapi_describes_the_routes(client: TestClient) -> None:
 def test_a_short_token_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="api_token"):
         ApiSettings(api_token=SecretStr("short"))
+
+
+def test_prometheus_metrics(client: TestClient, tmp_path: Path) -> None:
+    store: RecordStore = client.app.state.store  # type: ignore[attr-defined]
+    store.write_health(
+        [
+            ("edge/edge-1", "buffer_depth", 12.0, T0),
+            ("machine/vf2-01", "samples_per_s", 3.5, T0),
+            ("edge/edge-2", "buffer_depth", 0.0, T0),
+        ]
+    )
+    response = client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert 'uns_machine_state{machine="vf2-01",state="idle"} 1' in text
+    assert 'uns_machine_state{machine="vf2-01",state="running"} 0' in text
+    assert 'uns_machine_part_counter{machine="vf2-01"} 11' in text
+    assert 'uns_edge_buffer_depth{edge_node="edge-1"} 12\nuns_edge_buffer_depth{edge_node="edge-2"} 0' in text
+    assert 'uns_machine_samples_per_s{machine="vf2-01"} 3.5' in text

@@ -1,0 +1,69 @@
+"""Health you can see: the bridge's and each machine's health reach the UNS tree (retained JSON)
+and the record (for /metrics), and a lost machine shows as not connected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from bridge.runner import run_bridge
+from bridge.sim.cnc import make_server
+from bridge.sim.scenario import MachineScenario
+from services.context.app import ContextService
+from services.context.record import RecordStore
+from tests.helpers import address, recorder, track
+from uns.broker import Mosquitto, free_port
+from uns.cli import DEFAULT_SITE
+from uns.clock import ScaledClock
+from uns.site import load_site
+
+
+async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    site = load_site(DEFAULT_SITE).with_ports({"grind-01": free_port()}).only(["grind-01"])
+    [machine] = site.machines
+    clock = ScaledClock(1_795_300_000_000, 60)
+    scenario = MachineScenario(machine.id, 3, clock.origin_ms)
+    first = next(scenario.changes())
+    server = make_server(machine, scenario)
+    await server.start(first.values, first.t_ms)
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), clock)
+    context.health_interval_s = 0.3
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    tree = await recorder(mosquitto, "viewer", "acme/#", client_id="viewer")
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(
+        run_bridge(site, address(mosquitto, "bridge"), clock, stop, health_interval_s=0.3)
+    )
+    try:
+        [(_, edge), *_] = await tree.wait_for(lambda t, p: t == "acme/dayton/_health/edge/edge-finishing")
+        edge_health = json.loads(edge)
+        assert edge_health["buffer_depth"] == 0
+        assert edge_health["devices_online"] == 1
+        [(_, ours), *_] = await tree.wait_for(
+            lambda t, p: t == "acme/dayton/finishing/grinding/cell-4/grind-01/health"
+        )
+        assert json.loads(ours)["connected"] is True
+        await tree.wait_for(lambda t, p: t == "acme/dayton/_health/host/uns-host")
+        await server.stop()  # the PLC goes away
+        await tree.wait_for(
+            lambda t, p: t.endswith("grind-01/health") and json.loads(p)["connected"] is False, timeout=20
+        )
+        deadline = time.monotonic() + 5
+        while not any(scope == "machine/grind-01" for scope, *_ in store.health()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        names = {(scope, name) for scope, name, *_ in store.health()}
+        assert {
+            ("edge/edge-finishing", "buffer_depth"),
+            ("machine/grind-01", "losses"),
+            ("host/uns-host", "messages"),
+        } <= names
+    finally:
+        stop.set()
+        await bridge
+        await context.stop()
+        store.close()
