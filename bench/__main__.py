@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bench import codec, host
+from bench import codec, host, store_forward
 
 if __name__ == "__main__":
     codec.report()
     host.report()
+    store_forward.report()

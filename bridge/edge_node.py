@@ -58,6 +58,7 @@ class EdgeNode:
         self._recent: deque[tuple[float, str, int, list[Sample]]] = deque()
         self._last_sent: dict[str, int] = {}  # device -> payload time of the last message it had live
         self._drain_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.counters: dict[str, int] = {
             "births": 0,
             "data_sent": 0,
@@ -116,7 +117,7 @@ class EdgeNode:
         self._start_drain()
 
     def _cannot_publish(self) -> None:
-        if not self._born:
+        if not self._born or self._stopping:
             return
         self._born = False
         if self._drain_task is not None:
@@ -281,6 +282,7 @@ class EdgeNode:
 
     async def stop(self) -> None:
         """Clean exit: publish our own NDEATH (QoS 1), then disconnect; the buffer stays on disk."""
+        self._stopping = True
         if self._drain_task is not None:
             self._drain_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -127,7 +127,7 @@ class MqttClient:
         )
         if address.username is not None:
             c.username_pw_set(address.username, address.password)
-        c.reconnect_delay_set(min_delay=1, max_delay=10)
+        c.reconnect_delay_set(min_delay=1, max_delay=2)  # a broker back is used within ~2 s
         c.max_queued_messages_set(0)
         c.on_pre_connect = self._pre_connect
         c.on_connect = self._on_connect
