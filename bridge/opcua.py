@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from bridge.signals import SIGNAL_TYPES, coerce
 from uns.site import Machine, OpcUaSource, Signal
@@ -150,9 +159,37 @@ class OpcUaReader:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 
+    async def _credentials(self, client: Client) -> None:
+        source = self.source
+        if source.username is not None and source.password_env is not None:
+            password = os.environ.get(source.password_env)
+            if password is None:
+                raise ConnectionError(
+                    f"the password of OPC UA user {source.username!r} is not set: "
+                    f"set the environment variable {source.password_env}"
+                )
+            client.set_user(source.username)
+            client.set_password(password)
+        sec = source.security
+        if sec is not None:
+            try:
+                await client.set_security(
+                    SecurityPolicyBasic256Sha256,
+                    certificate=str(sec.certificate),
+                    private_key=str(sec.private_key),
+                    server_certificate=None
+                    if sec.server_certificate is None
+                    else str(sec.server_certificate),
+                    mode=getattr(ua.MessageSecurityMode, sec.mode),
+                )
+            except FileNotFoundError as exc:
+                raise ConnectionError(f"OPC UA security: cannot read {exc.filename}") from exc
+
     async def _session(self) -> None:
         source = self.source
         client = Client(source.endpoint, timeout=4, watchdog_intervall=1.0)
+        client.application_uri = CLIENT_APPLICATION_URI
+        await self._credentials(client)
         self._lost = asyncio.Event()
 
         async def lost(exc: Exception) -> None:
@@ -219,13 +256,59 @@ _DEFAULTS: dict[DataType, bool | int | float | str] = {
 }
 
 
-class CncOpcUaServer:
-    """A real OPC UA server exposing one CNC controller's signals as `ns=2;s=<NodeName>`."""
+class _Users(UserManager):
+    """Username/password check for the simulator's server; no anonymous access when users are set."""
 
-    def __init__(self, machine_id: str, endpoint: str) -> None:
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        if username is not None and username in self._users and self._users[username] == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+CLIENT_APPLICATION_URI = "urn:shopfloor-uns:bridge"
+
+
+def make_certificate(key_file: Path, cert_file: Path, application_uri: str, *, server: bool) -> None:
+    """A self-signed OPC UA application instance certificate (DER) and key (PEM), for tests and the demo."""
+    key = cert_gen.generate_private_key()
+    use = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        application_uri,
+        {},
+        [x509.UniformResourceIdentifier(application_uri), x509.DNSName("localhost")],
+        use,
+    )
+    key_file.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+class CncOpcUaServer:
+    """A real OPC UA server exposing one CNC controller's signals as `ns=2;s=<NodeName>`.
+
+    With `users`, it asks for a username and password; with `certificate` and `private_key`, it
+    offers only Basic256Sha256 (Sign, SignAndEncrypt), as a plant's controller should.
+    """
+
+    def __init__(
+        self,
+        machine_id: str,
+        endpoint: str,
+        *,
+        users: Mapping[str, str] | None = None,
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+    ) -> None:
         self.machine_id = machine_id
         self.endpoint = endpoint
-        self._server = Server()
+        self._server = Server(user_manager=_Users(users)) if users else Server()
+        self._users = users
+        self._certificate, self._private_key = certificate, private_key
         self._vars: dict[Signal, Node] = {}
 
     async def start(self, initial: Mapping[str, bool | int | float | str], t_ms: int) -> None:
@@ -234,7 +317,19 @@ class CncOpcUaServer:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"CNC simulator {self.machine_id}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self._certificate is not None and self._private_key is not None:
+            await server.load_certificate(str(self._certificate))
+            await server.load_private_key(str(self._private_key))
+            server.set_security_policy(
+                [
+                    ua.SecurityPolicyType.Basic256Sha256_Sign,
+                    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ]
+            )
+        else:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self._users:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         idx = await server.register_namespace(NAMESPACE_URI)
         obj = await server.nodes.objects.add_object(idx, self.machine_id)
         for signal, name in NODE_NAMES.items():

@@ -75,11 +75,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class OpcUaSecurity(_Strict):
+    """Basic256Sha256 with our application instance certificate; paths relative to the site file."""
+
+    policy: Literal["Basic256Sha256"] = "Basic256Sha256"
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path
+    private_key: Path
+    server_certificate: Path | None = None  # None: take it from the server's endpoint description
+
+    @field_validator("certificate", "private_key", "server_certificate", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return Path(value) if isinstance(value, str) else value
+
+
 class OpcUaSource(_Strict):
     protocol: Literal["opcua"]
     endpoint: Annotated[str, Field(pattern=r"^opc\.tcp://[^\s/]+(/.*)?$")]
     signals: dict[Signal, Annotated[str, Field(min_length=1)]]
     publishing_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 100
+    username: str | None = None
+    # the name of the environment variable that holds the password: secrets never go in the file
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    security: OpcUaSecurity | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> OpcUaSource:
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError(
+                "username and password_env go together (the password is read from that variable)"
+            )
+        return self
 
     @field_validator("signals", mode="before")
     @classmethod
@@ -469,4 +496,19 @@ def load_site(path: str | Path) -> Site:
     except OSError as exc:
         raise SiteConfigError([f"{path}: cannot read the site model: {exc.strerror}"]) from exc
     site = parse_site(text, str(path))
-    return Site(site.config, site.machines, path)
+    return Site(site.config, tuple(_relative_to(m, path.parent) for m in site.machines), path)
+
+
+def _relative_to(machine: Machine, base: Path) -> Machine:
+    """Certificate paths in the file are relative to the file."""
+    source = machine.source
+    if not isinstance(source, OpcUaSource) or source.security is None:
+        return machine
+    sec = source.security
+    paths = {
+        name: base / p
+        for name in ("certificate", "private_key", "server_certificate")
+        if (p := getattr(sec, name)) is not None and not p.is_absolute()
+    }
+    source = source.model_copy(update={"security": sec.model_copy(update=paths)})
+    return Machine(machine.id, machine.name, machine.path, machine.edge_node, source)
