@@ -50,7 +50,7 @@ class ModbusReader:
         on_samples: Callable[[list[Sample]], None],
         on_offline: Callable[[], None],
         now_ms: Callable[[], int],
-        max_backoff_s: float = 10.0,
+        max_backoff_s: float = 5.0,
     ) -> None:
         self.machine = machine
         self.source = source
