@@ -10,6 +10,7 @@ never as the last good value. When the connection is lost it says so and reconne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -46,6 +47,9 @@ def _ms(dt: datetime | None) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return (dt - _EPOCH) // _MS
+
+
+STALE_KEEPALIVES = 3.0  # keep-alive periods without a publish before a subscription counts as dead
 
 
 class _Handler:
@@ -189,6 +193,10 @@ class OpcUaReader:
         source = self.source
         client = Client(source.endpoint, timeout=4, watchdog_intervall=1.0)
         client.application_uri = CLIENT_APPLICATION_URI
+        # asyncua 2.1 "recreates" a stale subscription on its own, and the new one's data is then
+        # dropped as an unknown subscription: data that silently stops. We treat a stale
+        # subscription as a lost connection instead (below), so switch its watchdog off.
+        client._stale_check_margin = float("inf")
         await self._credentials(client)
         self._lost = asyncio.Event()
 
@@ -205,7 +213,15 @@ class OpcUaReader:
                 node = client.get_node(node_id)
                 self._node_signal[node.nodeid.to_string()] = signal
                 nodes.append(node)
-            sub = await client.create_subscription(source.publishing_interval_ms, _Handler(self))
+            # a keep-alive about every second, so a silent subscription is told from a quiet machine
+            params = ua.CreateSubscriptionParameters()
+            params.RequestedPublishingInterval = source.publishing_interval_ms
+            params.RequestedMaxKeepAliveCount = max(3, -(-1000 // source.publishing_interval_ms))
+            params.RequestedLifetimeCount = 30 * params.RequestedMaxKeepAliveCount
+            params.MaxNotificationsPerPublish = 10000
+            params.PublishingEnabled = True
+            params.Priority = 0
+            sub = await client.create_subscription(params, _Handler(self))
             results = await sub.subscribe_data_change(nodes, queuesize=1000)
             for signal, result in zip(source.signals, results, strict=True):
                 if isinstance(result, ua.StatusCode):
@@ -215,7 +231,13 @@ class OpcUaReader:
             logger.info(
                 "machine %s: subscribed to %d signals at %s", self.machine.id, len(nodes), source.endpoint
             )
-            await self._lost.wait()
+            while not self._lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lost.wait(), 0.5)
+                # A subscription can die while the connection lives (the server dropped it, or its
+                # publish loop is stuck): no keep-alive within its own interval means no data.
+                if sub.is_stale(STALE_KEEPALIVES):
+                    raise ConnectionError("the subscription stopped publishing (no keep-alive)")
             raise ConnectionError("connection lost")
         finally:
             self._flush()
@@ -348,6 +370,11 @@ class CncOpcUaServer:
             signal = Signal(name)
             dv = ua.DataValue(ua.Variant(value, _VARIANT[SIGNAL_TYPES[signal]]), SourceTimestamp=when)
             await self._vars[signal].write_value(dv)
+
+    async def drop_subscriptions(self) -> None:
+        """Delete every subscription on the server, leaving the connections up (for tests)."""
+        service = self._server.iserver.subscription_service
+        await service.delete_subscriptions(list(service.subscriptions))
 
     async def stop(self) -> None:
         await self._server.stop()

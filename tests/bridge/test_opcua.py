@@ -114,3 +114,22 @@ async def test_a_lost_server_is_noticed_and_the_reader_reconnects() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await server.stop()
+
+
+async def test_a_dead_subscription_is_noticed_and_made_again() -> None:
+    m = machine()
+    server = CncOpcUaServer(m.id, endpoint(m))
+    await server.start(INITIAL, 1_000_000)
+    seen = Seen()
+    task = asyncio.create_task(seen.reader(m).run())
+    try:
+        await until(lambda: bool(seen.online))
+        await server.drop_subscriptions()  # the connection stays up; no data and no keep-alive come
+        started = time.monotonic()
+        await until(lambda: seen.offline == 1)
+        assert time.monotonic() - started < 8  # three missed keep-alives of about a second each
+        await until(lambda: len(seen.online) == 2, timeout=20)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()

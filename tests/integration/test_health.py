@@ -1,5 +1,6 @@
 """Health you can see: the bridge's and each machine's health reach the UNS tree (retained JSON)
-and the record (for /metrics), and a lost machine shows as not connected."""
+and the record (for /metrics); a PLC that stops answering makes its machine comms_loss until it
+answers again; a lost machine shows as not connected."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from bridge.modbus import LegacyModbusServer
 from bridge.runner import run_bridge
 from bridge.sim.cnc import make_server
 from bridge.sim.scenario import MachineScenario
@@ -48,6 +50,19 @@ async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_
         )
         assert json.loads(ours)["connected"] is True
         await tree.wait_for(lambda t, p: t == "acme/dayton/_health/host/uns-host")
+        # the PLC stops answering: its signals go bad, the machine goes comms_loss, then recovers
+        assert isinstance(server, LegacyModbusServer)
+        tracker = context.trackers["grind-01"]
+        assert tracker.state != "comms_loss"
+        server.stop_answering()
+        deadline = time.monotonic() + 10
+        while context.trackers["grind-01"].state != "comms_loss":
+            assert time.monotonic() < deadline, "a PLC that does not answer did not become comms_loss"
+            await asyncio.sleep(0.05)
+        server.answer_again()
+        while context.trackers["grind-01"].state == "comms_loss":
+            assert time.monotonic() < deadline + 10, "the machine did not recover"
+            await asyncio.sleep(0.05)
         await server.stop()  # the PLC goes away
         await tree.wait_for(
             lambda t, p: t.endswith("grind-01/health") and json.loads(p)["connected"] is False, timeout=20
