@@ -133,3 +133,70 @@ async def test_a_dead_subscription_is_noticed_and_made_again() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await server.stop()
+
+
+class Blackhole:
+    """A TCP proxy that can silently stop carrying bytes both ways (a cut cable: no RST, no FIN)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.cut = False
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.cut:
+                    writer.write(data)
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_network_cut_without_a_reset_is_noticed_and_recovered() -> None:
+    server_port = free_port()
+    server = CncOpcUaServer("vf2-01", f"opc.tcp://127.0.0.1:{server_port}/sim")
+    await server.start(INITIAL, 1_000_000)
+    cable = Blackhole(server_port)
+    await cable.start()
+    m = load_site(DEFAULT_SITE).with_ports({"vf2-01": cable.port}).machine("vf2-01")
+    assert isinstance(m.source, OpcUaSource)
+    m = Machine(
+        m.id,
+        m.name,
+        m.path,
+        m.edge_node,
+        m.source.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{cable.port}/sim"}),
+    )
+    seen = Seen()
+    task = asyncio.create_task(seen.reader(m).run())
+    try:
+        await until(lambda: bool(seen.online))
+        cable.cut = True
+        started = time.monotonic()
+        await until(lambda: seen.offline == 1)
+        assert time.monotonic() - started < 5  # the client's one-second probe times out
+        cable.cut = False
+        await until(lambda: len(seen.online) == 2, timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await cable.stop()
+        await server.stop()

@@ -109,9 +109,12 @@ async def secure_server(pki: Path, port: int) -> CncOpcUaServer:
     return server
 
 
-async def test_username_password_over_signandencrypt(pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["SignAndEncrypt", "Sign"])
+async def test_username_password_over_basic256sha256(
+    pki: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     port = free_port()
-    (pki / "site.yaml").write_text(site_text(port, SECURE))
+    (pki / "site.yaml").write_text(site_text(port, SECURE.replace("mode: SignAndEncrypt", f"mode: {mode}")))
     machine = load_site(pki / "site.yaml").machine("m1")  # certificate paths relative to the file
     server = await secure_server(pki, port)
     try:
