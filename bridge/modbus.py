@@ -23,6 +23,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
+from bridge.reader import MachineReader
 from bridge.registers import Read, changed, plan_reads, raw_value, signal_value
 from uns.site import Machine, ModbusSource, PollGroup, Signal, Table
 from uns.sparkplug.edge import Sample
@@ -38,8 +39,8 @@ class ReadFailedError(RuntimeError):
     pass
 
 
-class ModbusReader:
-    """Reads one machine; reports `on_online(samples)`, `on_samples(samples)` and `on_offline()`."""
+class ModbusReader(MachineReader):
+    """Reads one machine over Modbus TCP (poll groups, report by exception)."""
 
     def __init__(
         self,
@@ -52,41 +53,17 @@ class ModbusReader:
         now_ms: Callable[[], int],
         max_backoff_s: float = 5.0,
     ) -> None:
-        self.machine = machine
+        super().__init__(
+            machine,
+            on_online=on_online,
+            on_samples=on_samples,
+            on_offline=on_offline,
+            now_ms=now_ms,
+            max_backoff_s=max_backoff_s,
+        )
         self.source = source
-        self._on_online, self._on_samples, self._on_offline = on_online, on_samples, on_offline
-        self._now_ms = now_ms
-        self._max_backoff = max_backoff_s
         self._plans = {name: plan_reads(group.signals) for name, group in source.poll_groups.items()}
         self._last: dict[Signal, tuple[object, int | None]] = {}
-        self._online = False
-        self.counters = {"samples": 0, "bad_reads": 0, "bad_values": 0, "connects": 0, "losses": 0}
-
-    @property
-    def online(self) -> bool:
-        return self._online
-
-    @property
-    def where(self) -> str:
-        return f"modbus://{self.source.host}:{self.source.port}/{self.source.device_id}"
-
-    async def run(self) -> None:
-        """Connect, poll, report; on a lost connection report offline and start over. Runs until cancelled."""
-        backoff = 0.5
-        while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure of the machine's connection: report, retry
-                logger.warning("machine %s: %s: %s", self.machine.id, self.where, exc or type(exc).__name__)
-            if self._online:
-                self._online = False
-                self.counters["losses"] += 1
-                self._on_offline()
-                backoff = 0.5
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
 
     async def _session(self) -> None:
         src = self.source

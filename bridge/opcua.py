@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from bridge.reader import MachineReader
 from bridge.signals import SIGNAL_TYPES, coerce
 from uns.site import Machine, OpcUaSource, Signal
 from uns.sparkplug.edge import Sample
@@ -66,8 +67,8 @@ class _Handler:
         self._reader._lost.set()
 
 
-class OpcUaReader:
-    """Reads one machine; reports `on_online(samples)`, `on_samples(samples)` and `on_offline()`."""
+class OpcUaReader(MachineReader):
+    """Reads one machine over OPC UA (a subscription; values keep the server's source timestamps)."""
 
     def __init__(
         self,
@@ -80,22 +81,20 @@ class OpcUaReader:
         now_ms: Callable[[], int],
         max_backoff_s: float = 5.0,
     ) -> None:
-        self.machine = machine
+        super().__init__(
+            machine,
+            on_online=on_online,
+            on_samples=on_samples,
+            on_offline=on_offline,
+            now_ms=now_ms,
+            max_backoff_s=max_backoff_s,
+        )
         self.source = source
-        self._on_online, self._on_samples, self._on_offline = on_online, on_samples, on_offline
-        self._now_ms = now_ms
-        self._max_backoff = max_backoff_s
         self._node_signal: dict[str, Signal] = {}
         self._pending: list[Sample] = []
         self._flush_scheduled = False
-        self._online = False
         self._initial: dict[Signal, Sample] = {}
         self._lost = asyncio.Event()
-        self.counters = {"samples": 0, "bad_values": 0, "connects": 0, "losses": 0}
-
-    @property
-    def online(self) -> bool:
-        return self._online
 
     def _sample(self, signal: Signal, dv: ua.DataValue) -> Sample:
         ts = _ms(dv.SourceTimestamp) or _ms(dv.ServerTimestamp) or self._now_ms()
@@ -139,29 +138,8 @@ class OpcUaReader:
         if batch and self._online:
             self._on_samples(batch)
 
-    async def run(self) -> None:
-        """Connect, subscribe, report; on any loss report offline and start over. Runs until cancelled."""
-        backoff = 0.5
-        while True:
-            try:
-                await self._session()
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure of the machine's connection: report, retry
-                logger.warning(
-                    "machine %s: OPC UA %s: %s",
-                    self.machine.id,
-                    self.source.endpoint,
-                    exc or type(exc).__name__,
-                )
-            if self._online:
-                self._online = False
-                self.counters["losses"] += 1
-                self._on_offline()
-            self._initial = {}
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+    def _reset(self) -> None:
+        self._initial = {}
 
     async def _credentials(self, client: Client) -> None:
         source = self.source

@@ -80,3 +80,18 @@ async def recorder(
     await rec.wait_connected()
     await asyncio.sleep(0.1)  # let the SUBACK arrive
     return rec
+
+
+# A CNC controller's signals at rest, for tests that start a simulated controller.
+CNC_AT_REST: dict[str, bool | int | float | str] = {
+    "execution": "READY",
+    "mode": "AUTOMATIC",
+    "program": "O1",
+    "part_count": 1,
+    "alarm_code": 0,
+    "alarm_text": "",
+    "estop": False,
+    "spindle_speed": 0.0,
+    "spindle_load": 0.0,
+    "feed_override": 100.0,
+}

@@ -55,6 +55,13 @@ REQUIRED_SIGNALS = frozenset(
 )
 
 
+def _signal_keys(value: Any) -> Any:
+    """Signal names as `Signal`s, so a dict keyed by them validates in strict mode (others fail there)."""
+    if isinstance(value, dict):
+        return {Signal(k) if k in Signal._value2member_map_ else k: v for k, v in value.items()}
+    return value
+
+
 def _segment(level: str) -> AfterValidator:
     def check(value: str) -> str:
         check_segment(level, value)
@@ -108,12 +115,7 @@ class OpcUaSource(_Strict):
             )
         return self
 
-    @field_validator("signals", mode="before")
-    @classmethod
-    def _signal_names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {Signal(k) if k in Signal._value2member_map_ else k: v for k, v in value.items()}
-        return value
+    _signal_names = field_validator("signals", mode="before")(staticmethod(_signal_keys))
 
     @field_validator("signals")
     @classmethod
@@ -222,12 +224,7 @@ class PollGroup(_Strict):
     interval_ms: Annotated[int, Field(ge=20, le=3_600_000)]
     signals: dict[Signal, ModbusSignal]
 
-    @field_validator("signals", mode="before")
-    @classmethod
-    def _signal_names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {Signal(k) if k in Signal._value2member_map_ else k: v for k, v in value.items()}
-        return value
+    _signal_names = field_validator("signals", mode="before")(staticmethod(_signal_keys))
 
 
 class ModbusSource(_Strict):

@@ -6,10 +6,11 @@ is stored once, so replaying the same input gives the same record. See docs/reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,30 +122,44 @@ class RecordStore:
         events: Iterable[Event] = (),
     ) -> None:
         """Store closed intervals, part counts, current states and logged events in one transaction."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, ?)",
-                    [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
-                )
-                db.executemany(
-                    "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
-                    [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
-                    [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
-                )
-                db.executemany(
-                    "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
-                    [(m, s.value, since, updated, counter) for m, s, since, updated, counter in current],
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._lock, self._transaction() as db:
+            self._put(db, intervals, parts, current, events)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _put(
+        db: sqlite3.Connection,
+        intervals: Iterable[Interval],
+        parts: Iterable[PartsMade],
+        current: Iterable[tuple[str, MachineState, int | None, int | None, int | None]],
+        events: Iterable[Event] = (),
+    ) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, ?)",
+            [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
+            [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
+            [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
+            [(m, st.value, since, updated, counter) for m, st, since, updated, counter in current],
+        )
 
     # -- backfill -------------------------------------------------------------------------------
     def backfill(self, machine_id: str, events: Iterable[SignalValue], cover_from: int, cover_to: int) -> int:
@@ -224,28 +239,14 @@ class RecordStore:
     ) -> None:
         """Put a recomputed stretch of a machine's record in place of what was there."""
         first = start.previous_start if start.previous_start is not None else start.start_ms
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN")
+        with self._lock, self._transaction() as db:
             db.execute(
                 "DELETE FROM state_interval WHERE machine_id = ? AND start_ms >= ?", (machine_id, first)
             )
             db.execute(
                 "DELETE FROM part_count WHERE machine_id = ? AND ts_ms >= ?", (machine_id, start.start_ms)
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
-                [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
-                [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
-                (machine_id, current[0].value, *current[1:]),
-            )
-            db.execute("COMMIT")
+            self._put(db, intervals, parts, [(machine_id, *current)])
 
     # -- health ---------------------------------------------------------------------------------
     def write_health(self, rows: Iterable[tuple[str, str, float | None, int]]) -> None:

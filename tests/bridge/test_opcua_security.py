@@ -10,22 +10,12 @@ from pathlib import Path
 import pytest
 
 from bridge.opcua import CLIENT_APPLICATION_URI, CncOpcUaServer, OpcUaReader, make_certificate
+from tests.helpers import CNC_AT_REST
 from uns.broker import free_port
 from uns.site import Machine, OpcUaSource, SiteConfigError, load_site, parse_site
 from uns.sparkplug.edge import Sample
 
-INITIAL: dict[str, bool | int | float | str] = {
-    "execution": "READY",
-    "mode": "AUTOMATIC",
-    "program": "O1",
-    "part_count": 1,
-    "alarm_code": 0,
-    "alarm_text": "",
-    "estop": False,
-    "spindle_speed": 0.0,
-    "spindle_load": 0.0,
-    "feed_override": 100.0,
-}
+INITIAL = CNC_AT_REST
 
 
 def site_text(port: int, extra: str) -> str:

@@ -18,24 +18,13 @@ from bridge.opcua import CncOpcUaServer
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from services.context.state import Interval, MachineState
-from tests.helpers import address, track
+from tests.helpers import CNC_AT_REST, address, track
 from uns.broker import Mosquitto, free_port
 from uns.clock import WallClock
 from uns.site import parse_site
 
 S = MachineState
-INITIAL: dict[str, bool | int | float | str] = {
-    "execution": "READY",
-    "mode": "AUTOMATIC",
-    "program": "O1",
-    "part_count": 1,
-    "alarm_code": 0,
-    "alarm_text": "",
-    "estop": False,
-    "spindle_speed": 0.0,
-    "spindle_load": 0.0,
-    "feed_override": 100.0,
-}
+INITIAL = CNC_AT_REST
 
 
 def site_yaml(port: int) -> str:
