@@ -119,7 +119,7 @@ async def _run(
     )
     sim_stop, bridge_stop, sim_ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
     print(
-        f"uns demo: starting {len(site.machines)} simulated CNC controllers (OPC UA servers)...",
+        f"uns demo: starting {len(site.machines)} simulated machines (OPC UA and Modbus servers)...",
         file=out,
         flush=True,
     )
@@ -177,7 +177,7 @@ def _banner(
     api = f"http://127.0.0.1:{api_port}/api/v1/machines"
     host, port = base.host, base.port
     lines = [
-        f"uns demo: {len(site.machines)} simulated CNC machines, {opts.speed:g}x real time, seed {opts.seed}",
+        f"uns demo: {len(site.machines)} simulated machines, {opts.speed:g}x real time, seed {opts.seed}",
         f"  API       {api}   (OpenAPI: /openapi.json)",
         f"  API token {token}",
         f"  MQTT      {host}:{port}   viewer login: viewer / {viewer}",
