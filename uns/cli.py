@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--truth", type=Path, default=None, help="write the simulator's ground truth here on exit"
     )
 
-    sim = sub.add_parser("sim", help="serve the simulated CNC machines of a site model over OPC UA")
+    sim = sub.add_parser("sim", help="serve the simulated machines of a site model (OPC UA, Modbus)")
     sim.add_argument("--site", type=Path, default=DEFAULT_SITE)
     sim.add_argument("--speed", type=_positive, default=1.0)
     sim.add_argument("--seed", type=int, default=1)
