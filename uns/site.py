@@ -6,11 +6,13 @@ and where each machine's signals come from.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -306,12 +308,90 @@ class SparkplugConfig(_Strict):
     host_id: Annotated[str, _sparkplug_id("host id")] = "uns-host"
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _time(text: str) -> dt.time:
+    return dt.time(int(text[:2]), int(text[3:]))
+
+
+class BreakConfig(_Strict):
+    name: str
+    start: Annotated[str, Field(pattern=_HHMM)]
+    end: Annotated[str, Field(pattern=_HHMM)]
+
+
+class ShiftConfig(_Strict):
+    name: Annotated[str, _segment("shift")]
+    start: Annotated[str, Field(pattern=_HHMM)]  # local wall time, "HH:MM"
+    end: Annotated[str, Field(pattern=_HHMM)]  # at or before start: the next day
+    days: Annotated[list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]], Field(min_length=1)]
+    breaks: list[BreakConfig] = []
+
+
+class OvertimeConfig(_Strict):
+    name: Annotated[str, _segment("shift")]
+    start: dt.datetime  # local wall time
+    end: dt.datetime
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _local(cls, value: Any) -> Any:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _order(self) -> OvertimeConfig:
+        if self.end <= self.start:
+            raise ValueError("overtime must end after it starts")
+        return self
+
+
+class ShiftsConfig(_Strict):
+    pattern: Annotated[list[ShiftConfig], Field(min_length=1)]
+    holidays: list[dt.date] = []
+    overtime: list[OvertimeConfig] = []
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _dates(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> ShiftsConfig:
+        # minutes of the week each shift covers; two shifts may not cover the same minute
+        week = 7 * 24 * 60
+        taken: dict[int, str] = {}
+        for s in self.pattern:
+            start, end = _time(s.start), _time(s.end)
+            length = (end.hour * 60 + end.minute - start.hour * 60 - start.minute) % (24 * 60) or 24 * 60
+            for day in s.days:
+                first = _DAYS.index(day) * 24 * 60 + start.hour * 60 + start.minute
+                for minute in range(first, first + length):
+                    other = taken.setdefault(minute % week, s.name)
+                    if other != s.name:
+                        raise ValueError(f"shifts {other!r} and {s.name!r} overlap on {day}")
+        return self
+
+
 class SiteConfig(_Strict):
     enterprise: Annotated[str, _segment("enterprise")]
     site: Annotated[str, _segment("site")]
     timezone: str = "UTC"
     sparkplug: SparkplugConfig
     areas: Annotated[list[AreaConfig], Field(min_length=1)]
+    shifts: ShiftsConfig | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like America/Chicago)") from None
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,3 +188,24 @@ def test_bit_on_a_coil_and_text_without_map() -> None:
         )
     )
     assert any("mode needs a 'map'" in p for p in found)
+
+
+SHIFTS = """
+shifts:
+  pattern:
+    - {name: first, start: "06:00", end: "14:00", days: [mon, tue]}
+    - {name: second, start: "14:00", end: "22:00", days: [mon, tue]}
+"""
+
+
+def test_shifts_load_and_overlaps_bad_times_and_zones_are_refused() -> None:
+    assert parse_site(GOOD + SHIFTS).config.shifts is not None
+    [p] = problems(GOOD + SHIFTS.replace('start: "14:00"', 'start: "13:00"'))
+    assert p.startswith("plant.yaml:19: shifts: ")
+    assert "shifts 'first' and 'second' overlap on mon" in p
+    [p] = problems(GOOD + SHIFTS.replace('"06:00"', '"6am"'))
+    assert p.startswith("plant.yaml:21: shifts.pattern[0].start: ")
+    [p] = problems(GOOD + SHIFTS.replace("[mon, tue]}", "[mon, tuesday]}", 1))
+    assert "shifts.pattern[0].days[1]" in p
+    [p] = problems(GOOD.replace("site: dayton\n", "site: dayton\ntimezone: Mars/Olympus\n"))
+    assert p.startswith("plant.yaml:3: timezone: unknown time zone 'Mars/Olympus'")
