@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="serve the HTTP API over the record (UNS_API_TOKEN)")
     api.add_argument("--record", type=Path, default=Path("var/record.db"))
+    api.add_argument("--site", type=Path, default=None, help="site model, for its shift calendar")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=_port, default=8000)
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         from uns import processes
 
         if args.command == "api":
-            processes.api(args.record, args.host, args.port)
+            processes.api(args.record, args.host, args.port, load_site(args.site) if args.site else None)
             return 0
         site = load_site(args.site)
         if args.command == "sim":

@@ -29,6 +29,7 @@ from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
 from services.context.record import RecordStore
+from services.context.shifts import ShiftCalendar, calendar_for
 from uns.broker import Credentials, Mosquitto, free_port
 from uns.clock import ScaledClock
 from uns.mqtt import BrokerAddress
@@ -107,7 +108,7 @@ async def _run(
     api_port = opts.api_port or free_port()
     server = _Uvicorn(
         uvicorn.Config(
-            create_app(ApiSettings(api_token=SecretStr(token)), store),
+            create_app(ApiSettings(api_token=SecretStr(token)), store, _calendar(site)),
             host="127.0.0.1",
             port=api_port,
             log_level="warning",
@@ -164,6 +165,11 @@ async def _run(
         await asyncio.gather(api, return_exceptions=True)
         store.close()
         print("uns demo: stopped cleanly", file=out, flush=True)
+
+
+def _calendar(site: Site) -> ShiftCalendar | None:
+    shifts = site.config.shifts
+    return calendar_for(shifts, site.config.timezone) if shifts is not None else None
 
 
 def _minute_now() -> int:

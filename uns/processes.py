@@ -23,6 +23,7 @@ from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
 from services.context.record import RecordStore
+from services.context.shifts import calendar_for
 from uns.clock import ScaledClock, WallClock
 from uns.mqtt import BrokerAddress
 from uns.site import Site
@@ -73,13 +74,17 @@ async def context(site: Site, url: str, record: Path) -> None:
     await _until_signal(run)
 
 
-def api(record: Path, host: str, port: int) -> None:
+def api(record: Path, host: str, port: int, site: Site | None = None) -> None:
     token = os.environ.get("UNS_API_TOKEN")
     if not token:
         raise ConfigError("set UNS_API_TOKEN (at least 16 characters) to the bearer token clients must send")
     settings = ApiSettings(api_token=SecretStr(token))
     store = RecordStore(record)
     try:
-        uvicorn.run(create_app(settings, store), host=host, port=port, log_level="info")
+        shifts = site.config.shifts if site is not None else None
+        calendar = (
+            calendar_for(shifts, site.config.timezone) if site is not None and shifts is not None else None
+        )
+        uvicorn.run(create_app(settings, store, calendar), host=host, port=port, log_level="info")
     finally:
         store.close()

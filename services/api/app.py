@@ -10,9 +10,10 @@ from services.api import machines, metrics
 from services.api.deps import require_token
 from services.api.settings import ApiSettings
 from services.context.record import RecordStore
+from services.context.shifts import ShiftCalendar
 
 
-def create_app(settings: ApiSettings, store: RecordStore) -> FastAPI:
+def create_app(settings: ApiSettings, store: RecordStore, calendar: ShiftCalendar | None = None) -> FastAPI:
     app = FastAPI(
         title="Shop-floor UNS API",
         version="1",
@@ -23,6 +24,7 @@ def create_app(settings: ApiSettings, store: RecordStore) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.calendar = calendar
     app.include_router(machines.router, dependencies=[Depends(require_token)])
     app.include_router(metrics.router, dependencies=[Depends(require_token)])
 

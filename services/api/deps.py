@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.settings import ApiSettings
 from services.context.record import RecordStore
+from services.context.shifts import ShiftCalendar
 
 _bearer = HTTPBearer(auto_error=False, description="the token `uns demo` prints, or UNS_API_TOKEN")
 
@@ -38,5 +39,11 @@ def require_token(
         )
 
 
+def get_calendar(request: Request) -> ShiftCalendar | None:
+    calendar: ShiftCalendar | None = request.app.state.calendar
+    return calendar
+
+
 Store = Annotated[RecordStore, Depends(get_store)]
+Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel
 
-from services.api.deps import Settings, Store
+from services.api.deps import Calendar, Settings, Store
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -30,6 +30,7 @@ class IntervalOut(BaseModel):
     end: str | None
     state: MachineState
     duration_s: float | None
+    shift: str | None = None  # "<production date>/<shift name>", None outside every shift
 
 
 class IntervalsOut(BaseModel):
@@ -66,10 +67,14 @@ def machine_intervals(
     machine_id: str,
     store: Store,
     settings: Settings,
+    calendar: Calendar,
     start: Annotated[AwareDatetime, Query(description="window start, ISO-8601 with offset")],
     end: Annotated[AwareDatetime, Query(description="window end, ISO-8601 with offset")],
 ) -> IntervalsOut:
-    """Intervals overlapping [start, end), in time order and not clipped; the current one has no end."""
+    """Intervals overlapping [start, end), in time order and not clipped; the current one has no end.
+
+    With a shift calendar in the site model, closed intervals are cut at shift boundaries and each
+    piece names its shift; the current interval names the shift it began in."""
     current = store.current_state(machine_id)
     if current is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
@@ -80,12 +85,28 @@ def machine_intervals(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {settings.max_interval_days} days"
         )
     start_ms, end_ms = _ms(start), _ms(end)
-    out = [
-        IntervalOut(
-            start=iso(i.start_ms), end=iso(i.end_ms), state=i.state, duration_s=(i.end_ms - i.start_ms) / 1000
-        )
-        for i in store.intervals(machine_id, start_ms, end_ms)
-    ]
+    out: list[IntervalOut] = []
+    for i in store.intervals(machine_id, start_ms, end_ms):
+        pieces = calendar.split(i.start_ms, i.end_ms) if calendar else [(i.start_ms, i.end_ms, None)]
+        out += [
+            IntervalOut(
+                start=iso(a),
+                end=iso(b),
+                state=i.state,
+                duration_s=(b - a) / 1000,
+                shift=shift.key if shift else None,
+            )
+            for a, b, shift in pieces
+        ]
     if current.since_ms is not None and current.since_ms < end_ms:
-        out.append(IntervalOut(start=iso(current.since_ms), end=None, state=current.state, duration_s=None))
+        shift = calendar.shift_at(current.since_ms) if calendar else None
+        out.append(
+            IntervalOut(
+                start=iso(current.since_ms),
+                end=None,
+                state=current.state,
+                duration_s=None,
+                shift=shift.key if shift else None,
+            )
+        )
     return IntervalsOut(machine=machine_id, start=iso(start_ms), end=iso(end_ms), intervals=out)

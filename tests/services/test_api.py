@@ -140,3 +140,37 @@ def test_prometheus_metrics(client: TestClient, tmp_path: Path) -> None:
     assert 'uns_machine_part_counter{machine="vf2-01"} 11' in text
     assert 'uns_edge_buffer_depth{edge_node="edge-1"} 12\nuns_edge_buffer_depth{edge_node="edge-2"} 0' in text
     assert 'uns_machine_samples_per_s{machine="vf2-01"} 3.5' in text
+
+
+def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(tmp_path: Path) -> None:
+    from datetime import time
+
+    from services.context.shifts import ShiftCalendar, ShiftDef
+
+    store = RecordStore(tmp_path / "shifts.db")
+    store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2")])
+    # 2026-11-23 13:00 to 15:00 New York time, running across the 14:00 change of shift
+    midnight = 1_795_410_000_000  # 2026-11-23T00:00:00-05:00
+    start, end = midnight + 13 * 3_600_000, midnight + 15 * 3_600_000
+    store.write(
+        [Interval("vf2-01", start, end, MachineState.RUNNING)],
+        [],
+        [("vf2-01", MachineState.IDLE, end, end, None)],
+    )
+    week = frozenset(range(7))
+    calendar = ShiftCalendar(
+        "America/New_York",
+        [ShiftDef("first", time(6), time(14), week), ShiftDef("second", time(14), time(22), week)],
+    )
+    with TestClient(create_app(ApiSettings(api_token=SecretStr(TOKEN)), store, calendar)) as c:
+        body = c.get(
+            "/api/v1/machines/vf2-01/intervals",
+            headers=AUTH,
+            params={"start": "2026-11-23T00:00:00-05:00", "end": "2026-11-24T00:00:00-05:00"},
+        ).json()
+    assert [(i["state"], i["duration_s"], i["shift"]) for i in body["intervals"]] == [
+        ("running", 3600.0, "2026-11-23/first"),
+        ("running", 3600.0, "2026-11-23/second"),
+        ("idle", None, "2026-11-23/second"),
+    ]
+    store.close()
