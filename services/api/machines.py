@@ -31,6 +31,7 @@ class IntervalOut(BaseModel):
     state: MachineState
     duration_s: float | None
     shift: str | None = None  # "<production date>/<shift name>", None outside every shift
+    reason: str | None = None  # why the machine stood (rule-based so far): docs/reasons.md
 
 
 class IntervalsOut(BaseModel):
@@ -95,6 +96,7 @@ def machine_intervals(
                 state=i.state,
                 duration_s=(b - a) / 1000,
                 shift=shift.key if shift else None,
+                reason=i.reason,
             )
             for a, b, shift in pieces
         ]

@@ -13,7 +13,9 @@ import logging
 import time
 from typing import Any
 
+from services.context import reasons
 from services.context.record import Event, RecordStore
+from services.context.shifts import calendar_for
 from services.context.state import LOST, Interval, MachineTracker, PartsMade, SignalValue, birth_time, replay
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
@@ -39,6 +41,9 @@ class ContextService:
             (site.group_id, m.edge_node, m.id): m for m in site.machines
         }
         store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
+        shifts = site.config.shifts
+        calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
+        self.classify = reasons.rules(in_break=calendar.in_break if calendar is not None else None)
         restored = {c.machine_id: c for c in store.current_states()}
         self.trackers: dict[str, MachineTracker] = {}
         for m in site.machines:
@@ -50,9 +55,10 @@ class ContextService:
                     since_ms=c.since_ms,
                     counter=c.counter,
                     counter_rollover=m.counter_rollover,
+                    classifier=self.classify,
                 )
                 if c is not None and c.since_ms is not None
-                else MachineTracker(m.id, counter_rollover=m.counter_rollover)
+                else MachineTracker(m.id, counter_rollover=m.counter_rollover, classifier=self.classify)
             )
         self._intervals: list[Interval] = []
         self._events: list[Event] = []
@@ -305,6 +311,7 @@ class ContextService:
             counter=start.counter,
             counter_rollover=old.counter_rollover,
             signals=start.signals,
+            classifier=self.classify,
         )
         closed, parts = replay(tracker, start.events)
         self.store.replace_from(
@@ -341,4 +348,5 @@ class ContextService:
             "alarm": {"code": alarm, "text": sig.get(Signal.ALARM_TEXT)} if alarm else None,
             "emergency_stop": sig.get(Signal.ESTOP),
             "part_count": t.counter,
+            "reason": t.reason(t.updated_ms) if t.updated_ms is not None else None,
         }

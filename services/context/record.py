@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS state_interval (
     start_ms    INTEGER NOT NULL,
     end_ms      INTEGER NOT NULL CHECK (end_ms > start_ms),
     state       TEXT NOT NULL,
+    reason      TEXT,
     PRIMARY KEY (machine_id, start_ms)
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
@@ -100,6 +101,9 @@ class RecordStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(state_interval)")}
+        if "reason" not in columns:  # a record from before reasons
+            self._db.execute("ALTER TABLE state_interval ADD COLUMN reason TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -149,8 +153,9 @@ class RecordStore:
             [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
         )
         db.executemany(
-            "INSERT OR REPLACE INTO state_interval VALUES (?, ?, ?, ?)",
-            [(i.machine_id, i.start_ms, i.end_ms, i.state.value) for i in intervals],
+            "INSERT OR REPLACE INTO state_interval (machine_id, start_ms, end_ms, state, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(i.machine_id, i.start_ms, i.end_ms, i.state.value, i.reason) for i in intervals],
         )
         db.executemany(
             "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
@@ -281,11 +286,11 @@ class RecordStore:
         """Closed intervals that overlap [start, end), in time order, not clipped."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT start_ms, end_ms, state FROM state_interval "
+                "SELECT start_ms, end_ms, state, reason FROM state_interval "
                 "WHERE machine_id = ? AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
                 (machine_id, start_ms, end_ms),
             ).fetchall()
-        return [Interval(machine_id, s, e, MachineState(st)) for s, e, st in rows]
+        return [Interval(machine_id, s, e, MachineState(st), reason) for s, e, st, reason in rows]
 
     def parts(self, machine_id: str, start_ms: int, end_ms: int) -> list[PartsMade]:
         with self._lock:

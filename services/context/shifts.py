@@ -135,6 +135,14 @@ class ShiftCalendar:
         found = self.shifts(ms, ms + 1)
         return found[0] if found else None
 
+    def in_break(self, start_ms: int, end_ms: int) -> bool:
+        """True when [start, end) lies inside one of the shifts' planned breaks."""
+        return any(
+            b_start <= start_ms and end_ms <= b_end
+            for shift in self.shifts(start_ms, end_ms)
+            for _, b_start, b_end in shift.breaks
+        )
+
     def split(self, start_ms: int, end_ms: int) -> list[tuple[int, int, Shift | None]]:
         """[start, end) cut at every shift boundary; the pieces outside any shift carry None."""
         bounds = {start_ms, end_ms}

@@ -13,8 +13,8 @@ Intervals are closed on the timestamps the values carry, never on arrival time.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from itertools import groupby
 
 from uns.site import Signal
@@ -54,6 +54,8 @@ class Interval:
     start_ms: int
     end_ms: int
     state: MachineState
+    # why the machine stood (services/context/reasons.py); not part of what makes two intervals equal
+    reason: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ class MachineTracker:
         counter: int | None = None,
         counter_rollover: int | None = None,
         signals: dict[str, Value] | None = None,
+        classifier: Callable[[MachineState, int, int, Mapping[str, Value]], str | None] | None = None,
     ) -> None:
         self.machine_id = machine_id
         self.counter_rollover = counter_rollover
@@ -116,6 +119,8 @@ class MachineTracker:
         self.since_ms = since_ms
         self.counter = counter
         self.signals: dict[str, Value] = dict(signals or {})
+        self.classifier = classifier
+        self.context: dict[str, Value] = dict(self.signals)  # the signals when this interval began
         self.updated_ms: int | None = since_ms
         self.late_values = 0
 
@@ -124,13 +129,20 @@ class MachineTracker:
             return []
         closed: list[Interval] = []
         if self.since_ms is not None and ts > self.since_ms:
-            closed.append(Interval(self.machine_id, self.since_ms, ts, self.state))
+            closed.append(Interval(self.machine_id, self.since_ms, ts, self.state, self.reason(ts)))
             self.since_ms = ts
         elif self.since_ms is None:
             self.since_ms = ts
         # ts == since: the old state lasted no time at all; the new one replaces it.
         self.state = state
+        self.context = dict(self.signals)
         return closed
+
+    def reason(self, end_ms: int) -> str | None:
+        """The rule's reason for the current interval, were it to end at `end_ms`."""
+        if self.classifier is None or self.since_ms is None:
+            return None
+        return self.classifier(self.state, self.since_ms, end_ms, self.context)
 
     def apply(
         self, values: Iterable[SignalValue], *, birth: bool = False

@@ -69,6 +69,13 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
             assert rec.state == real.state, f"{machine_id} at {real.start_ms}: {rec} vs {real}"
             assert abs(rec.start_ms - real.start_ms) <= TOLERANCE_MS
             assert abs(rec.end_ms - real.end_ms) <= TOLERANCE_MS
+        for rec, real in zip(recorded, truth, strict=False):  # the rules' reasons for the stops
+            if real.state == "down":
+                assert rec.reason == "machine_fault"
+            elif real.state == "setup":
+                assert rec.reason == "setup"
+            elif real.state == "idle":
+                assert rec.reason in {"micro_stop", "unclassified", "planned_break"}
         tracker = context.trackers[machine_id]
         assert (tracker.state, tracker.since_ms) == (truth[-1].state, truth[-1].start_ms)
         made = sum(p.delta for p in store.parts(machine_id, ORIGIN_MS, end_ms + 1))

@@ -168,6 +168,7 @@ def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(tmp_path
             headers=AUTH,
             params={"start": "2026-11-23T00:00:00-05:00", "end": "2026-11-24T00:00:00-05:00"},
         ).json()
+    assert all(i["reason"] is None for i in body["intervals"])  # running: no stop to explain
     assert [(i["state"], i["duration_s"], i["shift"]) for i in body["intervals"]] == [
         ("running", 3600.0, "2026-11-23/first"),
         ("running", 3600.0, "2026-11-23/second"),
