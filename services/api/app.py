@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import machines, metrics
+from services.api import downtime, machines, metrics
 from services.api.deps import require_token
 from services.api.settings import ApiSettings
 from services.context.record import RecordStore
@@ -26,6 +26,7 @@ def create_app(settings: ApiSettings, store: RecordStore, calendar: ShiftCalenda
     app.state.store = store
     app.state.calendar = calendar
     app.include_router(machines.router, dependencies=[Depends(require_token)])
+    app.include_router(downtime.router, dependencies=[Depends(require_token)])
     app.include_router(metrics.router, dependencies=[Depends(require_token)])
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])

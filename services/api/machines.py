@@ -45,6 +45,15 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def check_window(start: datetime, end: datetime, max_days: int) -> tuple[int, int]:
+    """A query's window in UTC ms; 422 when it is backwards or too long."""
+    if end <= start:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
+    if end - start > timedelta(days=max_days):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {max_days} days")
+    return _ms(start), _ms(end)
+
+
 @router.get("", response_model=list[MachineOut], summary="Every machine's current state and since when")
 def list_machines(store: Store) -> list[MachineOut]:
     return [
@@ -79,13 +88,7 @@ def machine_intervals(
     current = store.current_state(machine_id)
     if current is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
-    if end <= start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
-    if end - start > timedelta(days=settings.max_interval_days):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {settings.max_interval_days} days"
-        )
-    start_ms, end_ms = _ms(start), _ms(end)
+    start_ms, end_ms = check_window(start, end, settings.max_interval_days)
     out: list[IntervalOut] = []
     for i in store.intervals(machine_id, start_ms, end_ms):
         pieces = calendar.split(i.start_ms, i.end_ms) if calendar else [(i.start_ms, i.end_ms, None)]

@@ -175,3 +175,66 @@ def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(tmp_path
         ("idle", None, "2026-11-23/second"),
     ]
     store.close()
+
+
+def test_downtime_by_shift_and_reason(tmp_path: Path) -> None:
+    from datetime import time
+
+    from services.context.shifts import BreakDef, ShiftCalendar, ShiftDef
+
+    store = RecordStore(tmp_path / "downtime.db")
+    store.register_machines(
+        [
+            ("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),
+            ("st20-01", "acme/dayton/machining/lathes/cell-3/st20-01", "Haas ST-20"),
+        ]
+    )
+    midnight = 1_795_410_000_000  # 2026-11-23T00:00:00-05:00
+    h, m = 3_600_000, 60_000
+    store.write(
+        [
+            Interval(
+                "vf2-01", midnight + 13 * h, midnight + 13 * h + 40 * m, MachineState.DOWN, "machine_fault"
+            ),
+            Interval("vf2-01", midnight + 13 * h + 40 * m, midnight + 13 * h + 50 * m, MachineState.RUNNING),
+            # an idle stop across the change of shift: 10 min in the first, 20 in the second
+            Interval(
+                "vf2-01",
+                midnight + 13 * h + 50 * m,
+                midnight + 14 * h + 20 * m,
+                MachineState.IDLE,
+                "unclassified",
+            ),
+            Interval(
+                "st20-01", midnight + 18 * h, midnight + 18 * h + 30 * m, MachineState.IDLE, "planned_break"
+            ),
+        ],
+        [],
+        [],
+    )
+    week = frozenset(range(7))
+    calendar = ShiftCalendar(
+        "America/New_York",
+        [
+            ShiftDef("first", time(6), time(14), week),
+            ShiftDef("second", time(14), time(22), week, (BreakDef("dinner", time(18), time(18, 30)),)),
+        ],
+    )
+    window = {"start": "2026-11-23T00:00:00-05:00", "end": "2026-11-24T00:00:00-05:00"}
+    with TestClient(create_app(ApiSettings(api_token=SecretStr(TOKEN)), store, calendar)) as c:
+        rows = c.get("/api/v1/downtime", headers=AUTH, params=window).json()["rows"]
+        assert [
+            (r["machine"], r["shift"], r["reason"], r["duration_s"], r["stops"], r["planned"]) for r in rows
+        ] == [
+            ("st20-01", "2026-11-23/second", "planned_break", 1800.0, 1, True),
+            ("vf2-01", "2026-11-23/first", "machine_fault", 2400.0, 1, False),
+            ("vf2-01", "2026-11-23/first", "unclassified", 600.0, 1, False),
+            ("vf2-01", "2026-11-23/second", "unclassified", 1200.0, 0, False),
+        ]
+        only = c.get("/api/v1/downtime", headers=AUTH, params={**window, "machine": "st20-01"}).json()["rows"]
+        assert {r["machine"] for r in only} == {"st20-01"}
+        unknown = c.get("/api/v1/downtime", headers=AUTH, params={**window, "machine": "nope"})
+        assert unknown.status_code == 404
+        assert "no machines ['nope']" in unknown.json()["detail"]
+        assert c.get("/api/v1/downtime", params=window).status_code == 401
+    store.close()
