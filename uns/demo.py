@@ -28,6 +28,7 @@ from bridge.sim.cnc import run_simulator
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
+from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar, calendar_for
 from uns.broker import Credentials, Mosquitto, free_port
@@ -108,7 +109,12 @@ async def _run(
     api_port = opts.api_port or free_port()
     server = _Uvicorn(
         uvicorn.Config(
-            create_app(ApiSettings(api_token=SecretStr(token)), store, _calendar(site)),
+            create_app(
+                ApiSettings(api_token=SecretStr(token)),
+                store,
+                _calendar(site),
+                taxonomy(site.config.downtime),
+            ),
             host="127.0.0.1",
             port=api_port,
             log_level="warning",

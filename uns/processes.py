@@ -22,6 +22,7 @@ from bridge.sim.cnc import run_simulator
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
+from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import calendar_for
 from uns.clock import ScaledClock, WallClock
@@ -85,6 +86,7 @@ def api(record: Path, host: str, port: int, site: Site | None = None) -> None:
         calendar = (
             calendar_for(shifts, site.config.timezone) if site is not None and shifts is not None else None
         )
-        uvicorn.run(create_app(settings, store, calendar), host=host, port=port, log_level="info")
+        reasons = taxonomy(site.config.downtime) if site is not None else None
+        uvicorn.run(create_app(settings, store, calendar, reasons), host=host, port=port, log_level="info")
     finally:
         store.close()

@@ -376,6 +376,28 @@ class ShiftsConfig(_Strict):
         return self
 
 
+class ReasonConfig(_Strict):
+    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    name: Annotated[str, Field(min_length=1)]
+    planned: bool = False
+    loss: Literal["availability", "performance", "quality", "planned"] = "availability"
+
+
+class DowntimeConfig(_Strict):
+    """Additions to (or changes of) the default downtime taxonomy, and the micro-stop limit."""
+
+    micro_stop_minutes: Annotated[float, Field(gt=0, le=120)] = 5.0
+    reasons: list[ReasonConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> DowntimeConfig:
+        codes = [r.code for r in self.reasons]
+        twice = sorted({c for c in codes if codes.count(c) > 1})
+        if twice:
+            raise ValueError(f"reason codes given twice: {', '.join(twice)}")
+        return self
+
+
 class SiteConfig(_Strict):
     enterprise: Annotated[str, _segment("enterprise")]
     site: Annotated[str, _segment("site")]
@@ -383,6 +405,7 @@ class SiteConfig(_Strict):
     sparkplug: SparkplugConfig
     areas: Annotated[list[AreaConfig], Field(min_length=1)]
     shifts: ShiftsConfig | None = None
+    downtime: DowntimeConfig = DowntimeConfig()
 
     @field_validator("timezone")
     @classmethod

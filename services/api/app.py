@@ -9,11 +9,17 @@ from fastapi import Depends, FastAPI
 from services.api import downtime, machines, metrics
 from services.api.deps import require_token
 from services.api.settings import ApiSettings
+from services.context.reasons import DEFAULT_REASONS, Reason
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
 
 
-def create_app(settings: ApiSettings, store: RecordStore, calendar: ShiftCalendar | None = None) -> FastAPI:
+def create_app(
+    settings: ApiSettings,
+    store: RecordStore,
+    calendar: ShiftCalendar | None = None,
+    reasons: dict[str, Reason] | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Shop-floor UNS API",
         version="1",
@@ -25,6 +31,7 @@ def create_app(settings: ApiSettings, store: RecordStore, calendar: ShiftCalenda
     app.state.settings = settings
     app.state.store = store
     app.state.calendar = calendar
+    app.state.reasons = reasons if reasons is not None else DEFAULT_REASONS
     app.include_router(machines.router, dependencies=[Depends(require_token)])
     app.include_router(downtime.router, dependencies=[Depends(require_token)])
     app.include_router(metrics.router, dependencies=[Depends(require_token)])

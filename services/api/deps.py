@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.settings import ApiSettings
+from services.context.reasons import Reason
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
 
@@ -44,6 +45,12 @@ def get_calendar(request: Request) -> ShiftCalendar | None:
     return calendar
 
 
+def get_reasons(request: Request) -> dict[str, Reason]:
+    reasons: dict[str, Reason] = request.app.state.reasons
+    return reasons
+
+
 Store = Annotated[RecordStore, Depends(get_store)]
+Reasons = Annotated[dict[str, Reason], Depends(get_reasons)]
 Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]

@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel
 
-from services.api.deps import Calendar, Settings, Store
+from services.api.deps import Calendar, Reasons, Settings, Store
 from services.api.machines import check_window
-from services.context.reasons import DEFAULT_REASONS
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -38,6 +37,7 @@ def downtime(
     store: Store,
     settings: Settings,
     calendar: Calendar,
+    taxonomy: Reasons,
     start: Annotated[AwareDatetime, Query(description="window start, ISO-8601 with offset")],
     end: Annotated[AwareDatetime, Query(description="window end, ISO-8601 with offset")],
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
@@ -69,7 +69,7 @@ def downtime(
             shift=shift,
             state=state,
             reason=reason,
-            planned=bool(reason and reason in DEFAULT_REASONS and DEFAULT_REASONS[reason].planned),
+            planned=bool(reason and reason in taxonomy and taxonomy[reason].planned),
             duration_s=round(total[0], 3),
             stops=int(total[1]),
         )

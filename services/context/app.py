@@ -43,7 +43,10 @@ class ContextService:
         store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
         shifts = site.config.shifts
         calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
-        self.classify = reasons.rules(in_break=calendar.in_break if calendar is not None else None)
+        self.classify = reasons.rules(
+            micro_stop_ms=int(site.config.downtime.micro_stop_minutes * 60_000),
+            in_break=calendar.in_break if calendar is not None else None,
+        )
         restored = {c.machine_id: c for c in store.current_states()}
         self.trackers: dict[str, MachineTracker] = {}
         for m in site.machines:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from services.context.state import MachineState, Value
+from uns.site import DowntimeConfig
 
 
 class Loss(enum.StrEnum):
@@ -79,3 +80,11 @@ def rules(
         return None
 
     return classify
+
+
+def taxonomy(config: DowntimeConfig) -> dict[str, Reason]:
+    """The default reasons with the site model's additions and changes."""
+    reasons = dict(DEFAULT_REASONS)
+    for r in config.reasons:
+        reasons[r.code] = Reason(r.code, r.name, r.planned, Loss(r.loss))
+    return reasons

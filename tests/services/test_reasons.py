@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import time
 
+import pytest
+
 from services.context.reasons import DEFAULT_REASONS, Loss, rules
 from services.context.shifts import BreakDef, ShiftCalendar, ShiftDef
 from services.context.state import Interval, MachineState, MachineTracker, SignalValue
@@ -82,3 +84,29 @@ def test_closed_intervals_carry_their_reason() -> None:
     ]
     assert t.reason(30 * MIN) is None  # running: no reason
     assert closed[1] == Interval("m", 10 * MIN, 25 * MIN, S.DOWN, "anything")  # the reason is not identity
+
+
+def test_the_site_model_adds_reasons_and_sets_the_micro_stop_limit() -> None:
+    from services.context.reasons import taxonomy
+    from tests.uns.test_site import GOOD
+    from uns.site import SiteConfigError, parse_site
+
+    site = parse_site(
+        GOOD
+        + """
+downtime:
+  micro_stop_minutes: 2
+  reasons:
+    - {code: waiting_crane, name: Waiting on the crane}
+    - {code: setup, name: Changeover (SMED), planned: true, loss: planned}
+"""
+    )
+    reasons = taxonomy(site.config.downtime)
+    assert reasons["waiting_crane"].loss is Loss.AVAILABILITY
+    assert reasons["setup"].planned
+    assert reasons["machine_fault"] == DEFAULT_REASONS["machine_fault"]
+    assert site.config.downtime.micro_stop_minutes == 2
+    with pytest.raises(SiteConfigError, match="reason codes given twice: a"):
+        parse_site(GOOD + "downtime: {reasons: [{code: a, name: A}, {code: a, name: B}]}\n")
+    with pytest.raises(SiteConfigError, match=r"downtime\.reasons\[0\]\.loss"):
+        parse_site(GOOD + "downtime: {reasons: [{code: a, name: A, loss: morale}]}\n")
