@@ -140,3 +140,53 @@ async def test_a_killed_bridge_keeps_its_buffer(mosquitto: Mosquitto, tmp_path: 
         await context.stop()
         await server.stop()
         store.close()
+
+
+async def test_a_host_restart_leaves_no_gap_where_the_edge_buffered(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The context service stops cleanly (STATE offline: the edge buffers) and starts again: what the
+    machine did meanwhile is backfilled and the comms_loss the stop wrote is gone."""
+    from bridge.runner import run_bridge
+
+    port = free_port()
+    site = parse_site(site_yaml(port))
+    server = CncOpcUaServer("vf2-01", f"opc.tcp://127.0.0.1:{port}/sim")
+    now = WallClock().now_ms
+    await server.start(INITIAL, now())
+    buffer_file = tmp_path / "buffer" / "dayton.edge1.db"
+
+    def host() -> tuple[ContextService, RecordStore]:
+        store = RecordStore(tmp_path / "record.db")
+        service = ContextService(site, store, address(mosquitto, "services"), WallClock())
+        service.start(asyncio.get_running_loop())
+        track(service._client)
+        return service, store
+
+    first, store = host()
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(
+        run_bridge(site, address(mosquitto, "bridge"), WallClock(), stop, buffer_dir=tmp_path / "buffer")
+    )
+    try:
+        await until(lambda: first.trackers["vf2-01"].state is S.IDLE, "the machine to come online")
+        born_at = first.trackers["vf2-01"].since_ms
+        await first.stop()
+        store.close()
+        await asyncio.sleep(0.5)
+        before = buffered(buffer_file)
+        t1 = now()
+        await server.write({"execution": "ACTIVE"}, t1)  # nobody is listening: the edge keeps it
+        await until(lambda: buffered(buffer_file) > before, "the edge to buffer")
+        second, store = host()
+        await until(lambda: second.trackers["vf2-01"].since_ms == t1, "the backfill")
+        assert second.trackers["vf2-01"].state is S.RUNNING
+        assert store.intervals("vf2-01", born_at or 0, t1 + 1) == [
+            Interval("vf2-01", born_at or 0, t1, S.IDLE)
+        ]
+        await second.stop()
+    finally:
+        stop.set()
+        await bridge
+        await server.stop()
+        store.close()
