@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.opcua import CncOpcUaServer
 from bridge.runner import run_bridge
-from bridge.sim.cnc import drive, make_server
-from bridge.sim.scenario import MachineScenario
+from bridge.sim.cnc import SimulatedMachine, drive, make_server
+from bridge.sim.scenario import Change, MachineScenario
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import address, track
 from uns.broker import Mosquitto, free_port
 from uns.cli import DEFAULT_SITE
 from uns.clock import ScaledClock
-from uns.site import OpcUaSource, load_site
+from uns.site import OpcUaSource, Site, load_site
 
 TOLERANCE_MS = 1
 SPEED = 1800.0  # half an hour of shop time per second
@@ -30,36 +32,84 @@ ORIGIN_MS = 1_795_300_000_000
 MACHINES = ("vf2-01", "st20-01", "swiss-01")  # OPC UA machines on two edge nodes
 
 
-async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    full = load_site(DEFAULT_SITE)
-    site = full.with_ports({m: free_port() for m in MACHINES}).only(MACHINES)
-    clock = ScaledClock(ORIGIN_MS, SPEED)
-    scenarios = {m.id: MachineScenario(m.id, seed=42, origin_ms=ORIGIN_MS) for m in site.machines}
-    servers, changes = {}, {}
+@dataclass
+class Stack:
+    """Simulated machines, the bridge and the context service on one broker, ready to drive."""
+
+    site: Site
+    clock: ScaledClock
+    scenarios: dict[str, MachineScenario]
+    servers: dict[str, SimulatedMachine]
+    changes: dict[str, Iterator[Change]]
+    first: dict[str, Change]
+    store: RecordStore
+    context: ContextService
+    stop: asyncio.Event
+    bridge: asyncio.Task[None]
+
+    async def drive(self, end_ms: int) -> None:
+        await asyncio.gather(
+            *(drive(self.servers[m], self.changes[m], self.clock, until_ms=end_ms) for m in self.servers)
+        )
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.bridge
+        await self.context.stop()
+        for server in self.servers.values():
+            await server.stop()
+        self.store.close()
+
+
+async def start_stack(
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    machines: tuple[str, ...],
+    *,
+    seed: int,
+    speed: float = SPEED,
+    buffer: bool = False,
+) -> Stack:
+    site = load_site(DEFAULT_SITE).with_ports({m: free_port() for m in machines}).only(machines)
+    clock = ScaledClock(ORIGIN_MS, speed)
+    scenarios = {m.id: MachineScenario(m.id, seed=seed, origin_ms=ORIGIN_MS) for m in site.machines}
+    servers, changes, first = {}, {}, {}
     for m in site.machines:
         changes[m.id] = scenarios[m.id].changes()
-        first = next(changes[m.id])
-        assert isinstance(m.source, OpcUaSource)
-        servers[m.id] = CncOpcUaServer(m.id, m.source.endpoint)
-        await servers[m.id].start(first.values, first.t_ms)
-
+        first[m.id] = next(changes[m.id])
+        servers[m.id] = make_server(m, scenarios[m.id])
+        await servers[m.id].start(first[m.id].values, first[m.id].t_ms)
     store = RecordStore(tmp_path / "record.db")
     context = ContextService(site, store, address(mosquitto, "services"), clock)
     context.start(asyncio.get_running_loop())
     track(context._client)
     stop = asyncio.Event()
-    bridge = asyncio.create_task(run_bridge(site, address(mosquitto, "bridge"), clock, stop))
-    # wait until every machine is born in the record, then let the scenario run
+    bridge = asyncio.create_task(
+        run_bridge(
+            site,
+            address(mosquitto, "bridge"),
+            clock,
+            stop,
+            buffer_dir=tmp_path / "buffer" if buffer else None,
+        )
+    )
+    # wait until every machine is born in the record, then let the scenario's time run
     deadline = time.monotonic() + 30
     while any(t.since_ms is None for t in context.trackers.values()):
         assert time.monotonic() < deadline, "machines never came online"
         await asyncio.sleep(0.05)
     clock.restart()
+    return Stack(site, clock, scenarios, servers, changes, first, store, context, stop, bridge)
+
+
+async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    stack = await start_stack(mosquitto, tmp_path, MACHINES, seed=42)
+    site, clock, store, context, servers = stack.site, stack.clock, stack.store, stack.context, stack.servers
     end_ms = ORIGIN_MS + HORIZON_MS
-    await asyncio.gather(*(drive(servers[m], changes[m], clock, until_ms=end_ms) for m in servers))
+    await stack.drive(end_ms)
     await asyncio.sleep(1.0)  # let the last values through
 
-    for machine_id, scenario in scenarios.items():
+    for machine_id, scenario in stack.scenarios.items():
         truth = scenario.truth(end_ms)
         recorded = store.intervals(machine_id, ORIGIN_MS, end_ms + 1)
         assert len(recorded) == len(truth) - 1, (
@@ -94,7 +144,7 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
     assert isinstance(vf2.source, OpcUaSource)
     servers["vf2-01"] = CncOpcUaServer("vf2-01", vf2.source.endpoint)
     await servers["vf2-01"].start(
-        {**first.values, "execution": "ACTIVE", "mode": "AUTOMATIC"}, clock.now_ms()
+        {**stack.first["vf2-01"].values, "execution": "ACTIVE", "mode": "AUTOMATIC"}, clock.now_ms()
     )
     back_at = time.monotonic()
     while context.trackers["vf2-01"].state == "comms_loss":
@@ -103,12 +153,7 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
     gap = store.intervals("vf2-01", gap_from or 0, clock.now_ms())[0]
     assert gap.state == "comms_loss"
     assert gap.start_ms == gap_from
-    stop.set()
-    await bridge
-    await context.stop()
-    for server in servers.values():
-        await server.stop()
-    store.close()
+    await stack.close()
     assert context.host.counters["seq_gaps"] == 0
     assert context.host.counters["malformed"] == 0
 
@@ -119,29 +164,11 @@ async def test_a_modbus_machine_through_to_the_record(mosquitto: Mosquitto, tmp_
     in the middle of every true interval longer than a minute, and every part, across a counter wrap."""
     speed = 360.0
     tolerance_ms = int(0.1 * speed * 1000) + 2000  # one poll, plus scheduling on a busy machine
-    full = load_site(DEFAULT_SITE)
-    site = full.with_ports({"lynx-01": free_port()}).only(["lynx-01"])
-    [machine] = site.machines
-    clock = ScaledClock(ORIGIN_MS, speed)
-    scenario = MachineScenario(machine.id, seed=5, origin_ms=ORIGIN_MS)
-    changes = scenario.changes()
-    first = next(changes)
-    server = make_server(machine, scenario)  # its counter wraps after 8 parts
-    await server.start(first.values, first.t_ms)
-
-    store = RecordStore(tmp_path / "record.db")
-    context = ContextService(site, store, address(mosquitto, "services"), clock)
-    context.start(asyncio.get_running_loop())
-    track(context._client)
-    stop = asyncio.Event()
-    bridge = asyncio.create_task(run_bridge(site, address(mosquitto, "bridge"), clock, stop))
-    deadline = time.monotonic() + 30
-    while context.trackers[machine.id].since_ms is None:
-        assert time.monotonic() < deadline, "the machine never came online"
-        await asyncio.sleep(0.05)
-    clock.restart()
+    stack = await start_stack(mosquitto, tmp_path, ("lynx-01",), seed=5, speed=speed)  # its counter wraps
+    [machine] = stack.site.machines
+    scenario, store, context = stack.scenarios[machine.id], stack.store, stack.context
     end_ms = ORIGIN_MS + 3 * 3600 * 1000
-    await drive(server, changes, clock, until_ms=end_ms)
+    await stack.drive(end_ms)
     await asyncio.sleep(1.0)
 
     truth = scenario.truth(end_ms)
@@ -159,42 +186,15 @@ async def test_a_modbus_machine_through_to_the_record(mosquitto: Mosquitto, tmp_
     assert checked >= 10
     made = sum(p.delta for p in store.parts(machine.id, ORIGIN_MS, end_ms + tolerance_ms))
     assert made == scenario.parts_until(end_ms) > 8  # more than 8: the 16-bit counter wrapped
-    stop.set()
-    await bridge
-    await context.stop()
-    await server.stop()
-    store.close()
+    await stack.close()
 
 
 async def test_broker_killed_and_restarted_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Mosquitto is SIGKILLed three times while the scenario runs. The bridge buffers on disk and
     replays; the host backfills. The record must still equal the ground truth (which the
     uninterrupted run above matches): no lost or doubled intervals, no lost or doubled parts."""
-    full = load_site(DEFAULT_SITE)
-    machines = ("vf2-01", "swiss-01")
-    site = full.with_ports({m: free_port() for m in machines}).only(machines)
-    clock = ScaledClock(ORIGIN_MS, SPEED)
-    scenarios = {m.id: MachineScenario(m.id, seed=11, origin_ms=ORIGIN_MS) for m in site.machines}
-    servers, changes = {}, {}
-    for m in site.machines:
-        changes[m.id] = scenarios[m.id].changes()
-        first = next(changes[m.id])
-        assert isinstance(m.source, OpcUaSource)
-        servers[m.id] = CncOpcUaServer(m.id, m.source.endpoint)
-        await servers[m.id].start(first.values, first.t_ms)
-    store = RecordStore(tmp_path / "record.db")
-    context = ContextService(site, store, address(mosquitto, "services"), clock)
-    context.start(asyncio.get_running_loop())
-    track(context._client)
-    stop = asyncio.Event()
-    bridge = asyncio.create_task(
-        run_bridge(site, address(mosquitto, "bridge"), clock, stop, buffer_dir=tmp_path / "buffer")
-    )
-    deadline = time.monotonic() + 30
-    while any(t.since_ms is None for t in context.trackers.values()):
-        assert time.monotonic() < deadline, "machines never came online"
-        await asyncio.sleep(0.05)
-    clock.restart()
+    stack = await start_stack(mosquitto, tmp_path, ("vf2-01", "swiss-01"), seed=11, buffer=True)
+    context, store, scenarios = stack.context, stack.store, stack.scenarios
     end_ms = ORIGIN_MS + HORIZON_MS
 
     async def outages() -> None:
@@ -204,7 +204,7 @@ async def test_broker_killed_and_restarted_loses_nothing(mosquitto: Mosquitto, t
             await asyncio.sleep(0.8)
             mosquitto.start()
 
-    await asyncio.gather(outages(), *(drive(servers[m], changes[m], clock, until_ms=end_ms) for m in servers))
+    await asyncio.gather(outages(), stack.drive(end_ms))
     truths = {m: sc.truth(end_ms) for m, sc in scenarios.items()}
     deadline = time.monotonic() + 30
     while any(
@@ -226,9 +226,4 @@ async def test_broker_killed_and_restarted_loses_nothing(mosquitto: Mosquitto, t
         assert recorded == expected, (machine_id, sorted(set(recorded) ^ set(expected)))
         made = sum(p.delta for p in store.parts(machine_id, ORIGIN_MS, end_ms + 1))
         assert made == scenario.parts_until(end_ms)
-    stop.set()
-    await bridge
-    await context.stop()
-    for server in servers.values():
-        await server.stop()
-    store.close()
+    await stack.close()
