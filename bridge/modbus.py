@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Unpack
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -23,7 +23,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from bridge.reader import MachineReader
+from bridge.reader import MachineReader, ReaderOptions
 from bridge.registers import Read, changed, plan_reads, raw_value, signal_value
 from uns.site import Machine, ModbusSource, PollGroup, Signal, Table
 from uns.sparkplug.edge import Sample
@@ -46,21 +46,9 @@ class ModbusReader(MachineReader):
         self,
         machine: Machine,
         source: ModbusSource,
-        *,
-        on_online: Callable[[list[Sample]], None],
-        on_samples: Callable[[list[Sample]], None],
-        on_offline: Callable[[], None],
-        now_ms: Callable[[], int],
-        max_backoff_s: float = 5.0,
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        super().__init__(
-            machine,
-            on_online=on_online,
-            on_samples=on_samples,
-            on_offline=on_offline,
-            now_ms=now_ms,
-            max_backoff_s=max_backoff_s,
-        )
+        super().__init__(machine, **options)
         self.source = source
         self._plans = {name: plan_reads(group.signals) for name, group in source.poll_groups.items()}
         self._last: dict[Signal, tuple[object, int | None]] = {}

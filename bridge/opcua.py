@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bridge.reader import MachineReader
+from bridge.reader import MachineReader, ReaderOptions
 from bridge.signals import SIGNAL_TYPES, coerce
 from uns.site import Machine, OpcUaSource, Signal
 from uns.sparkplug.edge import Sample
@@ -74,21 +74,9 @@ class OpcUaReader(MachineReader):
         self,
         machine: Machine,
         source: OpcUaSource,
-        *,
-        on_online: Callable[[list[Sample]], None],
-        on_samples: Callable[[list[Sample]], None],
-        on_offline: Callable[[], None],
-        now_ms: Callable[[], int],
-        max_backoff_s: float = 5.0,
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        super().__init__(
-            machine,
-            on_online=on_online,
-            on_samples=on_samples,
-            on_offline=on_offline,
-            now_ms=now_ms,
-            max_backoff_s=max_backoff_s,
-        )
+        super().__init__(machine, **options)
         self.source = source
         self._node_signal: dict[str, Signal] = {}
         self._pending: list[Sample] = []

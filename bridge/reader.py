@@ -6,11 +6,22 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Required, TypedDict
 
 from uns.site import Machine
 from uns.sparkplug.edge import Sample
 
 logger = logging.getLogger(__name__)
+
+
+class ReaderOptions(TypedDict, total=False):
+    """What every reader is given besides its machine and source (see MachineReader)."""
+
+    on_online: Required[Callable[[list[Sample]], None]]
+    on_samples: Required[Callable[[list[Sample]], None]]
+    on_offline: Required[Callable[[], None]]
+    now_ms: Required[Callable[[], int]]
+    max_backoff_s: float
 
 
 class MachineReader(ABC):

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from uns.sparkplug.payload import DataType, Metric, MetricValue, Payload, PayloadError, decode, encode
-from uns.sparkplug.topic import MessageType, SparkplugTopic, TopicError, check_id, parse
+from uns.sparkplug.topic import MessageType, SparkplugTopic, check_id, parse
 
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
@@ -231,6 +231,3 @@ class EdgeSession:
             return any(m.name == REBIRTH and m.value is True for m in decode(payload).metrics)
         except PayloadError as exc:
             raise PayloadError(f"NCMD on {topic}: {exc}") from exc
-
-
-__all__ = ["BDSEQ", "REBIRTH", "EdgeSession", "MetricDef", "Sample", "TopicError"]

@@ -273,7 +273,7 @@ class HostSession:
                         raise PayloadError(
                             f"{name!r} is {m.datatype.name} here but {datatype.name} in the birth"
                         )
-                    value = typed_value(repr(name), datatype, value)
+                    value = typed_value(name, datatype, value)
                 except PayloadError as exc:
                     bad.append(str(exc))
                     continue

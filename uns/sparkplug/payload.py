@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -84,10 +83,6 @@ class Metric(NamedTuple):
     is_historical: bool = False
     is_transient: bool = False
     quality: int | None = None
-
-    @property
-    def is_null(self) -> bool:
-        return self.value is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +253,3 @@ def decode(data: bytes) -> Payload:
         raise PayloadError("payload has no timestamp")
     metrics = tuple(_metric_from_pb(i, m) for i, m in enumerate(msg.metrics))
     return Payload(msg.timestamp, metrics, msg.seq if msg.HasField("seq") else None)
-
-
-def metrics_named(payload: Payload, names: Iterable[str]) -> dict[str, Metric]:
-    """The metrics of a payload with the given names, by name (births and commands carry names)."""
-    wanted = set(names)
-    return {m.name: m for m in payload.metrics if m.name is not None and m.name in wanted}
