@@ -22,7 +22,7 @@ def test_make_passwd_writes_three_users_and_private_secrets(tmp_path: Path) -> N
     )
     assert "viewer-secret-1" not in result.stdout + result.stderr
     users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
-    assert users == ["bridge", "services", "viewer"]
+    assert users == ["bridge", "services", "viewer", "integration"]
     secrets = dict(line.split("=", 1) for line in (tmp_path / "secrets.env").read_text().splitlines())
     assert secrets["UNS_MQTT_VIEWER_PASSWORD"] == "viewer-secret-1"
     assert len(secrets["UNS_MQTT_BRIDGE_PASSWORD"]) >= 20  # generated

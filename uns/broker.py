@@ -20,7 +20,7 @@ from uns.paths import check_segment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_DIR = PROJECT_ROOT / "mosquitto"
-ROLES = ("bridge", "services", "viewer")
+ROLES = ("bridge", "services", "viewer", "integration")
 
 _ACL = """\
 # Mosquitto ACL for the shop-floor UNS (rendered for the example site, enterprise "{enterprise}", by
@@ -51,6 +51,13 @@ topic readwrite {enterprise}/#
 # viewer: reads the readable tree only (dashboards, Node-RED, people with mosquitto_sub)
 user viewer
 topic read {enterprise}/#
+
+# integration: the ERP, QMS, inspection systems and Node-RED flows that tell the context service
+# things (dispatch lists, holds, operators, reasons, scrap) on <enterprise>/<site>/_command/<kind>;
+# they read the tree, and the answers on <enterprise>/<site>/_reply/...
+user integration
+topic read {enterprise}/#
+topic write {enterprise}/+/_command/#
 """
 
 

@@ -381,12 +381,15 @@ class ReasonConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     planned: bool = False
     loss: Literal["availability", "performance", "quality", "planned"] = "availability"
+    parent: Annotated[str | None, Field(pattern=r"^[a-z][a-z0-9_]*$")] = None  # a group in the tree
 
 
 class DowntimeConfig(_Strict):
-    """Additions to (or changes of) the default downtime taxonomy, and the micro-stop limit."""
+    """Additions to (or changes of) the default downtime taxonomy, the micro-stop limit, and how long
+    after a stop operators may still set or correct its reason."""
 
     micro_stop_minutes: Annotated[float, Field(gt=0, le=120)] = 5.0
+    reason_window_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 72.0
     reasons: list[ReasonConfig] = []
 
     @model_validator(mode="after")

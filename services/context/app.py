@@ -1,8 +1,12 @@
 """The context service: the Sparkplug host application that keeps the record.
 
 It decodes every Sparkplug message (`HostSession`), derives each machine's state on event time
-(`MachineTracker`), writes closed intervals and part counts to the record, and publishes each
-machine's current state as retained JSON at `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/state`.
+(`MachineTracker`), follows which dispatched operation each machine is on (`OperationBook`), takes
+commands (dispatch lists, operators, holds, reasons, scrap: services/context/intake.py) on
+`<enterprise>/<site>/_command/<kind>`, writes closed intervals with their job, operation, shift,
+operator and reason (services/context/timeline.py) and part counts to the record, and publishes per
+machine, under `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`: `state` and `job` (retained
+JSON) and `intervals` (each closed record interval as it is written; not retained).
 """
 
 from __future__ import annotations
@@ -13,10 +17,21 @@ import logging
 import time
 from typing import Any
 
-from services.context import reasons
+from services.context import reasons, timeline
+from services.context.commands import CommandError, CommandResult, parse
+from services.context.intake import Intake
+from services.context.jobs import Operation, OperationBook
 from services.context.record import Event, RecordStore
 from services.context.shifts import calendar_for
-from services.context.state import LOST, Interval, MachineTracker, PartsMade, SignalValue, birth_time, replay
+from services.context.state import (
+    LOST,
+    Interval,
+    MachineTracker,
+    PartsMade,
+    SignalValue,
+    birth_time,
+    replay,
+)
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
 from uns.site import Machine, Signal, Site
@@ -42,11 +57,22 @@ class ContextService:
         }
         store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
         shifts = site.config.shifts
-        calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
-        self.classify = reasons.rules(
-            micro_stop_ms=int(site.config.downtime.micro_stop_minutes * 60_000),
-            in_break=calendar.in_break if calendar is not None else None,
-        )
+        self.calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
+        self.taxonomy = reasons.taxonomy(site.config.downtime)
+        # planned breaks are cut out and classified per piece (timeline.enrich), not here
+        self.classify = reasons.rules(micro_stop_ms=int(site.config.downtime.micro_stop_minutes * 60_000))
+        self.root = f"{site.config.enterprise}/{site.config.site}"
+        holds = store.holds()  # one list for every machine: a hold on a job follows the job
+        self.contexts: dict[str, timeline.MachineContext] = {}
+        self.books: dict[str, OperationBook] = {}
+        for m in site.machines:
+            ctx = timeline.MachineContext(m.id, holds=holds, overrides=store.overrides(m.id))
+            for ts, operator in store.operator_events(m.id):
+                ctx.add_operator(ts, operator)
+            book = OperationBook(m.id, {o.key: o for o in store.operations(m.id)}, store.pending(m.id))
+            for event in store.op_events(m.id):
+                ctx.add_op(event)
+            self.contexts[m.id], self.books[m.id] = ctx, book
         restored = {c.machine_id: c for c in store.current_states()}
         self.trackers: dict[str, MachineTracker] = {}
         for m in site.machines:
@@ -77,6 +103,9 @@ class ContextService:
         self._state_ts = 0
         self._unknown_devices: set[tuple[str, str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs_dirty: set[str] = set()
+        self._published: list[tuple[Interval, bool]] = []  # closed record intervals to announce
+        self.intake = Intake(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,7 +116,7 @@ class ContextService:
             self,
             loop,
             will=self._will,
-            subscriptions=(("spBv1.0/#", 0),),
+            subscriptions=(("spBv1.0/#", 0), (f"{self.root}/_command/+", 1)),
         )
         self._client.start()
         self._health_task = loop.create_task(
@@ -135,6 +164,10 @@ class ContextService:
         self._schedule_flush()
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith("spBv1.0/"):
+            self.command(topic.rpartition("/")[2], payload, via="mqtt")
+            self._schedule_flush()
+            return
         for event in self.host.handle(topic, payload, time.monotonic()):
             if isinstance(event, MetricsUpdate):
                 self._update(event)
@@ -192,6 +225,120 @@ class ContextService:
         source = "birth" if event.is_birth else "live"
         self._events += [(machine.id, v, source) for v in values]
         self._dirty.add(machine.id)
+        self._follow_operations(machine.id, values, parts)
+
+    def _follow_operations(self, machine_id: str, values: list[SignalValue], parts: list[PartsMade]) -> None:
+        """Program changes and part counts, in time order, to the machine's operation book (parts
+        counted at the moment a program changes belong to the operation before)."""
+        book = self.books[machine_id]
+        steps = sorted(
+            [(p.timestamp, 0, p.delta, None) for p in parts]
+            + [(v.timestamp, 1, 0, v.value) for v in values if v.name == Signal.PROGRAM],
+            key=lambda s: (s[0], s[1]),
+        )
+        pending = book.pending
+        decided = []
+        for ts, kind, delta, program in steps:
+            if kind == 0:
+                decided += book.on_parts(ts, delta)
+            else:
+                decided += book.on_program(ts, program if isinstance(program, str) else None)
+        if parts or decided or book.pending != pending:
+            self._jobs_dirty.add(machine_id)
+        if book.pending != pending:
+            self.store.set_pending(machine_id, book.pending)
+            if book.pending is not None:
+                logger.info(
+                    "%s: program %s could be %s: waiting for a confirmation",
+                    machine_id,
+                    book.pending.program,
+                    ", ".join(f"{j}/{o}" for j, o in book.pending.candidates),
+                )
+        if decided:
+            self.record_op_events(machine_id, decided)
+
+    def record_op_events(self, machine_id: str, events: list[timeline.OpEvent]) -> None:
+        """Store the book's decisions and put them on the machine's timeline."""
+        book, ctx = self.books[machine_id], self.contexts[machine_id]
+        self.store.add_op_events(events, [book.ops[(e.job, e.operation)] for e in events])
+        for e in events:
+            ctx.add_op(e)
+            logger.info(
+                "%s: %s %s/%s (%s) at %s", machine_id, e.action, e.job, e.operation, e.cause, iso(e.ts)
+            )
+        self._jobs_dirty.add(machine_id)
+        self._dirty.add(machine_id)
+
+    # -- commands -----------------------------------------------------------------------------
+    def command(self, kind: str, payload: bytes, via: str) -> CommandResult:
+        """A command from `<enterprise>/<site>/_command/<kind>`: applied, or refused with a reason.
+        The answer goes to the command's `reply_to` (under `<enterprise>/<site>/_reply/`), if any."""
+        command_id, reply_to = _envelope(payload)
+        try:
+            cmd = parse(kind, payload)
+            detail = self.intake.apply(cmd, via)
+            result = CommandResult(id=command_id, ok=True, detail=detail)
+            self.host.counters["commands_applied"] += 1
+        except CommandError as exc:
+            self.host.counters["commands_refused"] += 1
+            logger.warning("command %s refused: %s", kind, exc)
+            result = CommandResult(id=command_id, ok=False, status=exc.status, error=str(exc))
+        if reply_to is not None and self._client is not None:
+            if reply_to.startswith(f"{self.root}/_reply/") and "+" not in reply_to and "#" not in reply_to:
+                self._client.publish(reply_to, result.model_dump_json().encode(), 1, False)
+            else:
+                self.host.counters["commands_bad_reply_to"] += 1
+                logger.warning("command %s: reply_to %r is not under %s/_reply/", kind, reply_to, self.root)
+        return result
+
+    def touch(self, machine_id: str) -> None:
+        """Republish the machine's `state` and `job` at the next flush."""
+        self._dirty.add(machine_id)
+        self._jobs_dirty.add(machine_id)
+
+    def rebuild(self, machine_id: str, from_ms: int, *, flush: bool = True) -> None:
+        """Recompute a machine's record from `from_ms` (what was said about the past changed)."""
+        if flush:
+            self.flush()  # what is still in memory goes to the record first
+        old = self.trackers[machine_id]
+        start = self.store.rebuild_start(machine_id, from_ms)
+        tracker = MachineTracker(
+            machine_id,
+            state=start.previous_state,
+            since_ms=start.previous_start,
+            counter=start.counter,
+            counter_rollover=old.counter_rollover,
+            signals=start.signals,
+            classifier=self.classify,
+        )
+        closed, parts = replay(tracker, start.events)
+        intervals = self._enrich(machine_id, closed)
+        self.store.replace_from(
+            machine_id,
+            start,
+            intervals,
+            timeline.attribute(parts, self.contexts[machine_id], self.calendar),
+            (tracker.state, tracker.since_ms, tracker.updated_ms, tracker.counter),
+        )
+        tracker.late_values = old.late_values
+        self.trackers[machine_id] = tracker
+        self._published += [(i, True) for i in intervals]
+        self._dirty.add(machine_id)
+        self._jobs_dirty.add(machine_id)
+
+    def _enrich(self, machine_id: str, closed: list[Interval]) -> list[Interval]:
+        ctx = self.contexts[machine_id]
+        return [piece for run in closed for piece in timeline.enrich(run, ctx, self.calendar)]
+
+    def current(self, machine_id: str) -> Interval | None:
+        """The open interval as the record will have it (its current piece), or None before any data."""
+        t = self.trackers[machine_id]
+        if t.since_ms is None:
+            return None
+        now = max(self.clock.now_ms(), t.updated_ms or t.since_ms)
+        return timeline.current(
+            machine_id, t.state, t.since_ms, now, t.reason(now), self.contexts[machine_id], self.calendar
+        )
 
     def _keep_health(self, scope: str, metrics: tuple[Metric, ...]) -> None:
         values = {
@@ -273,7 +420,7 @@ class ContextService:
     def flush(self) -> None:
         """Write what changed to the record, then publish the changed machines' state."""
         self._flush_scheduled = False
-        if not (self._intervals or self._parts or self._dirty or self._history):
+        if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
         dirty = sorted(self._dirty)
         current = [
@@ -281,20 +428,41 @@ class ContextService:
             for m in dirty
             if (t := self.trackers[m]).since_ms
         ]
-        self.store.write(self._intervals, self._parts, current, self._events)
+        intervals = [
+            p for i in self._intervals for p in timeline.enrich(i, self.contexts[i.machine_id], self.calendar)
+        ]
+        parts = [
+            p
+            for machine_id in {p.machine_id for p in self._parts}
+            for p in timeline.attribute(
+                [p for p in self._parts if p.machine_id == machine_id],
+                self.contexts[machine_id],
+                self.calendar,
+            )
+        ]
+        self.store.write(intervals, parts, current, self._events)
+        self._published += [(i, False) for i in intervals]
         self._intervals, self._parts, self._dirty, self._events = [], [], set(), []
         history, self._history = self._history, {}
         for machine_id, batches in history.items():
             self._backfill(machine_id, batches)
             dirty.append(machine_id)
+        published, self._published = self._published, []
+        jobs, self._jobs_dirty = self._jobs_dirty, set()
         client = self._client
         if client is None or not client.connected:
             return
-        for machine_id in sorted(set(dirty)):
+        for machine_id in sorted(set(dirty) | jobs):
             machine = self.site.machine(machine_id)
             client.publish(
                 machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True
             )
+        for machine_id in sorted(jobs):
+            machine = self.site.machine(machine_id)
+            client.publish(machine.path.topic("job"), json.dumps(self.job_json(machine)).encode(), 1, True)
+        for interval, revised in published:
+            topic = self.site.machine(interval.machine_id).path.topic("intervals")
+            client.publish(topic, json.dumps(interval_json(interval, revised=revised)).encode(), 1, False)
 
     def _backfill(self, machine_id: str, batches: list[tuple[int, list[SignalValue]]]) -> None:
         """Historical values: into the event log, and the record recomputed from where they begin."""
@@ -305,26 +473,8 @@ class ContextService:
             self.host.counters["history_repeated"] += len(values)
             return  # seen all of it before: nothing changes
         self.host.counters["history_applied"] += len(values)
-        old = self.trackers[machine_id]
-        start = self.store.rebuild_start(machine_id, min(cover_from, *(v.timestamp for v in values)))
-        tracker = MachineTracker(
-            machine_id,
-            state=start.previous_state,
-            since_ms=start.previous_start,
-            counter=start.counter,
-            counter_rollover=old.counter_rollover,
-            signals=start.signals,
-            classifier=self.classify,
-        )
-        closed, parts = replay(tracker, start.events)
-        self.store.replace_from(
-            machine_id,
-            start,
-            closed,
-            parts,
-            (tracker.state, tracker.since_ms, tracker.updated_ms, tracker.counter),
-        )
-        self.trackers[machine_id] = tracker
+        self.rebuild(machine_id, min(cover_from, *(v.timestamp for v in values)), flush=False)
+        tracker = self.trackers[machine_id]
         logger.info(
             "%s: backfilled %d historical values from %s; now %s since %s",
             machine_id,
@@ -351,5 +501,97 @@ class ContextService:
             "alarm": {"code": alarm, "text": sig.get(Signal.ALARM_TEXT)} if alarm else None,
             "emergency_stop": sig.get(Signal.ESTOP),
             "part_count": t.counter,
-            "reason": t.reason(t.updated_ms) if t.updated_ms is not None else None,
+            **_context_json(self.current(machine.id)),
         }
+
+    def job_json(self, machine: Machine) -> dict[str, Any]:
+        """The machine's current operation with its counts, what is queued next, and whether a
+        program change waits for a confirmation."""
+        book = self.books[machine.id]
+        op = book.active
+        queue = book.queue()
+        pending = book.pending
+        return {
+            "machine": machine.id,
+            "updated": iso(self.clock.now_ms()),
+            "operation": None if op is None else operation_json(op),
+            "next": [operation_json(o) for o in queue[:3]],
+            "queued": len(queue),
+            "confirmation_needed": None
+            if pending is None
+            else {
+                "since": iso(pending.ts),
+                "program": pending.program,
+                "candidates": [{"job": j, "operation": o} for j, o in pending.candidates],
+            },
+        }
+
+
+def _context_json(piece: Interval | None) -> dict[str, Any]:
+    if piece is None:
+        return {
+            "reason": None,
+            "reason_source": None,
+            "job": None,
+            "operation": None,
+            "operator": None,
+            "shift": None,
+            "hold": None,
+        }
+    return {
+        "reason": piece.reason,
+        "reason_source": piece.source,
+        "job": piece.job,
+        "operation": piece.operation,
+        "operator": piece.operator,
+        "shift": piece.shift,
+        "hold": piece.hold,
+    }
+
+
+def operation_json(op: Operation) -> dict[str, Any]:
+    return {
+        "job": op.job,
+        "operation": op.operation,
+        "part_number": op.part_number,
+        "program": op.program,
+        "status": op.status,
+        "quantity": op.quantity,
+        "made": op.made,
+        "good": op.good,
+        "scrap": op.scrap,
+        "rework": op.rework,
+        "planned_start": iso(op.planned_start_ms) if op.planned_start_ms is not None else None,
+        "planned_end": iso(op.planned_end_ms) if op.planned_end_ms is not None else None,
+        "actual_start": iso(op.actual_start_ms) if op.actual_start_ms is not None else None,
+        "actual_end": iso(op.actual_end_ms) if op.actual_end_ms is not None else None,
+    }
+
+
+def interval_json(i: Interval, *, revised: bool = False) -> dict[str, Any]:
+    """A closed record interval as published on `<machine>/intervals` (`revised`: a recomputation
+    after a backfill or a correction replaces what was announced before for that time)."""
+    return {
+        "machine": i.machine_id,
+        "start": iso(i.start_ms),
+        "end": iso(i.end_ms),
+        "duration_s": (i.end_ms - i.start_ms) / 1000,
+        "state": i.state.value,
+        **_context_json(i),
+        "revised": revised,
+    }
+
+
+def _envelope(payload: bytes) -> tuple[str | None, str | None]:
+    """A command's id and reply topic, read leniently: a refusal should still reach the sender."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    command_id, reply_to = doc.get("id"), doc.get("reply_to")
+    return (
+        command_id if isinstance(command_id, str) else None,
+        reply_to if isinstance(reply_to, str) else None,
+    )

@@ -1,8 +1,8 @@
-"""The downtime taxonomy and the rules that classify a stop from the machine's own signals. Pure.
+"""The downtime taxonomy (a tree) and the rules that classify a stop from the machine's own signals. Pure.
 
-Every reason says whether it is planned and which OEE loss it counts against. Rules give a first
-classification when an interval closes; operators (and quality holds) will override it, with
-precedence operator > quality hold > rule > default (issue #4: the overrides are not built yet).
+Every reason says whether it is planned, which OEE loss it counts against and which group it belongs
+to. Rules give a first classification when an interval closes; a quality hold and then an operator
+override it: precedence operator > quality hold > rule > default (services/context/timeline.py).
 """
 
 from __future__ import annotations
@@ -28,27 +28,38 @@ class Reason:
     name: str
     planned: bool
     loss: Loss
+    parent: str | None = None  # the group it belongs to; groups are reasons too (parent None)
 
 
+_A, _P = Loss.AVAILABILITY, Loss.PLANNED
 DEFAULT_REASONS: dict[str, Reason] = {
     r.code: r
     for r in (
-        Reason("setup", "Setup / changeover", False, Loss.AVAILABILITY),
-        Reason("program_prove_out", "Program prove-out", False, Loss.AVAILABILITY),
-        Reason("waiting_inspection", "Waiting on inspection / first article", False, Loss.AVAILABILITY),
-        Reason("blocked", "Blocked (downstream full)", False, Loss.AVAILABILITY),
-        Reason("starved", "Starved (no material)", False, Loss.AVAILABILITY),
-        Reason("quality_hold", "Quality hold", False, Loss.AVAILABILITY),
-        Reason("tooling", "Tooling", False, Loss.AVAILABILITY),
-        Reason("maintenance_planned", "Planned maintenance", True, Loss.PLANNED),
-        Reason("maintenance_unplanned", "Unplanned maintenance", False, Loss.AVAILABILITY),
-        Reason("machine_fault", "Machine fault (alarm or emergency stop)", False, Loss.AVAILABILITY),
-        Reason("no_operator", "No operator", False, Loss.AVAILABILITY),
-        Reason("planned_break", "Planned break", True, Loss.PLANNED),
-        Reason("micro_stop", "Micro-stop", False, Loss.PERFORMANCE),
-        Reason("unclassified", "Not yet classified", False, Loss.AVAILABILITY),
+        # groups
+        Reason("changeover", "Changeover", False, _A),
+        Reason("quality", "Quality", False, _A),
+        Reason("flow", "Material and people", False, _A),
+        Reason("equipment", "Equipment", False, _A),
+        Reason("planned_stop", "Planned stop", True, _P),
+        Reason("speed", "Speed loss", False, Loss.PERFORMANCE),
+        # reasons
+        Reason("setup", "Setup / changeover", False, _A, "changeover"),
+        Reason("program_prove_out", "Program prove-out", False, _A, "changeover"),
+        Reason("waiting_inspection", "Waiting on inspection / first article", False, _A, "quality"),
+        Reason("quality_hold", "Quality hold", False, _A, "quality"),
+        Reason("blocked", "Blocked (downstream full)", False, _A, "flow"),
+        Reason("starved", "Starved (no material)", False, _A, "flow"),
+        Reason("no_operator", "No operator", False, _A, "flow"),
+        Reason("tooling", "Tooling", False, _A, "equipment"),
+        Reason("maintenance_unplanned", "Unplanned maintenance", False, _A, "equipment"),
+        Reason("machine_fault", "Machine fault (alarm or emergency stop)", False, _A, "equipment"),
+        Reason("maintenance_planned", "Planned maintenance", True, _P, "planned_stop"),
+        Reason("planned_break", "Planned break", True, _P, "planned_stop"),
+        Reason("micro_stop", "Micro-stop", False, Loss.PERFORMANCE, "speed"),
+        Reason("unclassified", "Not yet classified", False, _A),
     )
 }
+DEFAULT_REASON = "unclassified"  # what a stop is when no rule, hold or operator says otherwise
 
 MICRO_STOP_MS = 5 * 60_000  # idle stops shorter than this are micro-stops (a performance loss)
 
@@ -82,9 +93,31 @@ def rules(
     return classify
 
 
+class TaxonomyError(ValueError):
+    """A site model's reason tree that does not hold together; the message names the reason."""
+
+
 def taxonomy(config: DowntimeConfig) -> dict[str, Reason]:
-    """The default reasons with the site model's additions and changes."""
+    """The default reasons with the site model's additions and changes; parents must exist, no cycles."""
     reasons = dict(DEFAULT_REASONS)
     for r in config.reasons:
-        reasons[r.code] = Reason(r.code, r.name, r.planned, Loss(r.loss))
+        reasons[r.code] = Reason(r.code, r.name, r.planned, Loss(r.loss), r.parent)
+    for code, reason in reasons.items():
+        seen = [code]
+        parent = reason.parent
+        while parent is not None:
+            if parent not in reasons:
+                raise TaxonomyError(f"downtime reason {code!r}: parent {parent!r} is not a reason")
+            if parent in seen:
+                raise TaxonomyError(f"downtime reason {code!r}: parents go round in a circle ({parent!r})")
+            seen.append(parent)
+            parent = reasons[parent].parent
     return reasons
+
+
+def path(reasons: Mapping[str, Reason], code: str) -> list[str]:
+    """The codes from the top of the tree down to `code`."""
+    out = [code]
+    while (parent := reasons[out[0]].parent) is not None:
+        out.insert(0, parent)
+    return out

@@ -13,8 +13,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from services.context.jobs import Operation, Pending
 from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Value
+from services.context.timeline import Hold, OpEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine (
@@ -35,6 +38,13 @@ CREATE TABLE IF NOT EXISTS state_interval (
     end_ms      INTEGER NOT NULL CHECK (end_ms > start_ms),
     state       TEXT NOT NULL,
     reason      TEXT,
+    source      TEXT,
+    job         TEXT,
+    operation   TEXT,
+    shift       TEXT,
+    operator    TEXT,
+    hold        TEXT,
+    run_start_ms INTEGER,
     PRIMARY KEY (machine_id, start_ms)
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
@@ -58,9 +68,108 @@ CREATE TABLE IF NOT EXISTS part_count (
     ts_ms       INTEGER NOT NULL,
     delta       INTEGER NOT NULL CHECK (delta > 0),
     counter     INTEGER NOT NULL,
+    job         TEXT,
+    operation   TEXT,
+    shift       TEXT,
     PRIMARY KEY (machine_id, ts_ms, counter)
 );
+CREATE TABLE IF NOT EXISTS dispatch_version (
+    version     INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms       INTEGER NOT NULL,
+    scope       TEXT NOT NULL,
+    by          TEXT,
+    via         TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operation (
+    job         TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    program     TEXT NOT NULL,
+    quantity    INTEGER NOT NULL,
+    sequence    INTEGER NOT NULL,
+    part_number TEXT NOT NULL,
+    ideal_cycle_ms   INTEGER,
+    planned_start_ms INTEGER,
+    planned_end_ms   INTEGER,
+    status      TEXT NOT NULL,
+    actual_start_ms  INTEGER,
+    actual_end_ms    INTEGER,
+    version     INTEGER NOT NULL REFERENCES dispatch_version(version),
+    PRIMARY KEY (job, operation)
+);
+CREATE TABLE IF NOT EXISTS operation_event (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    job         TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    cause       TEXT NOT NULL,
+    by          TEXT
+);
+CREATE TABLE IF NOT EXISTS operator_event (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    operator    TEXT,
+    via         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quality_hold (
+    hold_id     TEXT PRIMARY KEY,
+    machine_id  TEXT REFERENCES machine(machine_id),
+    job         TEXT,
+    operation   TEXT,
+    opened_ms   INTEGER NOT NULL,
+    closed_ms   INTEGER,
+    note        TEXT NOT NULL,
+    opened_by   TEXT,
+    closed_by   TEXT
+);
+CREATE TABLE IF NOT EXISTS reason_override (
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    run_start_ms INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (machine_id, run_start_ms)
+);
+CREATE TABLE IF NOT EXISTS reason_audit (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    run_start_ms INTEGER NOT NULL,
+    old_reason  TEXT,
+    new_reason  TEXT NOT NULL,
+    by          TEXT,
+    via         TEXT NOT NULL,
+    changed_ms  INTEGER NOT NULL,
+    note        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quality_count (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    job         TEXT,
+    operation   TEXT,
+    shift       TEXT,
+    result      TEXT NOT NULL,
+    quantity    INTEGER NOT NULL CHECK (quantity > 0),
+    by          TEXT,
+    via         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_confirmation (
+    machine_id  TEXT PRIMARY KEY REFERENCES machine(machine_id),
+    ts_ms       INTEGER NOT NULL,
+    program     TEXT NOT NULL,
+    candidates  TEXT NOT NULL
+);
 """
+
+_ADDED_COLUMNS = {  # columns added since the first record schema: records from before get them
+    "state_interval": ("reason", "source", "job", "operation", "shift", "operator", "hold", "run_start_ms"),
+    "part_count": ("job", "operation", "shift"),
+}
+_INTERVAL_COLUMNS = (
+    "machine_id, start_ms, end_ms, state, reason, source, job, operation, shift, operator, hold, run_start_ms"
+)
 
 
 Event = tuple[str, SignalValue, str]  # machine id, value (or LOST marker), source: live, birth, lost
@@ -89,7 +198,7 @@ class CurrentState:
     counter: int | None
 
 
-class RecordStore:
+class _Record:
     """A SQLite record. Safe to share between the asyncio loop and the API's worker threads."""
 
     def __init__(self, path: str | Path) -> None:
@@ -101,9 +210,12 @@ class RecordStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(state_interval)")}
-        if "reason" not in columns:  # a record from before reasons
-            self._db.execute("ALTER TABLE state_interval ADD COLUMN reason TEXT")
+        for table, added in _ADDED_COLUMNS.items():
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in added:
+                if column not in columns:
+                    kind = "INTEGER" if column.endswith("_ms") else "TEXT"
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -153,13 +265,29 @@ class RecordStore:
             [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
         )
         db.executemany(
-            "INSERT OR REPLACE INTO state_interval (machine_id, start_ms, end_ms, state, reason)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(i.machine_id, i.start_ms, i.end_ms, i.state.value, i.reason) for i in intervals],
+            f"INSERT OR REPLACE INTO state_interval ({_INTERVAL_COLUMNS}) VALUES ({', '.join('?' * 12)})",  # noqa: S608 (constants)
+            [
+                (
+                    i.machine_id,
+                    i.start_ms,
+                    i.end_ms,
+                    i.state.value,
+                    i.reason,
+                    i.source,
+                    i.job,
+                    i.operation,
+                    i.shift,
+                    i.operator,
+                    i.hold,
+                    i.run_start_ms,
+                )
+                for i in intervals
+            ],
         )
         db.executemany(
-            "INSERT OR IGNORE INTO part_count VALUES (?, ?, ?, ?)",
-            [(p.machine_id, p.timestamp, p.delta, p.counter) for p in parts],
+            "INSERT OR REPLACE INTO part_count (machine_id, ts_ms, delta, counter, job, operation, shift)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(p.machine_id, p.timestamp, p.delta, p.counter, p.job, p.operation, p.shift) for p in parts],
         )
         db.executemany(
             "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
@@ -196,8 +324,15 @@ class RecordStore:
                 (machine_id, from_ms, machine_id, from_ms),
             ).fetchone()
             start = row[0] if row and row[0] is not None else from_ms
+            run = db.execute(  # a piece cut at a shift or context change: go back to where its state began
+                "SELECT run_start_ms FROM state_interval WHERE machine_id = ? AND start_ms = ?",
+                (machine_id, start),
+            ).fetchone()
+            if run and run[0] is not None:
+                start = run[0]
             prev = db.execute(
-                "SELECT start_ms, state FROM state_interval WHERE machine_id = ? AND end_ms = ?",
+                "SELECT coalesce(run_start_ms, start_ms), state FROM state_interval"
+                " WHERE machine_id = ? AND end_ms = ?",
                 (machine_id, start),
             ).fetchone()
             lost = db.execute(
@@ -286,17 +421,287 @@ class RecordStore:
         """Closed intervals that overlap [start, end), in time order, not clipped."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT start_ms, end_ms, state, reason FROM state_interval "
+                f"SELECT {_INTERVAL_COLUMNS} FROM state_interval "  # noqa: S608 (constants)
                 "WHERE machine_id = ? AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
                 (machine_id, start_ms, end_ms),
             ).fetchall()
-        return [Interval(machine_id, s, e, MachineState(st), reason) for s, e, st, reason in rows]
+        return [_interval(row) for row in rows]
 
     def parts(self, machine_id: str, start_ms: int, end_ms: int) -> list[PartsMade]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT ts_ms, delta, counter FROM part_count "
+                "SELECT ts_ms, delta, counter, job, operation, shift FROM part_count "
                 "WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
                 (machine_id, start_ms, end_ms),
             ).fetchall()
-        return [PartsMade(machine_id, ts, d, c) for ts, d, c in rows]
+        return [PartsMade(machine_id, ts, d, c, j, o, s) for ts, d, c, j, o, s in rows]
+
+
+def _interval(row: tuple[Any, ...]) -> Interval:
+    m, s, e, st, reason, source, job, op, shift, operator, hold, run = row
+    return Interval(m, s, e, MachineState(st), reason, source, job, op, shift, operator, hold, run)
+
+
+class RecordStore(_Record):
+    """The record with what people and other systems said: dispatch lists and their versions,
+    operations and what happened to them, operators, quality holds, operators' reasons (with their
+    audit trail) and scrap and rework."""
+
+    # -- dispatch and operations ---------------------------------------------------------------
+    def save_dispatch(
+        self,
+        scope: str,
+        by: str | None,
+        via: str,
+        ts_ms: int,
+        body: str,
+        ops: list[Operation],
+        drop: list[tuple[str, str]],
+    ) -> int:
+        """A new version of the dispatch list: `ops` added or changed, `drop` taken off (not started)."""
+        with self._lock, self._transaction() as db:
+            version = db.execute(
+                "INSERT INTO dispatch_version (ts_ms, scope, by, via, body) VALUES (?, ?, ?, ?, ?)",
+                (ts_ms, scope, by, via, body),
+            ).lastrowid
+            db.executemany(
+                "INSERT OR REPLACE INTO operation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        o.job,
+                        o.operation,
+                        o.machine_id,
+                        o.program,
+                        o.quantity,
+                        o.sequence,
+                        o.part_number,
+                        o.ideal_cycle_ms,
+                        o.planned_start_ms,
+                        o.planned_end_ms,
+                        o.status,
+                        o.actual_start_ms,
+                        o.actual_end_ms,
+                        version,
+                    )
+                    for o in ops
+                ],
+            )
+            db.executemany("DELETE FROM operation WHERE job = ? AND operation = ?", drop)
+        assert version is not None
+        return version
+
+    def operations(self, machine_id: str | None = None, job: str | None = None) -> list[Operation]:
+        where, args = [], []
+        if machine_id is not None:
+            where.append("machine_id = ?")
+            args.append(machine_id)
+        if job is not None:
+            where.append("job = ?")
+            args.append(job)
+        with self._lock:
+            sql = (  # noqa: S608 (the WHERE is built from constants; values are bound)
+                "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"
+                " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms FROM operation"
+                + (f" WHERE {' AND '.join(where)}" if where else "")
+                + " ORDER BY machine_id, sequence, job, operation"
+            )
+            rows = self._db.execute(sql, args).fetchall()
+            counts = {
+                (j, o): (made or 0)
+                for j, o, made in self._db.execute(
+                    "SELECT job, operation, sum(delta) FROM part_count WHERE job IS NOT NULL"
+                    " GROUP BY job, operation"
+                )
+            }
+            quality = {
+                (j, o, r): q
+                for j, o, r, q in self._db.execute(
+                    "SELECT job, operation, result, sum(quantity) FROM quality_count"
+                    " WHERE job IS NOT NULL GROUP BY job, operation, result"
+                )
+            }
+        out = []
+        for row in rows:
+            op = Operation(*row[:10])
+            op.status, op.actual_start_ms, op.actual_end_ms = row[10:]
+            op.made = counts.get(op.key, 0)
+            op.scrap = quality.get((*op.key, "scrap"), 0) + quality.get((*op.key, "fail"), 0)
+            op.rework = quality.get((*op.key, "rework"), 0)
+            out.append(op)
+        return out
+
+    def dispatch_version(self) -> int:
+        with self._lock:
+            return int(
+                self._db.execute("SELECT coalesce(max(version), 0) FROM dispatch_version").fetchone()[0]
+            )
+
+    def add_op_events(self, events: list[OpEvent], ops: list[Operation]) -> None:
+        with self._lock, self._transaction() as db:
+            db.executemany(
+                "INSERT INTO operation_event (machine_id, ts_ms, job, operation, action, cause, by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.machine_id, e.ts, e.job, e.operation, e.action, e.cause, e.by) for e in events],
+            )
+            db.executemany(
+                "UPDATE operation SET status = ?, actual_start_ms = ?, actual_end_ms = ?"
+                " WHERE job = ? AND operation = ?",
+                [(o.status, o.actual_start_ms, o.actual_end_ms, o.job, o.operation) for o in ops],
+            )
+
+    def op_events(self, machine_id: str | None = None) -> list[OpEvent]:
+        with self._lock:
+            where = " WHERE machine_id = ?" if machine_id else ""
+            rows = self._db.execute(
+                f"SELECT machine_id, ts_ms, job, operation, action, cause, by FROM operation_event{where}"  # noqa: S608
+                " ORDER BY ts_ms, seq",
+                (machine_id,) if machine_id else (),
+            ).fetchall()
+        return [OpEvent(*row) for row in rows]
+
+    def set_pending(self, machine_id: str, pending: Pending | None) -> None:
+        with self._lock:
+            if pending is None:
+                self._db.execute("DELETE FROM pending_confirmation WHERE machine_id = ?", (machine_id,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO pending_confirmation VALUES (?, ?, ?, ?)",
+                    (machine_id, pending.ts, pending.program, json.dumps(pending.candidates)),
+                )
+
+    def pending(self, machine_id: str) -> Pending | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ts_ms, program, candidates FROM pending_confirmation WHERE machine_id = ?",
+                (machine_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Pending(row[0], row[1], tuple((j, o) for j, o in json.loads(row[2])))
+
+    # -- operators, holds, reasons, quality ----------------------------------------------------
+    def add_operator_event(self, machine_id: str, ts_ms: int, operator: str | None, via: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO operator_event (machine_id, ts_ms, operator, via) VALUES (?, ?, ?, ?)",
+                (machine_id, ts_ms, operator, via),
+            )
+
+    def operator_events(self, machine_id: str) -> list[tuple[int, str | None]]:
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT ts_ms, operator FROM operator_event WHERE machine_id = ? ORDER BY ts_ms, seq",
+                    (machine_id,),
+                )
+            )
+
+    def put_hold(self, hold: Hold, opened_by: str | None, closed_by: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO quality_hold VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hold.hold_id,
+                    hold.machine_id,
+                    hold.job,
+                    hold.operation,
+                    hold.opened_ms,
+                    hold.closed_ms,
+                    hold.note,
+                    opened_by,
+                    closed_by,
+                ),
+            )
+
+    def holds(self) -> list[Hold]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hold_id, opened_ms, closed_ms, machine_id, job, operation, note FROM quality_hold"
+                " ORDER BY opened_ms"
+            ).fetchall()
+        return [Hold(*row) for row in rows]
+
+    def set_reason(
+        self,
+        machine_id: str,
+        run_start_ms: int,
+        old: str | None,
+        new: str,
+        by: str | None,
+        via: str,
+        changed_ms: int,
+        note: str,
+    ) -> None:
+        """An operator's reason for a stop (every piece of it), and the audit row that says so."""
+        with self._lock, self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO reason_override VALUES (?, ?, ?)", (machine_id, run_start_ms, new)
+            )
+            db.execute(
+                "INSERT INTO reason_audit"
+                " (machine_id, run_start_ms, old_reason, new_reason, by, via, changed_ms, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (machine_id, run_start_ms, old, new, by, via, changed_ms, note),
+            )
+            db.execute(
+                "UPDATE state_interval SET reason = ?, source = 'operator'"
+                " WHERE machine_id = ? AND coalesce(run_start_ms, start_ms) = ?",
+                (new, machine_id, run_start_ms),
+            )
+
+    def overrides(self, machine_id: str) -> dict[int, str]:
+        with self._lock:
+            return dict(
+                self._db.execute(
+                    "SELECT run_start_ms, reason FROM reason_override WHERE machine_id = ?", (machine_id,)
+                )
+            )
+
+    def reason_audit(self, machine_id: str) -> list[tuple[int, str | None, str, str | None, str, int, str]]:
+        """(stop start, old, new, by, via, when changed, note), oldest first."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT run_start_ms, old_reason, new_reason, by, via, changed_ms, note FROM reason_audit"
+                    " WHERE machine_id = ? ORDER BY seq",
+                    (machine_id,),
+                )
+            )
+
+    def add_quality(
+        self,
+        machine_id: str,
+        ts_ms: int,
+        op: tuple[str, str] | None,
+        shift: str | None,
+        result: str,
+        quantity: int,
+        by: str | None,
+        via: str,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO quality_count"
+                " (machine_id, ts_ms, job, operation, shift, result, quantity, by, via)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (machine_id, ts_ms, *(op or (None, None)), shift, result, quantity, by, via),
+            )
+
+    def counts(
+        self, start_ms: int, end_ms: int
+    ) -> list[tuple[str, str | None, str | None, str | None, str, int]]:
+        """(machine, shift, job, operation, kind, quantity): parts made (kind `made`) and scrap, rework
+        and good reports, in [start, end)."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT machine_id, shift, job, operation, 'made', sum(delta) FROM part_count"
+                    " WHERE ts_ms >= ? AND ts_ms < ? GROUP BY machine_id, shift, job, operation"
+                    " UNION ALL SELECT machine_id, shift, job, operation,"
+                    " CASE result WHEN 'fail' THEN 'scrap' WHEN 'pass' THEN 'good' ELSE result END,"
+                    " sum(quantity)"
+                    " FROM quality_count WHERE ts_ms >= ? AND ts_ms < ? GROUP BY 1, 2, 3, 4, 5"
+                    " ORDER BY 1, 2, 3, 4, 5",
+                    (start_ms, end_ms, start_ms, end_ms),
+                )
+            )

@@ -54,8 +54,15 @@ class Interval:
     start_ms: int
     end_ms: int
     state: MachineState
-    # why the machine stood (services/context/reasons.py); not part of what makes two intervals equal
-    reason: str | None = field(default=None, compare=False)
+    # Context (services/context/timeline.py); not part of what makes two intervals equal.
+    reason: str | None = field(default=None, compare=False)  # why it stood: services/context/reasons.py
+    source: str | None = field(default=None, compare=False)  # where the reason came from: operator, hold...
+    job: str | None = field(default=None, compare=False)
+    operation: str | None = field(default=None, compare=False)
+    shift: str | None = field(default=None, compare=False)  # "<production date>/<shift name>"
+    operator: str | None = field(default=None, compare=False)
+    hold: str | None = field(default=None, compare=False)  # the quality hold open on it
+    run_start_ms: int | None = field(default=None, compare=False)  # when the state began (before cuts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,9 @@ class PartsMade:
     timestamp: int
     delta: int
     counter: int
+    job: str | None = field(default=None, compare=False)
+    operation: str | None = field(default=None, compare=False)
+    shift: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
