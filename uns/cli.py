@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--site", type=Path, default=None, help="site model, for its shift calendar")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=_port, default=8000)
+    api.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt://host:port: take writes (dispatch, holds...) as commands",
+    )
 
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         from uns import processes
 
         if args.command == "api":
-            processes.api(args.record, args.host, args.port, load_site(args.site) if args.site else None)
+            processes.api(
+                args.record, args.host, args.port, load_site(args.site) if args.site else None, args.broker
+            )
             return 0
         site = load_site(args.site)
         if args.command == "sim":

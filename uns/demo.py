@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -25,7 +26,10 @@ from pydantic import SecretStr
 
 from bridge.runner import run_bridge
 from bridge.sim.cnc import run_simulator
+from bridge.sim.erp import dispatch_list
+from bridge.sim.scenario import MachineScenario
 from services.api.app import create_app
+from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
 from services.context.reasons import taxonomy
@@ -107,6 +111,8 @@ async def _run(
     token = os.environ.get("UNS_API_TOKEN") or secrets.token_urlsafe(24)
     store = RecordStore(opts.data_dir / "record.db")
     api_port = opts.api_port or free_port()
+    root = f"{site.config.enterprise}/{site.config.site}"
+    sender = CommandSender(base.with_credentials("services", creds.password("services")), root)
     server = _Uvicorn(
         uvicorn.Config(
             create_app(
@@ -114,6 +120,7 @@ async def _run(
                 store,
                 _calendar(site),
                 taxonomy(site.config.downtime),
+                sender,
             ),
             host="127.0.0.1",
             port=api_port,
@@ -139,6 +146,13 @@ async def _run(
         await sim  # it failed to start: raise why
     api = asyncio.create_task(server.serve(), name="demo.api")
     context.start(loop)
+    sender.start(loop)
+    # the simulated shop's ERP sends its dispatch list: a day of the scenarios' jobs, per machine
+    scenarios = [MachineScenario(m.id, opts.seed, clock.origin_ms) for m in site.machines]
+    planned = dispatch_list(scenarios, clock.origin_ms + 24 * 3_600_000)
+    for m in site.machines:
+        body = {"machine": m.id, "by": "erp-sim", "operations": [o for o in planned if o["machine"] == m.id]}
+        context.command("dispatch", json.dumps(body).encode(), via="demo")
     bridge = asyncio.create_task(
         run_bridge(
             site,
@@ -167,6 +181,7 @@ async def _run(
         await asyncio.gather(bridge, return_exceptions=True)
         sim_stop.set()
         await asyncio.gather(sim, return_exceptions=True)
+        sender.stop()
         server.should_exit = True
         await asyncio.gather(api, return_exceptions=True)
         store.close()

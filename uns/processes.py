@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from bridge.runner import run_bridge
 from bridge.sim.cnc import run_simulator
 from services.api.app import create_app
+from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.app import ContextService
 from services.context.reasons import taxonomy
@@ -75,11 +76,11 @@ async def context(site: Site, url: str, record: Path) -> None:
     await _until_signal(run)
 
 
-def api(record: Path, host: str, port: int, site: Site | None = None) -> None:
+def api(record: Path, host: str, port: int, site: Site | None = None, broker: str | None = None) -> None:
     token = os.environ.get("UNS_API_TOKEN")
     if not token:
         raise ConfigError("set UNS_API_TOKEN (at least 16 characters) to the bearer token clients must send")
-    settings = ApiSettings(api_token=SecretStr(token))
+    settings = ApiSettings(api_token=SecretStr(token))  # UNS_API_TOKEN_<ROLE> are read too
     store = RecordStore(record)
     try:
         shifts = site.config.shifts if site is not None else None
@@ -87,6 +88,13 @@ def api(record: Path, host: str, port: int, site: Site | None = None) -> None:
             calendar_for(shifts, site.config.timezone) if site is not None and shifts is not None else None
         )
         reasons = taxonomy(site.config.downtime) if site is not None else None
-        uvicorn.run(create_app(settings, store, calendar, reasons), host=host, port=port, log_level="info")
+        sender = None
+        if broker is not None:  # writes go to the context service as MQTT commands
+            if site is None:
+                raise ConfigError("uns api --broker needs --site (the enterprise and site name the topics)")
+            root = f"{site.config.enterprise}/{site.config.site}"
+            sender = CommandSender(broker_address(broker, "services"), root, settings.command_timeout_s)
+        app = create_app(settings, store, calendar, reasons, sender)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         store.close()

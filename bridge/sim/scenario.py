@@ -57,6 +57,7 @@ class Segment:
     phase: str
     parts_at_end: int = 0  # parts the counter adds when this segment ends
     load_samples: tuple[tuple[int, float], ...] = ()  # (offset ms, spindle load) while cutting
+    job: int = 0  # the how-manieth job of the machine this segment belongs to (from 1)
 
     @property
     def end_ms(self) -> int:
@@ -78,6 +79,19 @@ class TruthInterval:
     end_ms: int
     state: str
     phases: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class SimJob:
+    """One job of the scenario: its program, the parts it makes, and when its work began and ended
+    (setup to the last part; the idle wait after it is not work)."""
+
+    number: int
+    program: str
+    quantity: int
+    start_ms: int
+    work_end_ms: int
+    cycle_ms: int
 
 
 _ALARMS = (
@@ -114,10 +128,10 @@ class MachineScenario:
             cycle_ms = rng.randrange(90, 600) * _S
             rpm = float(rng.choice((2500, 4000, 6000, 8000, 10000)))
             for seg in self._job(rng, t, program, parts, cycle_ms, rpm):
-                yield seg
+                yield replace(seg, job=job)
                 t = seg.end_ms
             # waiting for the next job (material, paperwork, an operator)
-            idle = Segment(t, rng.randrange(1, 30) * _MIN, Controller(program=program), IDLE, "idle")
+            idle = Segment(t, rng.randrange(1, 30) * _MIN, Controller(program=program), IDLE, "idle", job=job)
             yield idle
             t = idle.end_ms
 
@@ -268,6 +282,22 @@ class MachineScenario:
             else:
                 out.append(TruthInterval(self.machine_id, seg.start_ms, end, seg.state, (seg.phase,)))
         return out
+
+    def jobs(self, end_ms: int) -> list[SimJob]:
+        """The jobs that begin before `end_ms`: what an ERP would have dispatched to this machine."""
+        out: list[SimJob] = []
+        for seg in self.segments():
+            if seg.start_ms >= end_ms and (not out or seg.job != out[-1].number):
+                return out
+            if not out or seg.job != out[-1].number:
+                out.append(SimJob(seg.job, seg.controller.program, 0, seg.start_ms, seg.end_ms, 0))
+            last = out[-1]
+            if seg.phase != "idle":
+                out[-1] = replace(last, quantity=last.quantity + seg.parts_at_end, work_end_ms=seg.end_ms)
+            out[-1] = replace(
+                out[-1], cycle_ms=max(last.cycle_ms, seg.duration_ms if seg.phase == "cycle" else 0)
+            )
+        raise AssertionError("unreachable: segments() never ends")
 
     def parts_until(self, end_ms: int) -> int:
         """Parts the counter shows as made before `end_ms` (it counts when a cycle ends)."""

@@ -1,13 +1,21 @@
-"""The FastAPI application. Every route needs the bearer token; OpenAPI is at /openapi.json."""
+"""The FastAPI application. Every route needs a bearer token; writes check the token's role
+(admin, viewer, operator, planner, quality: services/api/deps.py). OpenAPI is at /openapi.json.
+
+Writes are commands to the context service over MQTT (`commands`); without it the API only reads."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import downtime, machines, metrics
+from services.api import counts, dispatch, downtime, floor, holds, machines, metrics
+from services.api import reasons as reason_tree
 from services.api.deps import require_token
+from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import DEFAULT_REASONS, Reason
 from services.context.record import RecordStore
@@ -19,8 +27,20 @@ def create_app(
     store: RecordStore,
     calendar: ShiftCalendar | None = None,
     reasons: dict[str, Reason] | None = None,
+    commands: CommandSender | None = None,
 ) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if commands is not None:
+            commands.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            if commands is not None:
+                commands.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Shop-floor UNS API",
         version="1",
         summary="Machine states and intervals from the shop-floor record",
@@ -32,9 +52,9 @@ def create_app(
     app.state.store = store
     app.state.calendar = calendar
     app.state.reasons = reasons if reasons is not None else DEFAULT_REASONS
-    app.include_router(machines.router, dependencies=[Depends(require_token)])
-    app.include_router(downtime.router, dependencies=[Depends(require_token)])
-    app.include_router(metrics.router, dependencies=[Depends(require_token)])
+    app.state.commands = commands
+    for module in (machines, floor, downtime, reason_tree, counts, dispatch, holds, metrics):
+        app.include_router(module.router, dependencies=[Depends(require_token)])
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def openapi() -> dict[str, Any]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import Reason
 from services.context.record import RecordStore
@@ -29,15 +31,43 @@ def get_store(request: Request) -> RecordStore:
 def require_token(
     settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = settings.api_token.get_secret_value().encode()
+) -> str:
+    """The caller's role, from its bearer token (every role may read); 401 without a known token."""
     given = credentials.credentials.encode() if credentials is not None else b""
-    if credentials is None or not hmac.compare_digest(given, expected):
+    role = None
+    for name, token in settings.tokens().items():  # compare with every token: no early exit
+        if hmac.compare_digest(given, token.get_secret_value().encode()) and role is None:
+            role = name
+    if credentials is None or role is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return role
+
+
+def allow(*roles: str) -> Callable[[str], str]:
+    """A dependency that lets these roles (and admin) through, and answers 403 to the others."""
+
+    def check(role: Annotated[str, Depends(require_token)]) -> str:
+        if role != "admin" and role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"the {role} role may not do this (allowed: admin, {', '.join(roles)})",
+            )
+        return role
+
+    return check
+
+
+def get_commands(request: Request) -> CommandSender:
+    sender: CommandSender | None = request.app.state.commands
+    if sender is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "this API is not connected to the broker: it only reads"
+        )
+    return sender
 
 
 def get_calendar(request: Request) -> ShiftCalendar | None:
@@ -54,3 +84,4 @@ Store = Annotated[RecordStore, Depends(get_store)]
 Reasons = Annotated[dict[str, Reason], Depends(get_reasons)]
 Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
+Commands = Annotated[CommandSender, Depends(get_commands)]

@@ -31,7 +31,12 @@ class IntervalOut(BaseModel):
     state: MachineState
     duration_s: float | None
     shift: str | None = None  # "<production date>/<shift name>", None outside every shift
-    reason: str | None = None  # why the machine stood (rule-based so far): docs/reasons.md
+    reason: str | None = None  # why the machine stood: docs/reasons.md
+    reason_source: str | None = None  # operator, hold, rule or default
+    job: str | None = None
+    operation: str | None = None
+    operator: str | None = None
+    hold: str | None = None  # the quality hold open on the machine or its job
 
 
 class IntervalsOut(BaseModel):
@@ -100,6 +105,11 @@ def machine_intervals(
                 duration_s=(b - a) / 1000,
                 shift=shift.key if shift else None,
                 reason=i.reason,
+                reason_source=i.source,
+                job=i.job,
+                operation=i.operation,
+                operator=i.operator,
+                hold=i.hold,
             )
             for a, b, shift in pieces
         ]

@@ -9,5 +9,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNS_", extra="ignore")
 
-    api_token: SecretStr = Field(min_length=16, description="bearer token every request must carry")
+    api_token: SecretStr = Field(min_length=16, description="the admin's bearer token: may do everything")
+    # one token per role (optional): each role may read; writes are checked per route (services/api/deps.py)
+    api_token_viewer: SecretStr | None = Field(default=None, min_length=16)
+    api_token_operator: SecretStr | None = Field(default=None, min_length=16)
+    api_token_planner: SecretStr | None = Field(default=None, min_length=16)
+    api_token_quality: SecretStr | None = Field(default=None, min_length=16)
     max_interval_days: int = Field(default=31, ge=1, le=366)
+    command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    def tokens(self) -> dict[str, SecretStr]:
+        """Role -> token, for the roles that have one."""
+        given = {
+            "admin": self.api_token,
+            "viewer": self.api_token_viewer,
+            "operator": self.api_token_operator,
+            "planner": self.api_token_planner,
+            "quality": self.api_token_quality,
+        }
+        return {role: token for role, token in given.items() if token is not None}

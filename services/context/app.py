@@ -274,6 +274,8 @@ class ContextService:
         """A command from `<enterprise>/<site>/_command/<kind>`: applied, or refused with a reason.
         The answer goes to the command's `reply_to` (under `<enterprise>/<site>/_reply/`), if any."""
         command_id, reply_to = _envelope(payload)
+        if reply_to is not None and reply_to.startswith(f"{self.root}/_reply/api/"):
+            via = "api"
         try:
             cmd = parse(kind, payload)
             detail = self.intake.apply(cmd, via)

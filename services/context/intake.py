@@ -248,7 +248,8 @@ class Intake:
             hours, ago = self.window_ms / 3_600_000, (now - ended) / 3_600_000
             raise CommandError(
                 f"reason: the stop of {machine_id} at {iso(t)} ended {ago:.1f} h ago; "
-                f"reasons can be set up to {hours:g} h after a stop (site model: downtime.reason_window_hours)",
+                f"reasons can be set up to {hours:g} h after a stop"
+                " (site model: downtime.reason_window_hours)",
                 422,
             )
         service.store.set_reason(machine_id, run_start, old, cmd.reason, cmd.by, via, now, cmd.note)

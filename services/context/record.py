@@ -499,8 +499,8 @@ class RecordStore(_Record):
             where.append("job = ?")
             args.append(job)
         with self._lock:
-            sql = (  # noqa: S608 (the WHERE is built from constants; values are bound)
-                "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"
+            sql = (  # the WHERE is built from constants; values are bound
+                "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"  # noqa: S608
                 " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms FROM operation"
                 + (f" WHERE {' AND '.join(where)}" if where else "")
                 + " ORDER BY machine_id, sequence, job, operation"
@@ -705,3 +705,42 @@ class RecordStore(_Record):
                     (start_ms, end_ms, start_ms, end_ms),
                 )
             )
+
+    def operation_time(self, job: str, operation: str) -> tuple[dict[str, float], dict[str, float], int]:
+        """Seconds of record time by state and stopped seconds by reason while the operation ran, and
+        how often it was interrupted (stops that began while it ran, and pauses)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state, reason, sum(end_ms - start_ms)"
+                " FROM state_interval WHERE job = ? AND operation = ? GROUP BY state, reason",
+                (job, operation),
+            ).fetchall()
+            stops = self._db.execute(
+                "SELECT count(DISTINCT coalesce(run_start_ms, start_ms)) FROM state_interval"
+                " WHERE job = ? AND operation = ? AND state != 'running'",
+                (job, operation),
+            ).fetchone()[0]
+            pauses = self._db.execute(
+                "SELECT count(*) FROM operation_event WHERE job = ? AND operation = ? AND action = 'pause'",
+                (job, operation),
+            ).fetchone()[0]
+        by_state: dict[str, float] = {}
+        by_reason: dict[str, float] = {}
+        for state, reason, total in rows:
+            by_state[state] = by_state.get(state, 0.0) + total / 1000
+            if state != MachineState.RUNNING.value:
+                by_reason[reason or "none"] = by_reason.get(reason or "none", 0.0) + total / 1000
+        return by_state, by_reason, int(stops) + int(pauses)
+
+    def held(self, hold_id: str) -> tuple[dict[str, float], list[str]]:
+        """Seconds each machine stood under a hold, and the job/operations it held up."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT machine_id, job, operation, sum(end_ms - start_ms) FROM state_interval"
+                " WHERE hold = ? AND state != 'running' GROUP BY machine_id, job, operation",
+                (hold_id,),
+            ).fetchall()
+        machines: dict[str, float] = {}
+        for machine_id, _, _, total in rows:
+            machines[machine_id] = machines.get(machine_id, 0.0) + total / 1000
+        return machines, sorted({f"{j}/{o}" for _, j, o, _ in rows if j is not None})

@@ -1,0 +1,155 @@
+"""`/api/v1/dispatch` (the ERP's planned work in) and `/api/v1/operations` (planned against actual)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict
+
+from services.api.deps import Commands, Store, allow
+from services.api.sender import forward
+from services.context.commands import CommandError, Person, PlannedOperation, operations_from_csv
+from uns.clock import iso
+
+router = APIRouter(tags=["dispatch"])
+_PLANNERS = Depends(allow("planner"))
+
+
+class DispatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operations: list[PlannedOperation]
+    by: Person | None = None
+
+
+class OperationUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operation: PlannedOperation
+    cancel: bool = False
+    by: Person | None = None
+
+
+def _body(model: BaseModel, role: str) -> dict[str, Any]:
+    body = model.model_dump(mode="json", exclude_none=True)
+    body.setdefault("by", f"api:{role}")
+    return body
+
+
+@router.put("/api/v1/dispatch/machines/{machine_id}", summary="Replace the planned work of one machine")
+async def dispatch_machine(
+    machine_id: str, body: DispatchIn, commands: Commands, role: Annotated[str, _PLANNERS]
+) -> dict[str, Any]:
+    """Operations on the list that are not started yet are replaced; started ones keep their actuals.
+    Answers with the new dispatch version."""
+    return await forward(commands, "dispatch", {**_body(body, role), "machine": machine_id})
+
+
+@router.put("/api/v1/dispatch/cells/{area}/{line}/{cell}", summary="Replace the planned work of one cell")
+async def dispatch_cell(
+    area: str, line: str, cell: str, body: DispatchIn, commands: Commands, role: Annotated[str, _PLANNERS]
+) -> dict[str, Any]:
+    return await forward(commands, "dispatch", {**_body(body, role), "cell": f"{area}/{line}/{cell}"})
+
+
+@router.post("/api/v1/dispatch/operations", summary="Add, change or cancel one planned operation")
+async def dispatch_operation(
+    body: OperationUpdateIn, commands: Commands, role: Annotated[str, _PLANNERS]
+) -> dict[str, Any]:
+    return await forward(commands, "dispatch_update", _body(body, role))
+
+
+@router.post(
+    "/api/v1/dispatch/csv",
+    summary="Replace the planned work of a machine or cell from a CSV file",
+    openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+async def dispatch_csv(
+    commands: Commands,
+    role: Annotated[str, _PLANNERS],
+    csv_text: Annotated[str, Body(media_type="text/csv")],
+    machine: Annotated[str | None, Query()] = None,
+    cell: Annotated[str | None, Query(description="area/line/cell")] = None,
+    by: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Columns: job, operation, machine, program, quantity (required), part_number, ideal_cycle_s,
+    planned_start, planned_end, sequence. Errors name the CSV line and column."""
+    try:
+        operations = operations_from_csv(csv_text)
+    except CommandError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    body: dict[str, Any] = {
+        "operations": [o.model_dump(mode="json", exclude_none=True) for o in operations],
+        "by": by or f"api:{role}",
+    }
+    if machine is not None:
+        body["machine"] = machine
+    if cell is not None:
+        body["cell"] = cell
+    return await forward(commands, "dispatch", body)
+
+
+class OperationOut(BaseModel):
+    job: str
+    operation: str
+    machine: str
+    part_number: str
+    program: str
+    sequence: int
+    status: str
+    quantity: int
+    made: int
+    good: int
+    scrap: int
+    rework: int
+    ideal_cycle_s: float | None
+    planned_start: str | None
+    planned_end: str | None
+    actual_start: str | None
+    actual_end: str | None
+    seconds_by_state: dict[str, float]  # record time while this operation ran, by state
+    seconds_by_reason: dict[str, float]  # stopped time while it ran, by reason
+    interruptions: int  # stops (not running) while it ran, and pauses
+
+
+@router.get("/api/v1/operations", response_model=list[OperationOut], summary="Planned against actual")
+def operations(
+    store: Store,
+    _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],
+    machine: Annotated[str | None, Query()] = None,
+    job: Annotated[str | None, Query()] = None,
+) -> list[OperationOut]:
+    """Every dispatched operation (of a machine, of a job) with its status, actual start and end, parts
+    made, good, scrap and rework, and where its time went."""
+    if machine is not None and store.current_state(machine) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} in the site model")
+    found = store.operations(machine, job)
+    if job is not None and not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job!r} in the dispatch list")
+    out = []
+    for o in found:
+        by_state, by_reason, stops = store.operation_time(o.job, o.operation)
+        out.append(
+            OperationOut(
+                job=o.job,
+                operation=o.operation,
+                machine=o.machine_id,
+                part_number=o.part_number,
+                program=o.program,
+                sequence=o.sequence,
+                status=o.status,
+                quantity=o.quantity,
+                made=o.made,
+                good=o.good,
+                scrap=o.scrap,
+                rework=o.rework,
+                ideal_cycle_s=o.ideal_cycle_ms / 1000 if o.ideal_cycle_ms else None,
+                planned_start=iso(o.planned_start_ms) if o.planned_start_ms is not None else None,
+                planned_end=iso(o.planned_end_ms) if o.planned_end_ms is not None else None,
+                actual_start=iso(o.actual_start_ms) if o.actual_start_ms is not None else None,
+                actual_end=iso(o.actual_end_ms) if o.actual_end_ms is not None else None,
+                seconds_by_state=by_state,
+                seconds_by_reason=by_reason,
+                interruptions=stops,
+            )
+        )
+    return out

@@ -1,0 +1,118 @@
+"""What happens at a machine, from people and inspection systems: operations started, paused and
+completed by hand or confirmed, operators logging in and out, reasons for stops (with their audit
+trail), and scrap, rework and good parts. Each write goes to the context service as a command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from services.api.deps import Commands, Store, allow
+from services.api.sender import forward
+from services.context.commands import Code, Person
+from uns.clock import iso
+
+router = APIRouter(prefix="/api/v1/machines", tags=["shop floor"])
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: Person | None = None
+    at: AwareDatetime | None = None  # when it happened; default: now
+
+
+class OperationActionIn(_In):
+    action: Literal["start", "pause", "resume", "complete", "confirm"]
+    job: Code
+    operation: Code
+
+
+class OperatorIn(_In):
+    action: Literal["login", "logout"]
+    operator: Person
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stop_at: AwareDatetime = Field(description="any moment of the stop")
+    reason: Code
+    by: Person
+    note: Annotated[str, Field(max_length=500)] = ""
+
+
+class PartsIn(_In):
+    result: Literal["scrap", "rework", "good", "pass", "fail"]
+    quantity: Annotated[int, Field(gt=0, le=100_000)] = 1
+    job: Code | None = None
+    operation: Code | None = None
+
+
+def _body(machine_id: str, model: BaseModel, role: str) -> dict[str, Any]:
+    body = model.model_dump(mode="json", exclude_none=True)
+    body.setdefault("by", f"api:{role}")
+    return {**body, "machine": machine_id}
+
+
+@router.post("/{machine_id}/operation", summary="Start, pause, resume, complete or confirm an operation")
+async def operation(
+    machine_id: str,
+    body: OperationActionIn,
+    commands: Commands,
+    role: Annotated[str, Depends(allow("operator", "planner"))],
+) -> dict[str, Any]:
+    return await forward(commands, "operation", _body(machine_id, body, role))
+
+
+@router.post("/{machine_id}/operator", summary="An operator logs in or out")
+async def operator(
+    machine_id: str, body: OperatorIn, commands: Commands, role: Annotated[str, Depends(allow("operator"))]
+) -> dict[str, Any]:
+    return await forward(commands, "operator", _body(machine_id, body, role))
+
+
+@router.post("/{machine_id}/reasons", summary="Set or correct why a machine stood")
+async def reason(
+    machine_id: str,
+    body: ReasonIn,
+    commands: Commands,
+    role: Annotated[str, Depends(allow("operator", "quality"))],
+) -> dict[str, Any]:
+    """The stop going on at `stop_at` (all of it) gets the reason, within the site's window after the
+    stop ended (downtime.reason_window_hours); the change is kept with who, when, old and new."""
+    return await forward(commands, "reason", _body(machine_id, body, role))
+
+
+@router.post("/{machine_id}/parts", summary="Report scrap, rework or good parts")
+async def parts(
+    machine_id: str,
+    body: PartsIn,
+    commands: Commands,
+    role: Annotated[str, Depends(allow("operator", "quality"))],
+) -> dict[str, Any]:
+    return await forward(commands, "parts", _body(machine_id, body, role))
+
+
+class AuditOut(BaseModel):
+    stop_start: str
+    old: str | None
+    new: str
+    by: str | None
+    via: str
+    changed: str
+    note: str
+
+
+@router.get("/{machine_id}/reasons/audit", response_model=list[AuditOut], summary="Every reason change")
+def audit(
+    machine_id: str,
+    store: Store,
+    _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],
+) -> list[AuditOut]:
+    if store.current_state(machine_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
+    return [
+        AuditOut(stop_start=iso(run), old=old, new=new, by=by, via=via, changed=iso(changed), note=note)
+        for run, old, new, by, via, changed, note in store.reason_audit(machine_id)
+    ]
