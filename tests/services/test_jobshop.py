@@ -1,0 +1,410 @@
+"""Job-shop context in the context service, driven message by message without a broker: operations
+from program changes and counts, confirmations, operators, quality holds, operators' reasons with
+their audit trail and window, scrap, and a rebuild from stored events that gives the same record.
+(The same over a real Mosquitto, the API and simulated machines: tests/integration/test_jobshop.py.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.context.app import ContextService
+from services.context.commands import CommandResult
+from services.context.record import RecordStore
+from services.context.state import Interval, MachineState
+from uns.clock import iso, parse_iso
+from uns.mqtt import BrokerAddress
+from uns.site import parse_site
+from uns.sparkplug.edge import EdgeSession, MetricDef, Sample
+from uns.sparkplug.payload import DataType
+
+S = MachineState
+MIN = 60_000
+T0 = parse_iso("2026-11-18T13:00:00.000Z")  # 08:00 in Dayton: the first shift
+SIGNALS = [
+    MetricDef("execution", DataType.STRING),
+    MetricDef("mode", DataType.STRING),
+    MetricDef("program", DataType.STRING),
+    MetricDef("part_count", DataType.UINT32),
+    MetricDef("alarm_code", DataType.INT32),
+    MetricDef("estop", DataType.BOOLEAN),
+]
+SITE = """\
+enterprise: acme
+site: dayton
+timezone: America/New_York
+sparkplug: {group_id: dayton, edge_node_id: edge1, host_id: test-host}
+shifts:
+  pattern:
+    - {name: first, start: "06:00", end: "14:00", days: [mon, tue, wed, thu, fri, sat, sun]}
+    - {name: second, start: "14:00", end: "22:00", days: [mon, tue, wed, thu, fri, sat, sun]}
+downtime: {reason_window_hours: 72}
+areas:
+  - name: machining
+    lines:
+      - name: mills
+        cells:
+          - name: cell-1
+            machines:
+              - id: vf2-01
+                source: &src
+                  protocol: opcua
+                  endpoint: opc.tcp://127.0.0.1:4840
+                  signals: {execution: a, mode: b, program: p, part_count: c, alarm_code: d, estop: e}
+              - id: vf2-02
+                source: *src
+"""
+
+
+class Clock:
+    speed = 1.0
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+class Shop:
+    """The context service with two machines on one edge node, and ways to drive it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = RecordStore(tmp_path / "record.db")
+        self.clock = Clock(T0)
+        self.site = parse_site(SITE)
+        self.service = ContextService(self.site, self.store, BrokerAddress("127.0.0.1", 1), self.clock)
+        self.edge = EdgeSession("dayton", "edge1", {"vf2-01": SIGNALS, "vf2-02": SIGNALS})
+        self.edge.new_connection(0)
+        self.counter = {"vf2-01": 100, "vf2-02": 500}
+
+    def online(self, t: int = T0, program: str = "") -> None:
+        for m in ("vf2-01", "vf2-02"):
+            self.edge.device_online(m, t, self._ready(m, t, program))
+        for message in self.edge.births(t):
+            self.service.on_message(*message)
+        self.service.flush()
+
+    def _ready(self, m: str, t: int, program: str) -> list[Sample]:
+        return [
+            Sample("execution", "READY", t),
+            Sample("mode", "AUTOMATIC", t),
+            Sample("program", program, t),
+            Sample("part_count", self.counter[m], t),
+            Sample("alarm_code", 0, t),
+            Sample("estop", False, t),
+        ]
+
+    def at(self, minutes: float, machine: str = "vf2-01", **values: Any) -> None:
+        t = T0 + int(minutes * MIN)
+        self.clock.now = max(self.clock.now, t)
+        if "parts" in values:
+            self.counter[machine] += values.pop("parts")
+            values["part_count"] = self.counter[machine]
+        message = self.edge.data(machine, [Sample(k, v, t) for k, v in values.items()], t)
+        assert message is not None
+        self.service.on_message(*message)
+        self.service.flush()
+
+    def command(self, kind: str, **body: Any) -> CommandResult:
+        if "at" in body:
+            self.clock.now = max(self.clock.now, parse_iso(body["at"]))
+        result = self.service.command(kind, json.dumps(body).encode(), via="test")
+        self.service.flush()
+        return result
+
+    def ok(self, kind: str, **body: Any) -> dict[str, Any]:
+        result = self.command(kind, **body)
+        assert result.ok, result.error
+        return result.detail
+
+    def intervals(self, machine: str = "vf2-01") -> list[Interval]:
+        return self.store.intervals(machine, 0, T0 + 100 * 3_600_000)
+
+
+def when(minutes: float) -> str:
+    return iso(T0 + int(minutes * MIN))
+
+
+def op(job: str, program: str, quantity: int = 2, machine: str = "vf2-01", seq: int = 0) -> dict[str, Any]:
+    return {
+        "job": job,
+        "operation": "10",
+        "machine": machine,
+        "program": program,
+        "quantity": quantity,
+        "sequence": seq,
+    }
+
+
+def row(i: Interval) -> tuple[Any, ...]:
+    return (
+        (i.start_ms - T0) / MIN,
+        (i.end_ms - T0) / MIN,
+        i.state.value,
+        i.reason,
+        i.source,
+        i.job,
+        i.operator,
+    )
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    s = Shop(tmp_path)
+    yield s
+    s.store.close()
+
+
+def test_program_changes_and_counts_start_and_complete_operations(shop: Shop) -> None:
+    shop.ok(
+        "dispatch",
+        machine="vf2-01",
+        operations=[op("24173", "O1000", 2, seq=1), op("24174", "O2000", 1, seq=2)],
+    )
+    shop.online()
+    shop.ok("operator", action="login", machine="vf2-01", operator="ann", at=when(0.5))
+    shop.at(1, mode="MANUAL", program="O1000")  # setup for the first job
+    shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(5, execution="READY", parts=1)
+    shop.at(6, execution="ACTIVE")
+    shop.at(8, execution="READY", parts=1)  # the quantity: 24173/10 completes
+    shop.at(10, mode="MANUAL", program="O2000")  # the next job's setup: 24174/10 starts
+    shop.at(12, mode="AUTOMATIC")
+    ops = {o.job: o for o in shop.store.operations("vf2-01")}
+    assert (ops["24173"].status, ops["24173"].actual_start_ms, ops["24173"].actual_end_ms) == (
+        "complete",
+        T0 + MIN,
+        T0 + 8 * MIN,
+    )
+    assert (ops["24173"].made, ops["24173"].good) == (2, 2)
+    assert (ops["24174"].status, ops["24174"].actual_start_ms) == ("active", T0 + 10 * MIN)
+    assert [row(i) for i in shop.intervals()] == [
+        (0, 0.5, "idle", "micro_stop", "rule", None, None),
+        (0.5, 1, "idle", "micro_stop", "rule", None, "ann"),
+        (1, 3, "setup", "setup", "rule", "24173", "ann"),
+        (3, 5, "running", None, None, "24173", "ann"),
+        (5, 6, "idle", "micro_stop", "rule", "24173", "ann"),
+        (6, 8, "running", None, None, "24173", "ann"),
+        (8, 10, "idle", "micro_stop", "rule", None, "ann"),
+        (10, 12, "setup", "setup", "rule", "24174", "ann"),
+    ]
+    assert {i.shift for i in shop.intervals()} == {"2026-11-18/first"}
+    parts = shop.store.parts("vf2-01", 0, T0 + 60 * MIN)
+    assert [(p.job, p.operation, p.shift) for p in parts] == [("24173", "10", "2026-11-18/first")] * 2
+    job = shop.service.job_json(shop.site.machine("vf2-01"))
+    assert job["operation"]["job"] == "24174"
+    assert job["confirmation_needed"] is None
+    state = shop.service.state_json(shop.site.machine("vf2-01"))
+    assert (state["job"], state["operation"], state["operator"], state["shift"]) == (
+        "24174",
+        "10",
+        "ann",
+        "2026-11-18/first",
+    )
+
+
+def test_two_queued_operations_on_one_program_wait_for_a_confirmation(shop: Shop) -> None:
+    shop.ok(
+        "dispatch", cell="machining/mills/cell-1", operations=[op("A1", "O7"), op("B2", "O7"), op("C3", "O8")]
+    )
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O7")
+    job = shop.service.job_json(shop.site.machine("vf2-01"))
+    assert job["operation"] is None
+    assert job["confirmation_needed"] == {
+        "since": when(1),
+        "program": "O7",
+        "candidates": [{"job": "A1", "operation": "10"}, {"job": "B2", "operation": "10"}],
+    }
+    shop.at(4, mode="AUTOMATIC", execution="ACTIVE")
+    refused = shop.command("operation", action="confirm", machine="vf2-01", job="C3", operation="10")
+    assert (refused.ok, refused.status) == (False, 409)
+    assert "nothing to confirm (A1/10, B2/10)" in (refused.error or "")
+    shop.ok("operation", action="confirm", machine="vf2-01", job="B2", operation="10", by="ann")
+    # it began at the program change: the record from then on is B2's
+    assert [(row(i)[0], row(i)[5]) for i in shop.intervals()] == [(0, None), (1, "B2")]
+    assert shop.service.current("vf2-01") is not None
+    assert shop.service.current("vf2-01").job == "B2"  # type: ignore[union-attr]
+    assert shop.store.pending("vf2-01") is None
+    # manual pause and resume are interruptions of the operation
+    shop.ok("operation", action="pause", machine="vf2-01", job="B2", operation="10", at=when(6))
+    shop.at(7, execution="READY")
+    shop.ok("operation", action="resume", machine="vf2-01", job="B2", operation="10", at=when(8))
+    shop.at(9, execution="ACTIVE")
+    assert [(row(i)[0], row(i)[2], row(i)[5]) for i in shop.intervals()][2:] == [
+        (4, "running", "B2"),
+        (6, "running", None),
+        (7, "idle", None),
+        (8, "idle", "B2"),
+    ]
+
+
+def test_stops_under_a_quality_hold_are_quality_hold_and_show_what_they_blocked(shop: Shop) -> None:
+    shop.ok("dispatch", machine="vf2-01", operations=[op("24180", "O5", 50)])
+    shop.online()
+    shop.at(1, program="O5", execution="ACTIVE")
+    shop.ok(
+        "hold", action="open", hold="NCR-17", job="24180", note="bore out of tolerance", at=when(5), by="qms"
+    )
+    shop.at(6, execution="READY")
+    shop.at(7, alarm_code=1021)  # an alarm while held: still the hold's stop
+    shop.at(8, alarm_code=0)
+    shop.at(20, execution="ACTIVE")
+    shop.ok("hold", action="close", hold="NCR-17", at=when(21), by="qms")
+    shop.at(22, execution="READY")
+    shop.at(23, execution="ACTIVE")
+    rows = [row(i)[:5] for i in shop.intervals()]
+    assert rows == [
+        (0, 1, "idle", "micro_stop", "rule"),
+        (1, 5, "running", None, None),
+        (5, 6, "running", None, None),
+        (6, 7, "idle", "quality_hold", "hold"),
+        (7, 8, "down", "quality_hold", "hold"),
+        (8, 20, "idle", "quality_hold", "hold"),
+        (20, 21, "running", None, None),
+        (21, 22, "running", None, None),
+        (22, 23, "idle", "micro_stop", "rule"),
+    ]
+    machines, jobs = shop.store.held("NCR-17")
+    assert machines == {"vf2-01": 14 * 60.0}
+    assert jobs == ["24180/10"]
+    # a hold opened late, with the time it really began: the past is recomputed
+    shop.ok("hold", action="open", hold="NCR-18", machine="vf2-01", at=when(22), by="qms")
+    assert row(shop.intervals()[-1])[3:5] == ("quality_hold", "hold")
+
+
+def test_an_operator_sets_and_corrects_a_reason_and_every_change_is_kept(shop: Shop) -> None:
+    shop.online()
+    shop.at(1, execution="ACTIVE")
+    shop.at(10, execution="READY")
+    shop.at(40, execution="ACTIVE")
+    assert row(shop.intervals()[-1])[2:5] == ("idle", "unclassified", "default")
+    shop.ok("reason", machine="vf2-01", stop_at=when(25), reason="waiting_inspection", by="ann", note="FAI")
+    shop.ok("reason", machine="vf2-01", stop_at=when(12), reason="starved", by="bob")
+    assert row(shop.intervals()[-1])[2:5] == ("idle", "starved", "operator")
+    assert [a[1:5] for a in shop.store.reason_audit("vf2-01")] == [
+        ("unclassified", "waiting_inspection", "ann", "test"),
+        ("waiting_inspection", "starved", "bob", "test"),
+    ]
+    # the open stop can take a reason too; the state topic shows it at once, the record when it closes
+    shop.at(45, execution="READY")
+    shop.ok("reason", machine="vf2-01", stop_at=when(46), reason="tooling", by="ann")
+    state = shop.service.state_json(shop.site.machine("vf2-01"))
+    assert (state["reason"], state["reason_source"]) == ("tooling", "operator")
+    shop.at(50, execution="ACTIVE")
+    assert row(shop.intervals()[-1])[2:5] == ("idle", "tooling", "operator")
+
+
+def test_reasons_outside_the_window_or_for_running_time_or_unknown_are_refused(shop: Shop) -> None:
+    shop.online()
+    shop.at(1, execution="ACTIVE")
+    shop.at(10, execution="READY")
+    shop.at(40, execution="ACTIVE")
+    before = [row(i) for i in shop.intervals()]
+    shop.clock.now = T0 + 40 * MIN + 73 * 3_600_000
+    late = shop.command("reason", machine="vf2-01", stop_at=when(20), reason="starved", by="ann")
+    assert (late.ok, late.status) == (False, 422)
+    assert late.error == (
+        f"reason: the stop of vf2-01 at {when(20)} ended 73.0 h ago; reasons can be set up to 72 h after a "
+        "stop (site model: downtime.reason_window_hours)"
+    )
+    shop.clock.now = T0 + 41 * MIN
+    running = shop.command("reason", machine="vf2-01", stop_at=when(5), reason="starved", by="ann")
+    assert (running.status, running.error) == (
+        409,
+        f"reason: vf2-01 was running at {when(5)}; only stops take a reason",
+    )
+    unknown = shop.command("reason", machine="vf2-01", stop_at=when(20), reason="coffee", by="ann")
+    assert unknown.status == 404
+    assert (unknown.error or "").startswith("reason: unknown reason code 'coffee' (known: blocked, ")
+    nobody = shop.command("reason", machine="vf2-99", stop_at=when(20), reason="starved", by="ann")
+    assert (nobody.status, nobody.error) == (404, "reason: no machine 'vf2-99' in the site model")
+    no_job = shop.command("hold", action="open", hold="H1", job="99999")
+    assert (no_job.status, no_job.error) == (404, "hold open H1: no job '99999' in the dispatch list")
+    bad = shop.command("dispatch", machine="vf2-01", operations=[{**op("1", "O1"), "quantity": -3}])
+    assert bad.status == 422
+    assert bad.error == "dispatch: operations.0.quantity: Input should be greater than 0"
+    other = shop.command("dispatch", machine="vf2-01", operations=[op("1", "O1", machine="vf2-02")])
+    assert other.error == "dispatch operations[0] (1/10): machine 'vf2-02' is not in machine vf2-01"
+    for kind, payload in (("reason", b"{not json"), ("reason", b"[1]"), ("launch", b"{}")):
+        refused = shop.service.command(kind, payload, via="test")
+        assert not refused.ok
+        assert refused.error
+    assert shop.service.host.counters["commands_refused"] == 10
+    # nothing else was lost: the record is as it was, and the next good command works
+    assert [row(i) for i in shop.intervals()] == before
+    shop.ok("reason", machine="vf2-01", stop_at=when(20), reason="starved", by="ann")
+
+
+def test_scrap_rework_and_good_per_operation_and_shift(shop: Shop) -> None:
+    shop.ok("dispatch", machine="vf2-01", operations=[op("24190", "O9", 3)])
+    shop.online()
+    shop.at(1, program="O9", execution="ACTIVE")
+    shop.at(5, parts=1)
+    shop.ok("parts", machine="vf2-01", result="fail", by="vision-3", at=when(5.1))  # the vision system
+    shop.at(9, parts=1)
+    shop.ok("parts", machine="vf2-01", result="rework", by="ann")
+    shop.at(13, parts=1)
+    shop.at(17, parts=1)
+    shop.at(21, parts=1)  # three good: complete
+    [o] = shop.store.operations("vf2-01")
+    assert (o.status, o.made, o.scrap, o.rework, o.good) == ("complete", 5, 1, 1, 3)
+    counts = shop.store.counts(T0, T0 + 60 * MIN)
+    assert counts == [
+        ("vf2-01", "2026-11-18/first", "24190", "10", "made", 5),
+        ("vf2-01", "2026-11-18/first", "24190", "10", "rework", 1),
+        ("vf2-01", "2026-11-18/first", "24190", "10", "scrap", 1),
+    ]
+    unknown = shop.command("parts", machine="vf2-01", result="scrap", job="24190", operation="99")
+    assert (unknown.status, unknown.error) == (404, "parts: no operation 24190/99 is dispatched to vf2-01")
+
+
+def test_a_rebuild_from_the_stored_events_gives_the_same_record(shop: Shop, tmp_path: Path) -> None:
+    shop.ok("dispatch", machine="vf2-01", operations=[op("1", "O1", 2), op("2", "O1", 2), op("3", "O3", 1)])
+    shop.online()
+    shop.ok("operator", action="login", machine="vf2-01", operator="ann", at=when(0.2))
+    shop.at(1, mode="MANUAL", program="O1")
+    shop.ok("operation", action="confirm", machine="vf2-01", job="2", operation="10")
+    shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
+    shop.ok("hold", action="open", hold="H", machine="vf2-01", at=when(4))
+    shop.at(5, execution="READY", parts=1)
+    shop.ok("hold", action="close", hold="H", at=when(30))
+    shop.at(31, execution="ACTIVE")
+    shop.at(35, execution="READY", parts=1)
+    shop.ok("reason", machine="vf2-01", stop_at=when(36), reason="starved", by="ann")
+    shop.ok("operator", action="logout", machine="vf2-01", operator="ann", at=when(37))
+    shop.at(40, mode="MANUAL", program="O3")
+    shop.at(44, mode="AUTOMATIC", execution="ACTIVE")
+
+    def record() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        intervals = [
+            (
+                i.start_ms,
+                i.end_ms,
+                i.state,
+                i.reason,
+                i.source,
+                i.job,
+                i.operation,
+                i.shift,
+                i.operator,
+                i.hold,
+            )
+            for i in shop.intervals()
+        ]
+        parts = [(p.timestamp, p.delta, p.job, p.shift) for p in shop.store.parts("vf2-01", 0, T0 + 99 * MIN)]
+        return intervals, parts
+
+    live = record()
+    assert len(live[0]) > 8
+    shop.service.rebuild("vf2-01", T0)
+    assert record() == live
+    # and a new service on the same record (a restart) rebuilds it the same way
+    again = ContextService(shop.site, shop.store, BrokerAddress("127.0.0.1", 1), shop.clock)
+    again.rebuild("vf2-01", T0)
+    assert record() == live
