@@ -197,6 +197,14 @@ class Intake:
             self.service.store.set_pending(machine_id, None)
         self.service.record_op_events(machine_id, events)
         self._past(machine_id, min(e.ts for e in events))
+        if cmd.action == "confirm":
+            # the parts made since the program change are the confirmed operation's now
+            self._reload({machine_id})
+            active = book.active
+            if active is not None and active.good >= active.quantity:
+                done = book.command("complete", active.key, self.service.trackers[machine_id].updated_ms or at, None)
+                self.service.record_op_events(machine_id, done)
+                events += done
         return {
             "events": [
                 {"job": e.job, "operation": e.operation, "action": e.action, "at": iso(e.ts)} for e in events

@@ -69,10 +69,11 @@ async def start_stack(
     seed: int,
     speed: float = SPEED,
     buffer: bool = False,
+    origin_ms: int = ORIGIN_MS,
 ) -> Stack:
     site = load_site(DEFAULT_SITE).with_ports({m: free_port() for m in machines}).only(machines)
-    clock = ScaledClock(ORIGIN_MS, speed)
-    scenarios = {m.id: MachineScenario(m.id, seed=seed, origin_ms=ORIGIN_MS) for m in site.machines}
+    clock = ScaledClock(origin_ms, speed)
+    scenarios = {m.id: MachineScenario(m.id, seed=seed, origin_ms=origin_ms) for m in site.machines}
     servers, changes, first = {}, {}, {}
     for m in site.machines:
         changes[m.id] = scenarios[m.id].changes()
