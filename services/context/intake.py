@@ -202,7 +202,8 @@ class Intake:
             self._reload({machine_id})
             active = book.active
             if active is not None and active.good >= active.quantity:
-                done = book.command("complete", active.key, self.service.trackers[machine_id].updated_ms or at, None)
+                last = self.service.trackers[machine_id].updated_ms or at
+                done = book.command("complete", active.key, last, None)
                 self.service.record_op_events(machine_id, done)
                 events += done
         return {
