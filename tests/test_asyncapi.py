@@ -30,7 +30,9 @@ def test_every_published_topic_has_a_channel() -> None:
     patterns = {}
     for name, channel in doc["channels"].items():
         address = channel["address"].replace("{replyPath}", "\0")  # a reply path may have several levels
-        regex = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", address)).replace("\x00", ".+")
+        regex = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", address)).replace(
+            "\x00", ".+"
+        )
         patterns[name] = re.compile(f"^{regex}$")
     for op in doc["operations"].values():
         assert op["channel"]["$ref"].split("/")[-1] in doc["channels"]
