@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.api.deps import Commands, Store, allow
@@ -52,7 +52,7 @@ class HoldOut(BaseModel):
 def holds(
     store: Store,
     _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],
-    open_only: Annotated[bool, Field(description="only holds still open")] = False,
+    open_only: Annotated[bool, Query(description="only holds still open")] = False,
 ) -> list[HoldOut]:
     """Stops under a hold are `quality_hold`, not machine down: this says which machines and jobs a
     disposition held up, and for how long (closed record intervals)."""

@@ -55,7 +55,7 @@ async def api_for(mosquitto: Mosquitto, stack: Stack) -> AsyncIterator[Callable[
             await asyncio.sleep(0.05)
 
         async def call(method: str, path: str, token: str = ADMIN, **kw: Any) -> Any:
-            headers = {"Authorization": f"Bearer {token}"}
+            headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
             return await asyncio.to_thread(lambda: client.request(method, path, headers=headers, **kw))
 
         yield call
@@ -238,12 +238,25 @@ async def test_a_quality_hold_blocks_flow_and_the_planner_sees_it(
     end_ms = SECOND_SHIFT_MS + 6 * HOUR
     try:
         async with api_for(mosquitto, stack) as call:
-            for machine in machines:
-                mine = [o for o in _planned(stack, end_ms) if o["machine"] == machine]
-                sent = await call(
-                    "PUT", f"/api/v1/dispatch/machines/{machine}", PLANNER, json={"operations": mine}
-                )
-                assert sent.status_code == 200, sent.text
+            mine = [o for o in _planned(stack, end_ms) if o["machine"] == "st20-01"]
+            sent = await call("PUT", "/api/v1/dispatch/machines/st20-01", PLANNER, json={"operations": mine})
+            assert sent.status_code == 200, sent.text
+            # the other machine's list comes as the ERP's CSV export
+            columns = ("job", "operation", "machine", "program", "quantity", "planned_start", "sequence")
+            lines = [",".join(columns)] + [
+                ",".join(str(o[c]) for c in columns)
+                for o in _planned(stack, end_ms)
+                if o["machine"] == "vf2-01"
+            ]
+            csv_type = {"Content-Type": "text/csv"}
+            url = "/api/v1/dispatch/csv?machine=vf2-01"
+            bad = "\n".join([*lines, "1,10,vf2-01,O1,lots,,1"])
+            refused = await call("POST", url, PLANNER, content=bad, headers=csv_type)
+            assert refused.status_code == 422
+            assert refused.json()["detail"].startswith(f"dispatch CSV, line {len(lines) + 1}: quantity: ")
+            sent = await call("POST", url, PLANNER, content="\n".join(lines), headers=csv_type)
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["version"] == 2
             forbidden = await call(
                 "POST", "/api/v1/holds", OPERATOR, json={"action": "open", "hold": "X", "machine": "vf2-01"}
             )
