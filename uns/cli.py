@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         if args.command == "check-site":
+            from services.context.reasons import taxonomy  # the services load lazily
+
             site = load_site(args.site)
+            taxonomy(site.config.downtime)  # a reason tree that does not hold together
             for m in site.machines:
                 print(f"{m.id:12} {m.path}  edge node {m.edge_node}  {m.where}")
             return 0

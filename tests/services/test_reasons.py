@@ -110,3 +110,21 @@ downtime:
         parse_site(GOOD + "downtime: {reasons: [{code: a, name: A}, {code: a, name: B}]}\n")
     with pytest.raises(SiteConfigError, match=r"downtime\.reasons\[0\]\.loss"):
         parse_site(GOOD + "downtime: {reasons: [{code: a, name: A, loss: morale}]}\n")
+
+
+def test_the_reason_tree_needs_parents_that_exist_and_no_circles() -> None:
+    from services.context.reasons import DEFAULT_REASONS, TaxonomyError, path, taxonomy
+    from tests.uns.test_site import GOOD
+    from uns.site import parse_site
+
+    assert path(DEFAULT_REASONS, "waiting_inspection") == ["quality", "waiting_inspection"]
+    site = parse_site(GOOD + "downtime: {reasons: [{code: crane, name: Crane, parent: equipment}]}\n")
+    assert taxonomy(site.config.downtime)["crane"].parent == "equipment"
+    orphan = parse_site(GOOD + "downtime: {reasons: [{code: crane, name: Crane, parent: cranes}]}\n")
+    with pytest.raises(TaxonomyError, match="downtime reason 'crane': parent 'cranes' is not a reason"):
+        taxonomy(orphan.config.downtime)
+    circle = parse_site(
+        GOOD + "downtime: {reasons: [{code: a, name: A, parent: b}, {code: b, name: B, parent: a}]}\n"
+    )
+    with pytest.raises(TaxonomyError, match="go round in a circle"):
+        taxonomy(circle.config.downtime)
