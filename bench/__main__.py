@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from bench import codec, host, store_forward
+from bench import codec, context, host, store_forward
 
 if __name__ == "__main__":
     codec.report()
     host.report()
+    context.report()
     store_forward.report()
