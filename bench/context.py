@@ -124,9 +124,8 @@ def run(n: int = N) -> tuple[float, int]:
 
 def report() -> None:
     rate, intervals = run()
-    print(
-        f"context service: {N} DDATA (each closing an interval) at {rate:,.0f} msg/s; {intervals} record intervals"
-    )
+    what = f"{N} DDATA (each closing an interval)"
+    print(f"context service: {what} at {rate:,.0f} msg/s; {intervals} record intervals")
 
 
 if __name__ == "__main__":
