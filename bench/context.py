@@ -106,9 +106,9 @@ def run(n: int = N) -> tuple[float, int]:
                 samples.append(Sample("part_count", i // 10, t))
             if i % 500 == 0:
                 samples.append(Sample("program", f"O{i // 500}", t))
-            message = edge.data(MACHINES[(i // 2) % 2], samples, t)
-            assert message is not None
-            messages.append(message)
+            data = edge.data(MACHINES[(i // 2) % 2], samples, t)
+            assert data is not None
+            messages.append(data)
         clock.now = T0 + n * 20_000
         start = time.perf_counter()
         for k, message in enumerate(messages):
