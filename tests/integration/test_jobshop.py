@@ -90,6 +90,12 @@ async def test_the_night_the_machine_ran_all_night(mosquitto: Mosquitto, tmp_pat
             )
             assert sent.status_code == 200, sent.text
             assert sent.json()["version"] == 1
+            # second shift's operator logs in at the terminal; a viewer may not
+            login = {"action": "login", "operator": "maria"}
+            viewer = await call("POST", f"/api/v1/machines/{machine}/operator", "x" * 24, json=login)
+            assert viewer.status_code == 401
+            logged = await call("POST", f"/api/v1/machines/{machine}/operator", OPERATOR, json=login)
+            assert logged.status_code == 200, logged.text
             await stack.drive(end_ms)
             await asyncio.sleep(1.0)
             ops = (await call("GET", f"/api/v1/operations?machine={machine}")).json()
@@ -138,6 +144,8 @@ async def test_the_night_the_machine_ran_all_night(mosquitto: Mosquitto, tmp_pat
             ]
             # shift by shift: every interval names its shift
             assert {i["shift"] for i in intervals} >= {"2026-11-18/second", "2026-11-18/third"}
+            operators = [i["operator"] for i in intervals if i["end"] is not None]  # the open one: no context
+            assert set(operators[operators.index("maria") :]) == {"maria"}  # from her login on
     finally:
         await stack.close()
 
