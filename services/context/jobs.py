@@ -84,6 +84,7 @@ class OperationBook:
             self.program = program or self.program
             return []
         self.program = program
+        self.pending = None  # a new program: an older question no longer stands
         active = self.active
         if active is not None and active.program == program:
             return []
@@ -93,7 +94,6 @@ class OperationBook:
         if len(candidates) > 1:
             self.pending = Pending(ts, program, tuple(o.key for o in candidates))
             return []
-        self.pending = None
         return self._start(candidates[0], ts, "program", None)
 
     def on_parts(self, ts: int, delta: int) -> list[OpEvent]:

@@ -222,6 +222,7 @@ def test_two_queued_operations_on_one_program_wait_for_a_confirmation(shop: Shop
         "candidates": [{"job": "A1", "operation": "10"}, {"job": "B2", "operation": "10"}],
     }
     shop.at(4, mode="AUTOMATIC", execution="ACTIVE")
+    assert shop.store.pending("vf2-01") is not None
     refused = shop.command("operation", action="confirm", machine="vf2-01", job="C3", operation="10")
     assert (refused.ok, refused.status) == (False, 409)
     assert "nothing to confirm (A1/10, B2/10)" in (refused.error or "")
@@ -408,3 +409,17 @@ def test_a_rebuild_from_the_stored_events_gives_the_same_record(shop: Shop, tmp_
     again = ContextService(shop.site, shop.store, BrokerAddress("127.0.0.1", 1), shop.clock)
     again.rebuild("vf2-01", T0)
     assert record() == live
+
+
+def test_a_question_lapses_when_another_program_is_loaded(shop: Shop) -> None:
+    shop.ok("dispatch", machine="vf2-01", operations=[op("A1", "O7"), op("B2", "O7")])
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O7")
+    assert shop.store.pending("vf2-01") is not None
+    shop.at(2, program="O9")  # not on the list: the question about O7 no longer stands
+    assert shop.store.pending("vf2-01") is None
+    refused = shop.command("operation", action="confirm", machine="vf2-01", job="A1", operation="10")
+    assert (refused.status, refused.error) == (
+        409,
+        "operation A1/10 on vf2-01: nothing to confirm (none pending)",
+    )
