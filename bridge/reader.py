@@ -72,6 +72,10 @@ class MachineReader(ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the machine's connection: report, retry
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # the library turned our cancellation into an error of its own: stop all the same
+                    raise asyncio.CancelledError from exc
                 logger.warning("machine %s: %s: %s", self.machine.id, self.where, exc or type(exc).__name__)
             if self._online:
                 self._online = False
