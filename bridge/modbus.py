@@ -69,11 +69,23 @@ class ModbusReader(MachineReader):
             self._online = True
             logger.info("machine %s: polling %d signals at %s", self.machine.id, len(first), self.where)
             self._on_online(first)
-            async with asyncio.TaskGroup() as tg:
-                for name, group in src.poll_groups.items():
-                    tg.create_task(
-                        self._poll_loop(client, name, group), name=f"bridge[{self.machine.id}].{name}"
-                    )
+            # Not a TaskGroup: on Python 3.11 a child failing while the group waits to exit leaves the
+            # parent task marked as cancelling for good, and the reader would take that for a stop.
+            tasks = [
+                asyncio.create_task(
+                    self._poll_loop(client, name, group), name=f"bridge[{self.machine.id}].{name}"
+                )
+                for name, group in src.poll_groups.items()
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if (exc := task.exception()) is not None:
+                    raise exc
         finally:
             client.close()
 
