@@ -9,12 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bridge.signals import metric_defs
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from uns.mqtt import BrokerAddress
-from uns.site import parse_site
-from uns.sparkplug.edge import EdgeSession, MetricDef, Sample
-from uns.sparkplug.payload import DataType
+from uns.site import Signal, parse_site
+from uns.sparkplug.edge import EdgeSession, Sample
 
 N = 20_000
 T0 = 1_795_100_000_000
@@ -47,14 +47,9 @@ areas:
               - id: m2
                 source: *src
 """
-SIGNALS = [
-    MetricDef("execution", DataType.STRING),
-    MetricDef("mode", DataType.STRING),
-    MetricDef("program", DataType.STRING),
-    MetricDef("part_count", DataType.UINT32),
-    MetricDef("alarm_code", DataType.INT32),
-    MetricDef("estop", DataType.BOOLEAN),
-]
+SIGNALS = metric_defs(
+    (Signal.EXECUTION, Signal.MODE, Signal.PROGRAM, Signal.PART_COUNT, Signal.ALARM_CODE, Signal.ESTOP)
+)
 
 
 class _Clock:

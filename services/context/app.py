@@ -62,11 +62,11 @@ class ContextService:
         # planned breaks are cut out and classified per piece (timeline.enrich), not here
         self.classify = reasons.rules(micro_stop_ms=int(site.config.downtime.micro_stop_minutes * 60_000))
         self.root = f"{site.config.enterprise}/{site.config.site}"
-        holds = store.holds()  # one list for every machine: a hold on a job follows the job
+        self.holds = store.holds()  # one list for every machine: a hold on a job follows the job
         self.contexts: dict[str, timeline.MachineContext] = {}
         self.books: dict[str, OperationBook] = {}
         for m in site.machines:
-            ctx = timeline.MachineContext(m.id, holds=holds, overrides=store.overrides(m.id))
+            ctx = timeline.MachineContext(m.id, holds=self.holds, overrides=store.overrides(m.id))
             for ts, operator in store.operator_events(m.id):
                 ctx.add_operator(ts, operator)
             book = OperationBook(m.id, {o.key: o for o in store.operations(m.id)}, store.pending(m.id))
@@ -434,13 +434,9 @@ class ContextService:
             p for i in self._intervals for p in timeline.enrich(i, self.contexts[i.machine_id], self.calendar)
         ]
         parts = [
-            p
-            for machine_id in {p.machine_id for p in self._parts}
-            for p in timeline.attribute(
-                [p for p in self._parts if p.machine_id == machine_id],
-                self.contexts[machine_id],
-                self.calendar,
-            )
+            a
+            for p in self._parts
+            for a in timeline.attribute([p], self.contexts[p.machine_id], self.calendar)
         ]
         self.store.write(intervals, parts, current, self._events)
         self._published += [(i, False) for i in intervals]

@@ -269,7 +269,7 @@ class Intake:
     # -- quality ----------------------------------------------------------------------------------
     def _hold(self, cmd: HoldCommand, at: int) -> dict[str, Any]:
         service = self.service
-        holds = next(iter(service.contexts.values())).holds if service.contexts else []
+        holds = service.holds
         where = f"hold {cmd.action} {cmd.hold}"
         known = next((i for i, h in enumerate(holds) if h.hold_id == cmd.hold), None)
         if cmd.action == "open":

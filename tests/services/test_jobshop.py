@@ -12,27 +12,22 @@ from typing import Any
 
 import pytest
 
+from bridge.signals import metric_defs
 from services.context.app import ContextService
 from services.context.commands import CommandResult
 from services.context.record import RecordStore
 from services.context.state import Interval, MachineState
 from uns.clock import iso, parse_iso
 from uns.mqtt import BrokerAddress
-from uns.site import parse_site
-from uns.sparkplug.edge import EdgeSession, MetricDef, Sample
-from uns.sparkplug.payload import DataType
+from uns.site import Signal, parse_site
+from uns.sparkplug.edge import EdgeSession, Sample
 
 S = MachineState
 MIN = 60_000
 T0 = parse_iso("2026-11-18T13:00:00.000Z")  # 08:00 in Dayton: the first shift
-SIGNALS = [
-    MetricDef("execution", DataType.STRING),
-    MetricDef("mode", DataType.STRING),
-    MetricDef("program", DataType.STRING),
-    MetricDef("part_count", DataType.UINT32),
-    MetricDef("alarm_code", DataType.INT32),
-    MetricDef("estop", DataType.BOOLEAN),
-]
+SIGNALS = metric_defs(
+    (Signal.EXECUTION, Signal.MODE, Signal.PROGRAM, Signal.PART_COUNT, Signal.ALARM_CODE, Signal.ESTOP)
+)
 SITE = """\
 enterprise: acme
 site: dayton
