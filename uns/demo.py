@@ -19,14 +19,14 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvicorn
 from pydantic import SecretStr
 
 from bridge.runner import run_bridge
 from bridge.sim.cnc import run_simulator
-from bridge.sim.erp import dispatch_list
+from bridge.sim.erp import release, releases
 from bridge.sim.scenario import MachineScenario
 from services.api.app import create_app
 from services.api.sender import CommandSender
@@ -147,12 +147,19 @@ async def _run(
     api = asyncio.create_task(server.serve(), name="demo.api")
     context.start(loop)
     sender.start(loop)
-    # the simulated shop's ERP sends its dispatch list: a day of the scenarios' jobs, per machine
+    # the simulated shop's ERP releases each of a day of the scenarios' jobs just before its setup
+    # begins (so the idle time between jobs is `no_work`); what is due now goes before the bridge starts
     scenarios = [MachineScenario(m.id, opts.seed, clock.origin_ms) for m in site.machines]
-    planned = dispatch_list(scenarios, clock.origin_ms + 24 * 3_600_000)
+    plan = releases(scenarios, clock.origin_ms + 24 * 3_600_000)
+    due = [op for at, op in plan if at <= clock.now_ms()]
     for m in site.machines:
-        body = {"machine": m.id, "by": "erp-sim", "operations": [o for o in planned if o["machine"] == m.id]}
+        body = {"machine": m.id, "by": "erp-sim", "operations": [o for o in due if o["machine"] == m.id]}
         context.command("dispatch", json.dumps(body).encode(), via="demo")
+
+    async def send(body: dict[str, Any]) -> None:
+        context.command("dispatch_update", json.dumps(body).encode(), via="demo")
+
+    erp = asyncio.create_task(release(send, plan[len(due) :], clock), name="demo.erp")
     bridge = asyncio.create_task(
         run_bridge(
             site,
@@ -176,6 +183,8 @@ async def _run(
                 logger.error("demo: %s failed", task.get_name(), exc_info=task.exception())
     finally:
         print("uns demo: stopping", file=out, flush=True)
+        erp.cancel()
+        await asyncio.gather(erp, return_exceptions=True)
         await context.stop()
         bridge_stop.set()
         await asyncio.gather(bridge, return_exceptions=True)

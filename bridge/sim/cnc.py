@@ -72,6 +72,17 @@ def truth_document(scenarios: list[MachineScenario], end_ms: int) -> dict[str, o
                 }
                 for i in sc.truth(end_ms)
             ],
+            "stops": [  # stopped time with the reason a supervisor would give
+                {
+                    "start": iso(r.start_ms),
+                    "end": iso(r.end_ms),
+                    "start_ms": r.start_ms,
+                    "end_ms": r.end_ms,
+                    "state": r.state,
+                    "reason": r.reason,
+                }
+                for r in sc.reasons(end_ms)
+            ],
         }
     return {"end_ms": end_ms, "end": iso(end_ms), "machines": machines}
 

@@ -3,10 +3,12 @@ simulated job, with its program, quantity and ideal cycle time), for the demo an
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.sim.scenario import MachineScenario
-from uns.clock import iso
+from uns.clock import ScaledClock, iso, parse_iso
 
 
 def job_number(machine_index: int, job: int) -> str:
@@ -35,3 +37,32 @@ def dispatch_list(
                 }
             )
     return [{k: v for k, v in o.items() if v is not None} for o in out]
+
+
+RELEASE_LEAD_MS = 10_000  # the simulated ERP releases a job this long before its setup begins
+
+
+def releases(
+    scenarios: list[MachineScenario], end_ms: int, operation: str = "20", lead_ms: int = RELEASE_LEAD_MS
+) -> list[tuple[int, dict[str, Any]]]:
+    """The jobs of `dispatch_list`, each released (sent as a `dispatch_update`) just before its setup
+    begins, as a job shop's ERP releases work to the floor: (when, PlannedOperation JSON), in time
+    order. Until then the machine has no work, which is what the scenario's idle time between jobs is
+    (`PHASE_REASONS["idle"]`)."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    for op in dispatch_list(scenarios, end_ms, operation):
+        out.append((parse_iso(op["planned_start"]) - lead_ms, op))
+    return sorted(out, key=lambda r: (r[0], r[1]["machine"]))
+
+
+async def release(
+    send: Callable[[dict[str, Any]], Awaitable[object]],
+    plan: list[tuple[int, dict[str, Any]]],
+    clock: ScaledClock,
+) -> None:
+    """Send each release when event time reaches it (`send` takes the `dispatch_update` body)."""
+    for at, op in plan:
+        delay = clock.wall_seconds_until(at)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send({"operation": op, "by": "erp-sim"})

@@ -1,11 +1,14 @@
 """A seeded, deterministic job-shop scenario for one CNC machine, with its own ground truth.
 
 A machine goes through jobs: setup (manual and MDI), program prove-out (reduced feed override,
-feed holds, one first article), production cycles with load/unload between them, micro-stops,
-alarms, the odd emergency stop, and idle time between jobs. Each stretch of time is a `Segment`
-holding every controller signal and the state a person watching the machine would write down;
-`changes()` turns segments into what the controller shows (only the signals that changed), and
-`truth()` into the intervals that really happened. Pure: no clock, no sockets.
+feed holds), the wait for the first article's inspection, production cycles with load/unload between
+them, micro-stops, alarms (a tool breakage means a tool change in MANUAL) and the reset after them,
+the odd emergency stop, and idle time between jobs (no work released: the simulated ERP releases a
+job just before it begins, bridge/sim/erp.py). Each stretch of time is a `Segment` holding every
+controller signal, the state a person watching the machine would write down and the reason a
+supervisor would give for a stop (`PHASE_REASONS`); `changes()` turns segments into what the
+controller shows (only the signals that changed), `truth()` into the intervals that really happened,
+and `reasons()` into the stops with their reasons. Pure: no clock, no sockets.
 """
 
 from __future__ import annotations
@@ -20,6 +23,22 @@ Value = bool | int | float | str
 
 # Expected machine states (see services/context/state.py for how the service derives them).
 RUNNING, IDLE, SETUP, DOWN = "running", "idle", "setup", "down"
+
+# The reason a supervisor would write down for each phase that is a stop (services/context/reasons.py);
+# phases of running time have none.
+PHASE_REASONS: dict[str, str] = {
+    "setup": "setup",
+    "prove_out": "program_prove_out",  # the feed holds while the first part is proved out
+    "first_article": "waiting_inspection",
+    "load_unload": "micro_stop",
+    "micro_stop": "micro_stop",
+    "alarm": "machine_fault",
+    "emergency_stop": "machine_fault",
+    "tool_change": "fault_recovery",  # a broken tool replaced in MANUAL after the alarm
+    "alarm_reset": "fault_recovery",
+    "estop_reset": "fault_recovery",
+    "idle": "no_work",  # between jobs: the next one is not released yet
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +98,17 @@ class TruthInterval:
     end_ms: int
     state: str
     phases: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class TruthStop:
+    """A stretch of stopped time with the reason a supervisor would give (merged by state and reason)."""
+
+    machine: str
+    start_ms: int
+    end_ms: int
+    state: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +182,7 @@ class MachineScenario:
             yield seg
             t = seg.end_ms
         # prove-out: the first part at reduced feed override, stopping to check
-        override = float(rng.choice((25, 50)))
+        override = float(rng.choice((25, 50, 60, 80)))
         cutting = Controller(
             "ACTIVE", "AUTOMATIC", program, spindle_speed=rpm, spindle_load=20.0, feed_override=override
         )
@@ -172,19 +202,23 @@ class MachineScenario:
         seg = Segment(t, cycle_ms // 2, cutting, RUNNING, "prove_out", parts_at_end=1)
         yield seg
         t = seg.end_ms
-        for _ in range(parts - 1):
-            for seg in self._cycle(rng, t, program, cycle_ms, rpm):
+        # the first article goes to inspection; the machine waits, program loaded, for the verdict
+        seg = Segment(t, rng.randrange(4, 30) * _MIN, Controller(program=program), IDLE, "first_article")
+        yield seg
+        t = seg.end_ms
+        for n in range(parts - 1):
+            for seg in self._cycle(rng, t, program, cycle_ms, rpm, load=n > 0):
                 yield seg
                 t = seg.end_ms
 
     def _cycle(
-        self, rng: random.Random, t: int, program: str, cycle_ms: int, rpm: float
+        self, rng: random.Random, t: int, program: str, cycle_ms: int, rpm: float, *, load: bool = True
     ) -> Iterator[Segment]:
         auto = Controller("READY", "AUTOMATIC", program)
-        # load / unload between cycles
-        load = Segment(t, rng.randrange(15, 90) * _S, auto, IDLE, "load_unload")
-        yield load
-        t = load.end_ms
+        if load:  # load / unload between cycles (after the first article it was done while waiting)
+            seg = Segment(t, rng.randrange(15, 90) * _S, auto, IDLE, "load_unload")
+            yield seg
+            t = seg.end_ms
         if rng.random() < 0.03:
             estop = Segment(
                 t,
@@ -195,6 +229,9 @@ class MachineScenario:
             )
             yield estop
             t = estop.end_ms
+            reset = Segment(t, rng.randrange(10, 60) * _S, auto, IDLE, "estop_reset")
+            yield reset
+            t = reset.end_ms
         cutting = replace(auto, execution="ACTIVE", spindle_speed=rpm)
         length = int(cycle_ms * rng.uniform(0.97, 1.05))
         if rng.random() < 0.12:  # a micro-stop: feed hold to clear chips, check a dimension
@@ -225,6 +262,12 @@ class MachineScenario:
             )
             yield alarm
             t = alarm.end_ms
+            if code == 2105:  # a broken tool: replaced and touched off in MANUAL
+                change = Segment(
+                    t, rng.randrange(3, 10) * _MIN, replace(auto, mode="MANUAL"), SETUP, "tool_change"
+                )
+                yield change
+                t = change.end_ms
             reset = Segment(t, rng.randrange(20, 120) * _S, auto, IDLE, "alarm_reset")
             yield reset
             t = reset.end_ms
@@ -281,6 +324,23 @@ class MachineScenario:
                 out[-1] = TruthInterval(self.machine_id, last.start_ms, end, seg.state, phases)
             else:
                 out.append(TruthInterval(self.machine_id, seg.start_ms, end, seg.state, (seg.phase,)))
+        return out
+
+    def reasons(self, end_ms: int) -> list[TruthStop]:
+        """The stopped time from the origin to `end_ms`, with the reason a supervisor would give."""
+        out: list[TruthStop] = []
+        for seg in self.segments():
+            if seg.start_ms >= end_ms:
+                break
+            if seg.state == RUNNING:
+                continue
+            end = min(seg.end_ms, end_ms)
+            reason = PHASE_REASONS[seg.phase]
+            last = out[-1] if out else None
+            if last is not None and (last.end_ms, last.state, last.reason) == (seg.start_ms, seg.state, reason):
+                out[-1] = replace(last, end_ms=end)
+            else:
+                out.append(TruthStop(self.machine_id, seg.start_ms, end, seg.state, reason))
         return out
 
     def jobs(self, end_ms: int) -> list[SimJob]:
