@@ -19,6 +19,8 @@ SIGNAL_TYPES: dict[Signal, DataType] = {
     Signal.SPINDLE_SPEED: DataType.DOUBLE,
     Signal.SPINDLE_LOAD: DataType.DOUBLE,
     Signal.FEED_OVERRIDE: DataType.DOUBLE,
+    Signal.SINGLE_BLOCK: DataType.BOOLEAN,
+    Signal.OPTIONAL_STOP: DataType.BOOLEAN,
 }
 
 EXECUTION_VALUES = frozenset({"ACTIVE", "READY", "INTERRUPTED", "FEED_HOLD", "STOPPED"})

@@ -50,6 +50,8 @@ class Signal(enum.StrEnum):
     SPINDLE_SPEED = "spindle_speed"  # rpm
     SPINDLE_LOAD = "spindle_load"  # percent
     FEED_OVERRIDE = "feed_override"  # percent
+    SINGLE_BLOCK = "single_block"  # True = single block on (optional: where the controller reports it)
+    OPTIONAL_STOP = "optional_stop"  # True = optional stop (M01) on (optional)
 
 
 REQUIRED_SIGNALS = frozenset(
@@ -384,13 +386,89 @@ class ReasonConfig(_Strict):
     parent: Annotated[str | None, Field(pattern=r"^[a-z][a-z0-9_]*$")] = None  # a group in the tree
 
 
+def _r(code: str, name: str, parent: str | None = None, loss: str = "availability") -> ReasonConfig:
+    planned = loss == "planned"
+    return ReasonConfig.model_validate(
+        {"code": code, "name": name, "planned": planned, "loss": loss, "parent": parent}
+    )
+
+
+# The default downtime taxonomy (a tree: groups have no parent); services/context/reasons.py uses it,
+# and a site model's `downtime.reasons` add to it or change it.
+DEFAULT_REASONS: tuple[ReasonConfig, ...] = (
+    # groups
+    _r("changeover", "Changeover"),
+    _r("quality", "Quality"),
+    _r("flow", "Material and people"),
+    _r("equipment", "Equipment"),
+    _r("planned_stop", "Planned stop", loss="planned"),
+    _r("speed", "Speed loss", loss="performance"),
+    # reasons
+    _r("setup", "Setup / changeover", "changeover"),
+    _r("program_prove_out", "Program prove-out", "changeover"),
+    _r("waiting_inspection", "Waiting on inspection / first article", "quality"),
+    _r("quality_hold", "Quality hold", "quality"),
+    _r("blocked", "Blocked (downstream full)", "flow"),
+    _r("starved", "Starved (no material)", "flow"),
+    _r("no_operator", "No operator", "flow"),
+    _r("no_work", "No work dispatched", "flow"),
+    _r("tooling", "Tooling", "equipment"),
+    _r("maintenance_unplanned", "Unplanned maintenance", "equipment"),
+    _r("machine_fault", "Machine fault (alarm or emergency stop)", "equipment"),
+    _r("fault_recovery", "Recovery after a fault (reset, tool change)", "equipment"),
+    _r("maintenance_planned", "Planned maintenance", "planned_stop", loss="planned"),
+    _r("planned_break", "Planned break", "planned_stop", loss="planned"),
+    _r("micro_stop", "Micro-stop", "speed", loss="performance"),
+    _r("unclassified", "Not yet classified"),
+)
+
+_Code = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class RuleConfig(_Strict):
+    """One classification rule: on or off, and the reason code it gives (default: its own name)."""
+
+    enabled: bool = True
+    reason: _Code | None = None
+
+
+class ProveOutRule(RuleConfig):
+    """A stop while the first part after a program change is run at reduced feed override, with feed
+    holds, or with single block or optional stop on."""
+
+    feed_override_below: Annotated[float, Field(gt=0, le=200)] = 100.0  # percent
+    # the signals it looks at besides feed holds; None: whichever the machine reports. Listed
+    # signals must be reported by every machine (`signals:` of its source).
+    signals: list[Literal["feed_override", "single_block", "optional_stop"]] | None = None
+
+
+class WaitingInspectionRule(RuleConfig):
+    """The wait after the first part of a new program until the next cycle or an inspection verdict."""
+
+    min_minutes: Annotated[float, Field(ge=0, le=24 * 60)] = 2.0  # shorter waits are load/unload
+
+
+class RulesConfig(_Strict):
+    """The rules that classify a stop from its story (services/context/reasons.py, docs/reasons.md)."""
+
+    machine_fault: RuleConfig = RuleConfig()
+    fault_recovery: RuleConfig = RuleConfig()
+    setup: RuleConfig = RuleConfig()
+    program_prove_out: ProveOutRule = ProveOutRule()
+    waiting_inspection: WaitingInspectionRule = WaitingInspectionRule()
+    planned_break: RuleConfig = RuleConfig()
+    no_work: RuleConfig = RuleConfig()
+    micro_stop: RuleConfig = RuleConfig()
+
+
 class DowntimeConfig(_Strict):
-    """Additions to (or changes of) the default downtime taxonomy, the micro-stop limit, and how long
-    after a stop operators may still set or correct its reason."""
+    """Additions to (or changes of) the default downtime taxonomy, the micro-stop limit, how long
+    after a stop operators may still set or correct its reason, and the classification rules."""
 
     micro_stop_minutes: Annotated[float, Field(gt=0, le=120)] = 5.0
     reason_window_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 72.0
     reasons: list[ReasonConfig] = []
+    rules: RulesConfig = RulesConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> DowntimeConfig:
@@ -575,6 +653,7 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
                 msg = "unknown field (a typo?)"
             problems.append(f"{filename}:{_line_of(root, loc)}: {_dotted(loc)}: {msg}")
         raise SiteConfigError(problems) from exc
+    problems += [f"{filename}:{_line_of(root, loc)}: {msg}" for loc, msg in _rule_problems(config)]
     machines: list[Machine] = []
     first_seen: dict[str, int] = {}
     for loc, machine in _machine_locs(config):
@@ -590,6 +669,31 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
     if problems:
         raise SiteConfigError(problems)
     return Site(config, tuple(machines))
+
+
+def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
+    """Rules that give a reason the taxonomy does not have, or look at a signal a machine does not report."""
+    downtime = config.downtime
+    known = {r.code for r in DEFAULT_REASONS} | {r.code for r in downtime.reasons}
+    rules = downtime.rules
+    for name in RulesConfig.model_fields:
+        rule: RuleConfig = getattr(rules, name)
+        if rule.reason is not None and rule.reason not in known:
+            yield (
+                ("downtime", "rules", name, "reason"),
+                f"downtime.rules.{name}.reason: unknown reason code {rule.reason!r}"
+                " (add it under downtime.reasons, or use one of the defaults)",
+            )
+    wanted = rules.program_prove_out.signals or []
+    if rules.program_prove_out.enabled:
+        for loc, machine in _machine_locs(config):
+            missing = [s for s in wanted if s not in machine.source.signals]
+            if missing:
+                yield (
+                    ("downtime", "rules", "program_prove_out", "signals"),
+                    f"downtime.rules.program_prove_out.signals: machine {machine.id!r}"
+                    f" ({_dotted(loc)}) does not report {', '.join(missing)}",
+                )
 
 
 def load_site(path: str | Path) -> Site:

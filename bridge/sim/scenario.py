@@ -337,7 +337,11 @@ class MachineScenario:
             end = min(seg.end_ms, end_ms)
             reason = PHASE_REASONS[seg.phase]
             last = out[-1] if out else None
-            if last is not None and (last.end_ms, last.state, last.reason) == (seg.start_ms, seg.state, reason):
+            if last is not None and (last.end_ms, last.state, last.reason) == (
+                seg.start_ms,
+                seg.state,
+                reason,
+            ):
                 out[-1] = replace(last, end_ms=end)
             else:
                 out.append(TruthStop(self.machine_id, seg.start_ms, end, seg.state, reason))

@@ -59,17 +59,19 @@ class ContextService:
         shifts = site.config.shifts
         self.calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
         self.taxonomy = reasons.taxonomy(site.config.downtime)
-        # planned breaks are cut out and classified per piece (timeline.enrich), not here
-        self.classify = reasons.rules(micro_stop_ms=int(site.config.downtime.micro_stop_minutes * 60_000))
+        self.rules = reasons.Rules(site.config.downtime, site.config.timezone)
         self.root = f"{site.config.enterprise}/{site.config.site}"
         self.holds = store.holds()  # one list for every machine: a hold on a job follows the job
         self.contexts: dict[str, timeline.MachineContext] = {}
         self.books: dict[str, OperationBook] = {}
         for m in site.machines:
-            ctx = timeline.MachineContext(m.id, holds=self.holds, overrides=store.overrides(m.id))
+            ctx = timeline.MachineContext(
+                m.id, holds=self.holds, overrides=store.overrides(m.id), verdicts=store.verdicts(m.id)
+            )
             for ts, operator in store.operator_events(m.id):
                 ctx.add_operator(ts, operator)
             book = OperationBook(m.id, {o.key: o for o in store.operations(m.id)}, store.pending(m.id))
+            ctx.dispatched = {k: o.dispatched_ms for k, o in book.ops.items()}
             for event in store.op_events(m.id):
                 ctx.add_op(event)
             self.contexts[m.id], self.books[m.id] = ctx, book
@@ -84,10 +86,11 @@ class ContextService:
                     since_ms=c.since_ms,
                     counter=c.counter,
                     counter_rollover=m.counter_rollover,
-                    classifier=self.classify,
+                    story=c.memory,
+                    story_at_start=c.story,
                 )
                 if c is not None and c.since_ms is not None
-                else MachineTracker(m.id, counter_rollover=m.counter_rollover, classifier=self.classify)
+                else MachineTracker(m.id, counter_rollover=m.counter_rollover)
             )
         self._intervals: list[Interval] = []
         self._events: list[Event] = []
@@ -311,26 +314,27 @@ class ContextService:
             counter=start.counter,
             counter_rollover=old.counter_rollover,
             signals=start.signals,
-            classifier=self.classify,
+            story=start.memory,
+            story_at_start=start.story,
         )
         closed, parts = replay(tracker, start.events)
         intervals = self._enrich(machine_id, closed)
+        tracker.late_values = old.late_values
+        self.trackers[machine_id] = tracker
         self.store.replace_from(
             machine_id,
             start,
             intervals,
             timeline.attribute(parts, self.contexts[machine_id], self.calendar),
-            (tracker.state, tracker.since_ms, tracker.updated_ms, tracker.counter),
+            self._current_row(machine_id),
         )
-        tracker.late_values = old.late_values
-        self.trackers[machine_id] = tracker
         self._published += [(i, True) for i in intervals]
         self._dirty.add(machine_id)
         self._jobs_dirty.add(machine_id)
 
     def _enrich(self, machine_id: str, closed: list[Interval]) -> list[Interval]:
         ctx = self.contexts[machine_id]
-        return [piece for run in closed for piece in timeline.enrich(run, ctx, self.calendar)]
+        return [piece for run in closed for piece in timeline.enrich(run, ctx, self.calendar, self.rules)]
 
     def current(self, machine_id: str) -> Interval | None:
         """The open interval as the record will have it (its current piece), or None before any data."""
@@ -339,7 +343,28 @@ class ContextService:
             return None
         now = max(self.clock.now_ms(), t.updated_ms or t.since_ms)
         return timeline.current(
-            machine_id, t.state, t.since_ms, now, t.reason(now), self.contexts[machine_id], self.calendar
+            machine_id,
+            t.state,
+            t.since_ms,
+            now,
+            t.story_at_start,
+            self.contexts[machine_id],
+            self.calendar,
+            self.rules,
+        )
+
+    def _current_row(self, machine_id: str) -> tuple[Any, ...]:
+        """The machine's current state for the record, with its story and its open piece's context."""
+        t = self.trackers[machine_id]
+        piece = self.current(machine_id)
+        return (
+            t.state,
+            t.since_ms,
+            t.updated_ms,
+            t.counter,
+            t.story_at_start,
+            t.story,
+            None if piece is None else {"start": piece.start_ms, **_context_json(piece)},
         )
 
     def _keep_health(self, scope: str, metrics: tuple[Metric, ...]) -> None:
@@ -425,13 +450,11 @@ class ContextService:
         if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
         dirty = sorted(self._dirty)
-        current = [
-            (m, t.state, t.since_ms, t.updated_ms, t.counter)
-            for m in dirty
-            if (t := self.trackers[m]).since_ms
-        ]
+        current = [(m, *self._current_row(m)) for m in dirty if self.trackers[m].since_ms]
         intervals = [
-            p for i in self._intervals for p in timeline.enrich(i, self.contexts[i.machine_id], self.calendar)
+            p
+            for i in self._intervals
+            for p in timeline.enrich(i, self.contexts[i.machine_id], self.calendar, self.rules)
         ]
         parts = [
             a
@@ -530,6 +553,8 @@ def _context_json(piece: Interval | None) -> dict[str, Any]:
         return {
             "reason": None,
             "reason_source": None,
+            "reason_evidence": None,
+            "stop_start": None,
             "job": None,
             "operation": None,
             "operator": None,
@@ -539,6 +564,8 @@ def _context_json(piece: Interval | None) -> dict[str, Any]:
     return {
         "reason": piece.reason,
         "reason_source": piece.source,
+        "reason_evidence": piece.evidence,
+        "stop_start": iso(piece.stop_start_ms) if piece.stop_start_ms is not None else None,
         "job": piece.job,
         "operation": piece.operation,
         "operator": piece.operator,

@@ -23,6 +23,7 @@ from services.context.commands import (
     ms,
 )
 from services.context.jobs import CANCELLED, PLANNED, Operation
+from services.context.record import said
 from services.context.state import MachineState
 from services.context.timeline import Hold
 from uns.clock import iso
@@ -76,7 +77,7 @@ class Intake:
         self.service.touch(machine_id)
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _planned(self, p: PlannedOperation, where: str, existing: Operation | None) -> Operation:
+    def _planned(self, p: PlannedOperation, where: str, existing: Operation | None, now: int) -> Operation:
         self._machine(p.machine, where)
         if p.planned_start and p.planned_end and p.planned_end <= p.planned_start:
             raise CommandError(f"{where}: planned_end must be after planned_start")
@@ -92,6 +93,7 @@ class Intake:
             ms(p.planned_start) if p.planned_start else None,
             ms(p.planned_end) if p.planned_end else None,
         )
+        op.dispatched_ms = existing.dispatched_ms if existing is not None else now
         if existing is not None and existing.status not in (PLANNED, CANCELLED):
             if existing.machine_id != p.machine:
                 raise CommandError(
@@ -131,7 +133,7 @@ class Intake:
             if (p.job, p.operation) in seen:
                 raise CommandError(f"{where}: listed twice")
             seen.add((p.job, p.operation))
-            ops.append(self._planned(p, where, existing.get((p.job, p.operation))))
+            ops.append(self._planned(p, where, existing.get((p.job, p.operation)), now))
         drop = [
             k
             for k, o in existing.items()
@@ -158,7 +160,7 @@ class Intake:
                 )
             drop = [existing.key]
         else:
-            ops = [self._planned(p, where, existing)]
+            ops = [self._planned(p, where, existing, now)]
         version = self.service.store.save_dispatch(
             f"operation {p.job}/{p.operation}",
             cmd.by,
@@ -178,6 +180,7 @@ class Intake:
         for machine_id in machines:
             book = self.service.books[machine_id]
             book.ops = {o.key: o for o in store.operations(machine_id)}
+            self.service.contexts[machine_id].dispatched = {k: o.dispatched_ms for k, o in book.ops.items()}
             if book.pending is not None:
                 still = tuple(
                     k for k in book.pending.candidates if k in book.ops and book.ops[k].status == PLANNED
@@ -242,15 +245,17 @@ class Intake:
         if tracker.since_ms is not None and t >= tracker.since_ms:
             piece = service.current(machine_id)
             assert piece is not None
-            run_start, state, old, ended = tracker.since_ms, tracker.state, piece.reason, now
+            state, old, ended = tracker.state, piece.reason, now
+            stop = piece.stop_start_ms if piece.stop_start_ms is not None else tracker.since_ms
         else:
             found = service.store.intervals(machine_id, t, t + 1)
             if not found:
                 raise CommandError(f"reason: the record has nothing for {machine_id} at {iso(t)}", 404)
             piece = found[0]
             run_start = piece.run_start_ms if piece.run_start_ms is not None else piece.start_ms
+            stop = piece.stop_start_ms if piece.stop_start_ms is not None else run_start
             state, old = piece.state, piece.reason
-            ended = _run_end(service, machine_id, run_start, piece.end_ms)
+            ended = _stop_end(service, machine_id, stop, piece.end_ms, now)
         if state is MachineState.RUNNING:
             raise CommandError(f"reason: {machine_id} was running at {iso(t)}; only stops take a reason", 409)
         if now - ended > self.window_ms:
@@ -261,10 +266,10 @@ class Intake:
                 " (site model: downtime.reason_window_hours)",
                 422,
             )
-        service.store.set_reason(machine_id, run_start, old, cmd.reason, cmd.by, via, now, cmd.note)
-        service.contexts[machine_id].overrides[run_start] = cmd.reason
+        service.store.set_reason(machine_id, stop, old, cmd.reason, cmd.by, via, now, cmd.note)
+        service.contexts[machine_id].overrides[stop] = (cmd.reason, said(cmd.by, via, now, cmd.note))
         service.touch(machine_id)
-        return {"machine": machine_id, "stop_start": iso(run_start), "old": old, "new": cmd.reason}
+        return {"machine": machine_id, "stop_start": iso(stop), "old": old, "new": cmd.reason}
 
     # -- quality ----------------------------------------------------------------------------------
     def _hold(self, cmd: HoldCommand, at: int) -> dict[str, Any]:
@@ -330,7 +335,8 @@ class Intake:
         )
         if key is not None and key in book.ops:
             book.on_quality(book.ops[key], cmd.result, cmd.quantity)
-        service.touch(machine_id)
+        service.contexts[machine_id].add_verdict(at)  # an inspection verdict ends a wait for one
+        self._past(machine_id, at)
         return {
             "machine": machine_id,
             "job": key[0] if key else None,
@@ -339,14 +345,18 @@ class Intake:
         }
 
 
-def _run_end(service: ContextService, machine_id: str, run_start: int, end: int) -> int:
-    """Where a stop that began at `run_start` ended: follow its pieces to the last."""
+def _stop_end(service: ContextService, machine_id: str, stop: int, end: int, now: int) -> int:
+    """Where a stop that began at `stop` ended: follow its pieces to the last (`now` if it goes on)."""
     while True:
         more = [
             i
             for i in service.store.intervals(machine_id, end, end + 1)
-            if (i.run_start_ms if i.run_start_ms is not None else i.start_ms) == run_start
+            if (i.stop_start_ms if i.stop_start_ms is not None else i.run_start_ms or i.start_ms) == stop
         ]
         if not more:
+            tracker = service.trackers[machine_id]
+            going_on = tracker.since_ms is not None and end >= tracker.since_ms
+            if going_on and tracker.story_at_start.stop_start_ms == stop:
+                return now
             return end
         end = max(i.end_ms for i in more)

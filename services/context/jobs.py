@@ -39,6 +39,7 @@ class Operation:
     made: int = 0
     scrap: int = 0
     rework: int = 0
+    dispatched_ms: int | None = None  # when it was first put on the machine's list
 
     @property
     def key(self) -> tuple[str, str]:

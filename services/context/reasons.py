@@ -1,18 +1,24 @@
-"""The downtime taxonomy (a tree) and the rules that classify a stop from the machine's own signals. Pure.
+"""The downtime taxonomy (a tree) and the rules that classify a stop from its story. Pure.
 
 Every reason says whether it is planned, which OEE loss it counts against and which group it belongs
-to. Rules give a first classification when an interval closes; a quality hold and then an operator
-override it: precedence operator > quality hold > rule > default (services/context/timeline.py).
+to. The rules look at the whole story of a stop (services/context/state.py `Story`: what the machine
+did before it, since its program was loaded, earlier in the same stop) and at what people said (the
+operation, the dispatch list, inspection verdicts: services/context/timeline.py), and every reason
+they give comes with its evidence. A quality hold and then an operator override them: precedence
+operator > quality hold > rule > default (services/context/timeline.py).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from services.context.state import MachineState, Value
-from uns.site import DowntimeConfig
+from services.context.state import MachineState, Story
+from uns.site import DEFAULT_REASONS as _DEFAULT_TREE
+from uns.site import DowntimeConfig, RulesConfig
 
 
 class Loss(enum.StrEnum):
@@ -31,66 +37,130 @@ class Reason:
     parent: str | None = None  # the group it belongs to; groups are reasons too (parent None)
 
 
-_A, _P = Loss.AVAILABILITY, Loss.PLANNED
 DEFAULT_REASONS: dict[str, Reason] = {
-    r.code: r
-    for r in (
-        # groups
-        Reason("changeover", "Changeover", False, _A),
-        Reason("quality", "Quality", False, _A),
-        Reason("flow", "Material and people", False, _A),
-        Reason("equipment", "Equipment", False, _A),
-        Reason("planned_stop", "Planned stop", True, _P),
-        Reason("speed", "Speed loss", False, Loss.PERFORMANCE),
-        # reasons
-        Reason("setup", "Setup / changeover", False, _A, "changeover"),
-        Reason("program_prove_out", "Program prove-out", False, _A, "changeover"),
-        Reason("waiting_inspection", "Waiting on inspection / first article", False, _A, "quality"),
-        Reason("quality_hold", "Quality hold", False, _A, "quality"),
-        Reason("blocked", "Blocked (downstream full)", False, _A, "flow"),
-        Reason("starved", "Starved (no material)", False, _A, "flow"),
-        Reason("no_operator", "No operator", False, _A, "flow"),
-        Reason("tooling", "Tooling", False, _A, "equipment"),
-        Reason("maintenance_unplanned", "Unplanned maintenance", False, _A, "equipment"),
-        Reason("machine_fault", "Machine fault (alarm or emergency stop)", False, _A, "equipment"),
-        Reason("maintenance_planned", "Planned maintenance", True, _P, "planned_stop"),
-        Reason("planned_break", "Planned break", True, _P, "planned_stop"),
-        Reason("micro_stop", "Micro-stop", False, Loss.PERFORMANCE, "speed"),
-        Reason("unclassified", "Not yet classified", False, _A),
-    )
+    r.code: Reason(r.code, r.name, r.planned, Loss(r.loss), r.parent) for r in _DEFAULT_TREE
 }
 DEFAULT_REASON = "unclassified"  # what a stop is when no rule, hold or operator says otherwise
 
 MICRO_STOP_MS = 5 * 60_000  # idle stops shorter than this are micro-stops (a performance loss)
+RULES = tuple(RulesConfig.model_fields)  # the rules, in the order they are tried (docs/reasons.md)
 
-Classifier = Callable[[MachineState, int, int, Mapping[str, Value]], str | None]
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the machine's context says about a piece of a stop (services/context/timeline.py)."""
+
+    operation: tuple[str, str] | None = None  # the operation running
+    in_break: bool = False  # inside a planned break of the shift calendar
+    verdict_ms: int | None = None  # the first inspection verdict after the first part, if any
+    no_work: str | None = None  # nothing dispatched or queued: what was last done (evidence)
 
 
-def rules(
-    *, micro_stop_ms: int = MICRO_STOP_MS, in_break: Callable[[int, int], bool] | None = None
-) -> Classifier:
-    """The rule classifier: (state, start, end, signals when the interval began) -> reason code.
+class Rules:
+    """The rule classifier of one site: (state, story, piece) -> (reason code, evidence) or None.
 
-    down                          machine_fault (an alarm or the emergency stop)
-    setup                         setup (MANUAL, MDI or EDIT mode)
-    idle inside a planned break   planned_break
-    idle shorter than the limit   micro_stop
-    idle otherwise                unclassified (for an operator to say)
-    running, comms_loss           none: not a stop, or nothing known
+    First match wins; `docs/reasons.md` has the table:
+      machine_fault       down: an alarm or the emergency stop
+      planned_break       idle inside a planned break
+      fault_recovery      idle or setup after an alarm or e-stop earlier in the same stop
+      setup               setup mode (MANUAL, MDI, EDIT); idle after setup in the same stop
+      program_prove_out   idle while the first part after a program change is proved out (feed
+                          override below the limit, feed holds, single block or optional stop)
+      waiting_inspection  idle after that first part, until the next cycle or a verdict
+      no_work             idle with nothing dispatched to the machine
+      micro_stop          idle shorter than the micro-stop limit
     """
 
-    def classify(state: MachineState, start_ms: int, end_ms: int, signals: Mapping[str, Value]) -> str | None:
+    def __init__(self, config: DowntimeConfig | None = None, timezone: str = "UTC") -> None:
+        config = config or DowntimeConfig()
+        rules = config.rules
+        self.micro_stop_ms = int(config.micro_stop_minutes * 60_000)
+        self.code = {name: getattr(rules, name).reason or name for name in RULES}
+        self.enabled = {name: bool(getattr(rules, name).enabled) for name in RULES}
+        prove_out = rules.program_prove_out
+        looks_at = prove_out.signals
+        self.override_below = (
+            prove_out.feed_override_below if looks_at is None or "feed_override" in looks_at else None
+        )
+        self.checks = looks_at is None or bool({"single_block", "optional_stop"} & set(looks_at))
+        self.inspection_min_ms = int(rules.waiting_inspection.min_minutes * 60_000)
+        self.zone = ZoneInfo(timezone)
+
+    def hm(self, ms: int) -> str:
+        """A time of day in the site's zone, as a supervisor reads it."""
+        return datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.zone).strftime("%H:%M")
+
+    def _give(self, rule: str, evidence: str) -> tuple[str, str] | None:
+        return (self.code[rule], evidence) if self.enabled[rule] else None
+
+    def classify(
+        self, state: MachineState, story: Story, run_ms: int, start_ms: int, seen: Seen
+    ) -> tuple[str, str] | None:
+        """The rule's reason for a piece of a stop beginning at `start_ms` of a state interval that
+        lasted `run_ms`, with the evidence it went by; None: no rule applies (the default)."""
+        if state is MachineState.RUNNING or state is MachineState.COMMS_LOSS:
+            return None
         if state is MachineState.DOWN:
-            return "machine_fault"
+            return self._give("machine_fault", story.alarm or "alarm")
+        if state is MachineState.IDLE and seen.in_break and self.enabled["planned_break"]:
+            return self.code["planned_break"], "idle in a planned break of the shift calendar"
+        if story.fault is not None and story.fault_ms is not None and self.enabled["fault_recovery"]:
+            return self.code["fault_recovery"], f"after {story.fault} at {self.hm(story.fault_ms)}"
+        what = _what(story, seen)
         if state is MachineState.SETUP:
-            return "setup"
-        if state is MachineState.IDLE:
-            if in_break is not None and in_break(start_ms, end_ms):
-                return "planned_break"
-            return "micro_stop" if end_ms - start_ms < micro_stop_ms else "unclassified"
+            if story.program_ms is not None and story.counts == 0:
+                since = f"{story.program} loaded at {self.hm(story.program_ms)}"
+                was = f" (was {story.previous_program})" if story.previous_program else ""
+                return self._give("setup", f"{story.mode or 'setup'} mode; {since}{was}")
+            return self._give("setup", f"{story.mode or 'setup'} mode")
+        # idle
+        if story.setup_ms is not None and self.enabled["setup"]:
+            return self.code["setup"], f"after setup since {self.hm(story.setup_ms)}, before a cycle ran"
+        if story.program_ms is not None and story.counts == 0 and story.ran:
+            signs = []
+            low = story.min_override
+            if self.override_below is not None and low is not None and low < self.override_below:
+                signs.append(f"feed override {story.min_override:g} %")
+            holds = story.feed_holds
+            if holds:
+                signs.append(f"{holds} feed hold{'s' if holds > 1 else ''}")
+            if self.checks and story.checks:
+                signs.append("single block or optional stop")
+            if signs and self.enabled["program_prove_out"]:
+                return self.code["program_prove_out"], f"first part of {what}: {', '.join(signs)}"
+        if (
+            story.program_ms is not None
+            and story.counts == 1
+            and not story.ran_since_part
+            and story.first_part_ms is not None
+            and run_ms >= self.inspection_min_ms
+            and (seen.verdict_ms is None or start_ms < seen.verdict_ms)
+            and self.enabled["waiting_inspection"]
+        ):
+            return (
+                self.code["waiting_inspection"],
+                f"waiting since the first part of {what} at {self.hm(story.first_part_ms)}",
+            )
+        if seen.no_work is not None and self.enabled["no_work"]:
+            return self.code["no_work"], seen.no_work
+        if run_ms < self.micro_stop_ms and self.enabled["micro_stop"]:
+            return (
+                self.code["micro_stop"],
+                f"idle {_mss(run_ms)}, under the {self.micro_stop_ms / 60_000:g} min micro-stop limit",
+            )
         return None
 
-    return classify
+
+def _what(story: Story, seen: Seen) -> str:
+    op = seen.operation
+    if op is not None:
+        return f"{op[0]}/{op[1]} ({story.program})" if story.program else f"{op[0]}/{op[1]}"
+    return f"program {story.program}" if story.program else "the program"
+
+
+def _mss(ms: int) -> str:
+    seconds = round(ms / 1000)
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class TaxonomyError(ValueError):

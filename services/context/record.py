@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from services.context.jobs import Operation, Pending
-from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Value
+from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Story, Value
 from services.context.timeline import Hold, OpEvent
+from uns.clock import iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine (
@@ -30,7 +31,10 @@ CREATE TABLE IF NOT EXISTS current_state (
     state       TEXT NOT NULL,
     since_ms    INTEGER,
     updated_ms  INTEGER,
-    counter     INTEGER
+    counter     INTEGER,
+    story       TEXT,
+    memory      TEXT,
+    piece       TEXT
 );
 CREATE TABLE IF NOT EXISTS state_interval (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
@@ -45,6 +49,10 @@ CREATE TABLE IF NOT EXISTS state_interval (
     operator    TEXT,
     hold        TEXT,
     run_start_ms INTEGER,
+    evidence    TEXT,
+    stop_start_ms INTEGER,
+    story       TEXT,
+    memory      TEXT,
     PRIMARY KEY (machine_id, start_ms)
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
@@ -96,6 +104,7 @@ CREATE TABLE IF NOT EXISTS operation (
     actual_start_ms  INTEGER,
     actual_end_ms    INTEGER,
     version     INTEGER NOT NULL REFERENCES dispatch_version(version),
+    dispatched_ms    INTEGER,
     PRIMARY KEY (job, operation)
 );
 CREATE TABLE IF NOT EXISTS operation_event (
@@ -164,12 +173,25 @@ CREATE TABLE IF NOT EXISTS pending_confirmation (
 """
 
 _ADDED_COLUMNS = {  # columns added since the first record schema: records from before get them
-    "state_interval": ("reason", "source", "job", "operation", "shift", "operator", "hold", "run_start_ms"),
+    "state_interval": (
+        *("reason", "source", "job", "operation", "shift", "operator", "hold", "run_start_ms"),
+        *("evidence", "stop_start_ms", "story", "memory"),
+    ),
     "part_count": ("job", "operation", "shift"),
+    "current_state": ("story", "memory", "piece"),
+    "operation": ("dispatched_ms",),
 }
 _INTERVAL_COLUMNS = (
-    "machine_id, start_ms, end_ms, state, reason, source, job, operation, shift, operator, hold, run_start_ms"
+    "machine_id, start_ms, end_ms, state, reason, source, job, operation, shift, operator, hold,"
+    " run_start_ms, evidence, stop_start_ms"
 )
+# A current state: machine, state, since, updated, counter, and optionally the story at the start of
+# the open interval, the tracker's story now, and the open interval's current piece (as JSON).
+Current = tuple[Any, ...]
+
+
+def _story(story: Story | None) -> str | None:
+    return None if story is None else json.dumps(story.to_json(), separators=(",", ":"))
 
 
 Event = tuple[str, SignalValue, str]  # machine id, value (or LOST marker), source: live, birth, lost
@@ -185,6 +207,8 @@ class RebuildStart:
     signals: dict[str, Value]
     counter: int | None
     events: list[SignalValue]
+    story: Story | None = None  # the previous interval's story at its start (None: not recorded)
+    memory: Story | None = None  # and the tracker's story when it ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +220,9 @@ class CurrentState:
     since_ms: int | None
     updated_ms: int | None
     counter: int | None
+    story: Story | None = None  # at the start of the open interval
+    memory: Story | None = None  # the tracker's now
+    piece: dict[str, Any] | None = None  # the open interval's current piece: reason, evidence, job...
 
 
 class _Record:
@@ -234,7 +261,7 @@ class _Record:
         self,
         intervals: Iterable[Interval] = (),
         parts: Iterable[PartsMade] = (),
-        current: Iterable[tuple[str, MachineState, int | None, int | None, int | None]] = (),
+        current: Iterable[Current] = (),
         events: Iterable[Event] = (),
     ) -> None:
         """Store closed intervals, part counts, current states and logged events in one transaction."""
@@ -257,7 +284,7 @@ class _Record:
         db: sqlite3.Connection,
         intervals: Iterable[Interval],
         parts: Iterable[PartsMade],
-        current: Iterable[tuple[str, MachineState, int | None, int | None, int | None]],
+        current: Iterable[Current],
         events: Iterable[Event] = (),
     ) -> None:
         db.executemany(
@@ -265,7 +292,8 @@ class _Record:
             [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
         )
         db.executemany(
-            f"INSERT OR REPLACE INTO state_interval ({_INTERVAL_COLUMNS}) VALUES ({', '.join('?' * 12)})",  # noqa: S608 (constants)
+            f"INSERT OR REPLACE INTO state_interval ({_INTERVAL_COLUMNS}, story, memory)"  # noqa: S608 (constants)
+            f" VALUES ({', '.join('?' * 16)})",
             [
                 (
                     i.machine_id,
@@ -280,6 +308,10 @@ class _Record:
                     i.operator,
                     i.hold,
                     i.run_start_ms,
+                    i.evidence,
+                    i.stop_start_ms,
+                    _story(i.story),
+                    _story(i.memory),
                 )
                 for i in intervals
             ],
@@ -289,9 +321,16 @@ class _Record:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(p.machine_id, p.timestamp, p.delta, p.counter, p.job, p.operation, p.shift) for p in parts],
         )
+        rows = []
+        for c in current:
+            m, st, since, updated, counter, *more = c
+            story, memory, piece = (*more, None, None, None)[:3]
+            rows.append((m, st.value, since, updated, counter, _story(story), _story(memory), _json(piece)))
         db.executemany(
-            "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?, ?)",
-            [(m, st.value, since, updated, counter) for m, st, since, updated, counter in current],
+            "INSERT OR REPLACE INTO current_state"
+            " (machine_id, state, since_ms, updated_ms, counter, story, memory, piece)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
 
     # -- backfill -------------------------------------------------------------------------------
@@ -331,7 +370,7 @@ class _Record:
             if run and run[0] is not None:
                 start = run[0]
             prev = db.execute(
-                "SELECT coalesce(run_start_ms, start_ms), state FROM state_interval"
+                "SELECT coalesce(run_start_ms, start_ms), state, story, memory FROM state_interval"
                 " WHERE machine_id = ? AND end_ms = ?",
                 (machine_id, start),
             ).fetchone()
@@ -367,6 +406,8 @@ class _Record:
             signals,
             json.loads(counter[0]) if counter else None,
             events,
+            Story.from_json(json.loads(prev[2])) if prev and prev[2] else None,
+            Story.from_json(json.loads(prev[3])) if prev and prev[3] else None,
         )
 
     def replace_from(
@@ -375,7 +416,7 @@ class _Record:
         start: RebuildStart,
         intervals: list[Interval],
         parts: list[PartsMade],
-        current: tuple[MachineState, int | None, int | None, int | None],
+        current: tuple[Any, ...],
     ) -> None:
         """Put a recomputed stretch of a machine's record in place of what was there."""
         first = start.previous_start if start.previous_start is not None else start.start_ms
@@ -404,14 +445,24 @@ class _Record:
     def current_states(self) -> list[CurrentState]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT m.machine_id, m.path, m.name, c.state, c.since_ms, c.updated_ms, c.counter "
-                "FROM machine m LEFT JOIN current_state c USING (machine_id) ORDER BY m.path"
+                "SELECT m.machine_id, m.path, m.name, c.state, c.since_ms, c.updated_ms, c.counter,"
+                " c.story, c.memory, c.piece"
+                " FROM machine m LEFT JOIN current_state c USING (machine_id) ORDER BY m.path"
             ).fetchall()
         return [
             CurrentState(
-                mid, path, name, MachineState(state or MachineState.COMMS_LOSS), since, updated, counter
+                mid,
+                path,
+                name,
+                MachineState(state or MachineState.COMMS_LOSS),
+                since,
+                updated,
+                counter,
+                Story.from_json(json.loads(story)) if story else None,
+                Story.from_json(json.loads(memory)) if memory else None,
+                json.loads(piece) if piece else None,
             )
-            for mid, path, name, state, since, updated, counter in rows
+            for mid, path, name, state, since, updated, counter, story, memory, piece in rows
         ]
 
     def current_state(self, machine_id: str) -> CurrentState | None:
@@ -438,8 +489,20 @@ class _Record:
 
 
 def _interval(row: tuple[Any, ...]) -> Interval:
-    m, s, e, st, reason, source, job, op, shift, operator, hold, run = row
-    return Interval(m, s, e, MachineState(st), reason, source, job, op, shift, operator, hold, run)
+    m, s, e, st, reason, source, job, op, shift, operator, hold, run, evidence, stop = row
+    return Interval(
+        m, s, e, MachineState(st), reason, source, job, op, shift, operator, hold, run, evidence, stop
+    )
+
+
+def said(by: str | None, via: str, changed_ms: int, note: str) -> str:
+    """An operator's reason as evidence: who said it, how and when (UTC), and the note."""
+    when = iso(changed_ms)
+    return f"{by or 'someone'} via {via} at {when}" + (f": {note}" if note else "")
+
+
+def _json(doc: dict[str, Any] | None) -> str | None:
+    return None if doc is None else json.dumps(doc, separators=(",", ":"))
 
 
 class RecordStore(_Record):
@@ -465,7 +528,10 @@ class RecordStore(_Record):
                 (ts_ms, scope, by, via, body),
             ).lastrowid
             db.executemany(
-                "INSERT OR REPLACE INTO operation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO operation (job, operation, machine_id, program, quantity, sequence,"
+                " part_number, ideal_cycle_ms, planned_start_ms, planned_end_ms, status, actual_start_ms,"
+                " actual_end_ms, version, dispatched_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         o.job,
@@ -482,6 +548,7 @@ class RecordStore(_Record):
                         o.actual_start_ms,
                         o.actual_end_ms,
                         version,
+                        o.dispatched_ms,
                     )
                     for o in ops
                 ],
@@ -501,7 +568,8 @@ class RecordStore(_Record):
         with self._lock:
             sql = (  # the WHERE is built from constants; values are bound
                 "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"  # noqa: S608
-                " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms FROM operation"
+                " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms, dispatched_ms"
+                " FROM operation"
                 + (f" WHERE {' AND '.join(where)}" if where else "")
                 + " ORDER BY machine_id, sequence, job, operation"
             )
@@ -523,7 +591,7 @@ class RecordStore(_Record):
         out = []
         for row in rows:
             op = Operation(*row[:10])
-            op.status, op.actual_start_ms, op.actual_end_ms = row[10:]
+            op.status, op.actual_start_ms, op.actual_end_ms, op.dispatched_ms = row[10:]
             op.made = counts.get(op.key, 0)
             op.scrap = quality.get((*op.key, "scrap"), 0) + quality.get((*op.key, "fail"), 0)
             op.rework = quality.get((*op.key, "rework"), 0)
@@ -644,18 +712,35 @@ class RecordStore(_Record):
                 (machine_id, run_start_ms, old, new, by, via, changed_ms, note),
             )
             db.execute(
-                "UPDATE state_interval SET reason = ?, source = 'operator'"
-                " WHERE machine_id = ? AND coalesce(run_start_ms, start_ms) = ?",
-                (new, machine_id, run_start_ms),
+                "UPDATE state_interval SET reason = ?, source = 'operator', evidence = ?"
+                " WHERE machine_id = ? AND coalesce(stop_start_ms, run_start_ms, start_ms) = ?",
+                (new, said(by, via, changed_ms, note), machine_id, run_start_ms),
             )
 
-    def overrides(self, machine_id: str) -> dict[int, str]:
+    def overrides(self, machine_id: str) -> dict[int, tuple[str, str]]:
+        """Stop start -> the operator's reason and who said it when (from the latest audit row)."""
         with self._lock:
-            return dict(
-                self._db.execute(
-                    "SELECT run_start_ms, reason FROM reason_override WHERE machine_id = ?", (machine_id,)
+            rows = self._db.execute(
+                "SELECT o.run_start_ms, o.reason, a.by, a.via, a.changed_ms, a.note FROM reason_override o"
+                " LEFT JOIN reason_audit a ON a.seq = (SELECT max(seq) FROM reason_audit"
+                " WHERE machine_id = o.machine_id AND run_start_ms = o.run_start_ms)"
+                " WHERE o.machine_id = ?",
+                (machine_id,),
+            ).fetchall()
+        return {
+            stop: (reason, said(by, via or "?", changed or 0, note or ""))
+            for stop, reason, by, via, changed, note in rows
+        }
+
+    def verdicts(self, machine_id: str) -> list[int]:
+        """When inspection results (pass, fail, scrap, rework, good) were reported for the machine."""
+        with self._lock:
+            return [
+                ts
+                for (ts,) in self._db.execute(
+                    "SELECT ts_ms FROM quality_count WHERE machine_id = ? ORDER BY ts_ms", (machine_id,)
                 )
-            )
+            ]
 
     def reason_audit(self, machine_id: str) -> list[tuple[int, str | None, str, str | None, str, int, str]]:
         """(stop start, old, new, by, via, when changed, note), oldest first."""

@@ -13,9 +13,10 @@ Intervals are closed on the timestamps the values carry, never on arrival time.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from itertools import groupby
+from typing import Any
 
 from uns.site import Signal
 
@@ -49,6 +50,55 @@ def derive(signals: Mapping[str, Value]) -> MachineState:
 
 
 @dataclass(frozen=True, slots=True)
+class Story:
+    """What the machine's own signals said before and at the start of an interval, kept by the tracker
+    on event time: the facts the rules look at when they classify a stop (services/context/reasons.py).
+
+    A stop runs from the moment the machine stopped until it runs again (or its data is lost), across
+    every state it goes through (down, setup, idle); its first-part facts run from a program change.
+    """
+
+    stop_start_ms: int | None = None  # when the stop this interval is part of began (None: running)
+    fault_ms: int | None = None  # an alarm or emergency stop earlier in this stop: when it began...
+    fault: str | None = None  # ...and what: "alarm 2105 TOOL BREAKAGE DETECTED", "emergency stop"
+    setup_ms: int | None = None  # setup mode earlier in this stop: since when
+    program: str | None = None  # the program loaded
+    program_ms: int | None = None  # when it replaced another one (None: it was there when we came)
+    previous_program: str | None = None
+    parts: int = 0  # parts counted since the program was loaded
+    counts: int = 0  # how often the counter went up since then
+    first_part_ms: int | None = None  # when the first of them was counted
+    ran: bool = False  # a cycle ran since the program was loaded
+    ran_since_part: bool = False  # a cycle ran since the last part was counted
+    min_override: float | None = None  # the lowest feed override while running since then (percent)
+    feed_holds: int = 0  # feed holds while running since then
+    checks: bool = False  # single block or optional stop on while running since then
+    execution: str | None = None  # at the start of this interval
+    mode: str | None = None
+    alarm: str | None = None  # what stopped it, when this interval is down
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k in _STORY_FIELDS if (v := getattr(self, k)) != _STORY_DEFAULTS[k]}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | None) -> Story:
+        return cls(**{k: v for k, v in (doc or {}).items() if k in _STORY_DEFAULTS})
+
+
+_STORY_FIELDS = tuple(Story.__dataclass_fields__)
+_STORY_DEFAULTS: dict[str, Any] = {k: getattr(Story(), k) for k in _STORY_FIELDS}
+_EMPTY_STORY = Story()
+
+
+def fault_of(signals: Mapping[str, Value]) -> str:
+    """What stopped a machine that is down, in words."""
+    if signals.get(Signal.ESTOP) is True:
+        return "emergency stop"
+    code, text = signals.get(Signal.ALARM_CODE), signals.get(Signal.ALARM_TEXT)
+    return f"alarm {code!s}" + (f" {text!s}" if text else "")
+
+
+@dataclass(frozen=True, slots=True)
 class Interval:
     machine_id: str
     start_ms: int
@@ -61,8 +111,14 @@ class Interval:
     operation: str | None = field(default=None, compare=False)
     shift: str | None = field(default=None, compare=False)  # "<production date>/<shift name>"
     operator: str | None = field(default=None, compare=False)
-    hold: str | None = field(default=None, compare=False)  # the quality hold open on it
+    hold: str | None = field(
+        default=None, compare=False
+    )  # the quality hold open on it (or that caused the stop)
     run_start_ms: int | None = field(default=None, compare=False)  # when the state began (before cuts)
+    evidence: str | None = field(default=None, compare=False)  # what the reason's source went by
+    stop_start_ms: int | None = field(default=None, compare=False)  # when the stop it is part of began
+    story: Story | None = field(default=None, compare=False, repr=False)  # the facts at the state's start
+    memory: Story | None = field(default=None, compare=False, repr=False)  # the tracker's, when it closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +166,7 @@ def replay(tracker: MachineTracker, events: Iterable[SignalValue]) -> tuple[list
 
 
 class MachineTracker:
-    """One machine's current state and signals; `apply` and `lose` return what to record."""
+    """One machine's current state, signals and story; `apply` and `lose` return what to record."""
 
     def __init__(
         self,
@@ -121,7 +177,8 @@ class MachineTracker:
         counter: int | None = None,
         counter_rollover: int | None = None,
         signals: dict[str, Value] | None = None,
-        classifier: Callable[[MachineState, int, int, Mapping[str, Value]], str | None] | None = None,
+        story: Story | None = None,
+        story_at_start: Story | None = None,
     ) -> None:
         self.machine_id = machine_id
         self.counter_rollover = counter_rollover
@@ -129,30 +186,95 @@ class MachineTracker:
         self.since_ms = since_ms
         self.counter = counter
         self.signals: dict[str, Value] = dict(signals or {})
-        self.classifier = classifier
-        self.context: dict[str, Value] = dict(self.signals)  # the signals when this interval began
+        self.story = story or _EMPTY_STORY  # as of now
+        self.story_at_start = story_at_start or self.story  # as of the start of the current interval
         self.updated_ms: int | None = since_ms
         self.late_values = 0
 
-    def _transition(self, ts: int, state: MachineState) -> list[Interval]:
+    def _transition(self, ts: int, state: MachineState, memory: Story | None = None) -> list[Interval]:
+        """Enter `state` at `ts`; `memory`: the story before the values at `ts` (what a replay that
+        starts at `ts` begins with)."""
         if state == self.state and self.since_ms is not None:
             return []
         closed: list[Interval] = []
+        previous = self.state
         if self.since_ms is not None and ts > self.since_ms:
-            closed.append(Interval(self.machine_id, self.since_ms, ts, self.state, self.reason(ts)))
-            self.since_ms = ts
-        elif self.since_ms is None:
+            closed.append(
+                Interval(
+                    self.machine_id,
+                    self.since_ms,
+                    ts,
+                    previous,
+                    stop_start_ms=self.story_at_start.stop_start_ms,
+                    story=self.story_at_start,
+                    memory=memory or self.story,
+                )
+            )
+        self.story = self._next_story(ts, previous if closed else None, state)
+        self.story_at_start = self.story
+        if self.since_ms is None or closed:
             self.since_ms = ts
         # ts == since: the old state lasted no time at all; the new one replaces it.
         self.state = state
-        self.context = dict(self.signals)
         return closed
 
-    def reason(self, end_ms: int) -> str | None:
-        """The rule's reason for the current interval, were it to end at `end_ms`."""
-        if self.classifier is None or self.since_ms is None:
-            return None
-        return self.classifier(self.state, self.since_ms, end_ms, self.context)
+    def _next_story(self, ts: int, previous: MachineState | None, state: MachineState) -> Story:
+        """The story as the machine enters `state` at `ts` (`previous`: the state that just ended)."""
+        s, sig = self.story, self.signals
+        execution, mode = sig.get(Signal.EXECUTION), sig.get(Signal.MODE)
+        facts: dict[str, Any] = {
+            "execution": execution if isinstance(execution, str) else None,
+            "mode": mode if isinstance(mode, str) else None,
+            "alarm": fault_of(sig) if state is MachineState.DOWN else None,
+        }
+        if state in (MachineState.RUNNING, MachineState.COMMS_LOSS):
+            facts.update(stop_start_ms=None, fault_ms=None, fault=None, setup_ms=None)
+            if state is MachineState.RUNNING:
+                facts.update(ran=True, ran_since_part=True)
+            return replace(s, **facts)
+        if s.stop_start_ms is None:  # the machine stopped
+            facts.update(stop_start_ms=ts, fault_ms=None, fault=None, setup_ms=None)
+            if previous is MachineState.RUNNING and execution == "FEED_HOLD":
+                facts["feed_holds"] = s.feed_holds + 1
+        elif previous is MachineState.DOWN and s.fault_ms is None:
+            facts.update(fault_ms=self.since_ms, fault=self.story_at_start.alarm)
+        elif previous is MachineState.SETUP and s.setup_ms is None:
+            facts["setup_ms"] = self.since_ms
+        return replace(s, **facts)
+
+    def _program(self, ts: int, value: Value) -> None:
+        """A program value: a change from another program begins a new first part."""
+        if not isinstance(value, str) or not value or value == self.story.program:
+            return
+        if self.story.program is None:  # the first we hear of: loaded before we came
+            self.story = replace(self.story, program=value)
+            return
+        self.story = replace(
+            self.story,
+            program=value,
+            program_ms=ts,
+            previous_program=self.story.program,
+            parts=0,
+            counts=0,
+            first_part_ms=None,
+            ran=False,
+            ran_since_part=False,
+            min_override=None,
+            feed_holds=0,
+            checks=False,
+        )
+
+    def _while_running(self) -> None:
+        s, sig = self.story, self.signals
+        override = sig.get(Signal.FEED_OVERRIDE)
+        number = isinstance(override, int | float) and not isinstance(override, bool)
+        if number and (s.min_override is None or float(override) < s.min_override):  # type: ignore[arg-type]
+            s = replace(s, min_override=float(override))  # type: ignore[arg-type]
+        if not s.ran_since_part:  # a part counted while it goes on cutting
+            s = replace(s, ran_since_part=True)
+        if not s.checks and (sig.get(Signal.SINGLE_BLOCK) is True or sig.get(Signal.OPTIONAL_STOP) is True):
+            s = replace(s, checks=True)
+        self.story = s
 
     def apply(
         self, values: Iterable[SignalValue], *, birth: bool = False
@@ -160,7 +282,8 @@ class MachineTracker:
         """Apply new signal values in event-time order.
 
         A birth states every value at once: it takes effect at the latest timestamp among the
-        state signals (and never before the current interval began).
+        state signals (and never before the current interval began). Parts counted at the moment the
+        program changes belong to the program before.
         """
         values = sorted(values, key=lambda v: v.timestamp)
         if birth and values:
@@ -173,13 +296,30 @@ class MachineTracker:
             if self.since_ms is not None and ts < self.since_ms:
                 self.late_values += 1
                 ts = self.since_ms
+            program: Value = None
+            before = self.story
             for v in group:
                 if v.name == Signal.PART_COUNT:
                     made = self._count(ts, v.value)
                     if made is not None:
                         parts.append(made)
+                        s = self.story
+                        first = s.first_part_ms if s.parts else ts
+                        self.story = replace(
+                            s,
+                            parts=s.parts + made.delta,
+                            counts=s.counts + 1,
+                            first_part_ms=first,
+                            ran_since_part=False,
+                        )
+                elif v.name == Signal.PROGRAM:
+                    program = v.value
                 self.signals[v.name] = v.value
-            closed += self._transition(ts, derive(self.signals))
+            if program is not None:
+                self._program(ts, program)
+            closed += self._transition(ts, derive(self.signals), before)
+            if self.state is MachineState.RUNNING:
+                self._while_running()
             self.updated_ms = max(ts, self.updated_ms or ts)
         return closed, parts
 

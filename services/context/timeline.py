@@ -1,17 +1,21 @@
 """A machine's context over time, and the record intervals it makes of its state intervals. Pure.
 
 The state tracker (state.py) says what the machine did: running, idle, setup, down, comms_loss, from
-when to when. This module says who and what it did it for: the operation (job and operation number),
-the operator logged in, the quality hold open on it, and the shift. A state interval is cut wherever
-any of these changes, and at shift and break boundaries, so that every record interval carries one
-job, operation, shift and operator. Each piece that is a stop gets a reason, with this precedence:
+when to when, and the story of each stop. This module says who and what it did it for: the operation
+(job and operation number), the operator logged in, the quality hold open on it, and the shift. A
+state interval is cut wherever any of these changes, and at shift and break boundaries, so that every
+record interval carries one job, operation, shift and operator. Each piece that is a stop gets a
+reason and the evidence for it, with this precedence:
 
-    operator  a reason set through the API or MQTT for the stop (the whole state interval)
-    hold      a quality hold open on the machine, or on the job or operation it runs
-    rule      the machine's own signals (reasons.rules) and the planned breaks of the shift calendar
+    operator  a reason set through the API or MQTT for the stop (all of it, from the moment the
+              machine stopped until it ran again, however it is cut)
+    hold      a quality hold on the machine, or on the job or operation it runs, that was open at
+              some time in the stop: from then until the machine runs again
+    rule      the stop's story and context (reasons.Rules), the planned breaks of the shift calendar
     default   `unclassified`, for an operator to say
 
-Running pieces have no reason; comms_loss pieces have none unless an operator gives one.
+Running pieces have no reason; comms_loss pieces have none unless an operator gives one. Pieces of
+one stop share its `stop_start_ms`: the API counts a stop once, however many pieces it has.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from services.context.reasons import DEFAULT_REASON
+from services.context.reasons import DEFAULT_REASON, Rules, Seen
 from services.context.shifts import ShiftCalendar
-from services.context.state import Interval, MachineState, PartsMade
+from services.context.state import Interval, MachineState, PartsMade, Story
+
+_DEFAULT_RULES = Rules()
 
 OP_ACTIONS = ("start", "pause", "resume", "complete")
 
@@ -70,13 +76,24 @@ class MachineContext:
     operators: list[tuple[int, str | None]] = field(default_factory=list)  # (when, who; None: logged out)
     ops: list[OpEvent] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)  # every hold of the site; `applies` picks
-    overrides: dict[int, str] = field(default_factory=dict)  # state interval start -> operator's reason
+    # stop start -> the operator's reason and what the audit says of it ("maria via api at 14:02")
+    overrides: dict[int, tuple[str, str]] = field(default_factory=dict)
+    verdicts: list[int] = field(default_factory=list)  # when inspection results were reported, sorted
+    # the machine's operations and when each was first dispatched (None: before this was recorded)
+    dispatched: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    _started: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add_operator(self, ts: int, operator: str | None) -> None:
         bisect.insort(self.operators, (ts, operator), key=lambda e: e[0])
 
     def add_op(self, event: OpEvent) -> None:
         bisect.insort(self.ops, event, key=lambda e: e.ts)
+        if event.action == "start":
+            key = (event.job, event.operation)
+            self._started[key] = min(event.ts, self._started.get(key, event.ts))
+
+    def add_verdict(self, ts: int) -> None:
+        bisect.insort(self.verdicts, ts)
 
     def operator_at(self, ts: int) -> str | None:
         i = bisect.bisect_right(self.operators, ts, key=lambda e: e[0])
@@ -94,14 +111,48 @@ class MachineContext:
         op = self.operation_at(ts)
         return next((h for h in self.holds if h.open_at(ts) and h.applies(self.machine_id, op)), None)
 
-    def changes(self, start_ms: int, end_ms: int) -> set[int]:
-        """Times strictly inside (start, end) where the operation, operator or a hold changes."""
+    def hold_in_stop(self, stop_start: int, ts: int) -> Hold | None:
+        """The hold that was open at some time from `stop_start` to `ts` (so it holds the stop from
+        then on, even after it closed, until the machine runs again)."""
+        op = self.operation_at(ts)
+        for h in self.holds:
+            overlaps = h.opened_ms <= ts and (h.closed_ms is None or h.closed_ms > stop_start)
+            if overlaps and h.applies(self.machine_id, op):
+                return h
+        return None
+
+    def verdict_after(self, ts: int) -> int | None:
+        i = bisect.bisect_left(self.verdicts, ts)
+        return self.verdicts[i] if i < len(self.verdicts) else None
+
+    def no_work(self, ts: int) -> tuple[str, str, int] | bool | None:
+        """At `ts`: False when work was there (running or queued) or nothing was ever dispatched here;
+        else the operation completed last before (job, operation, when), or True if none."""
+        if not self.dispatched or self.operation_at(ts) is not None:
+            return False
+        earliest = min((d for d in self.dispatched.values() if d is not None), default=None)
+        if earliest is not None and earliest > ts and None not in self.dispatched.values():
+            return False  # the machine had never had work dispatched by then
+        for key, when in self.dispatched.items():
+            if (when is None or when <= ts) and self._started.get(key, ts + 1) > ts:
+                return False  # queued
+        i = bisect.bisect_right(self.ops, ts, key=lambda e: e.ts)
+        last = next((e for e in reversed(self.ops[:i]) if e.action == "complete"), None)
+        return (last.job, last.operation, last.ts) if last is not None else True
+
+    def changes(self, start_ms: int, end_ms: int, *, stop: bool = False) -> set[int]:
+        """Times strictly inside (start, end) where the operation, operator or a hold changes (for a
+        stop also: where an inspection verdict comes or work is dispatched)."""
         points = itertools.chain(
             (ts for ts, _ in self.operators),
             (e.ts for e in self.ops),
             (h.opened_ms for h in self.holds),
             (h.closed_ms for h in self.holds if h.closed_ms is not None),
         )
+        if stop:
+            points = itertools.chain(
+                points, self.verdicts, (d for d in self.dispatched.values() if d is not None)
+            )
         return {t for t in points if start_ms < t < end_ms}
 
 
@@ -120,20 +171,54 @@ def _calendar_cuts(
     return {t for t in cuts if start_ms < t < end_ms}, breaks
 
 
-def enrich(interval: Interval, ctx: MachineContext, calendar: ShiftCalendar | None) -> list[Interval]:
+def enrich(
+    interval: Interval, ctx: MachineContext, calendar: ShiftCalendar | None, rules: Rules | None = None
+) -> list[Interval]:
     """A closed state interval as record intervals: cut where context, shift or break changes, each
-    piece with its job, operation, shift, operator, hold and reason (with where the reason came from)."""
-    start, end = interval.start_ms, interval.end_ms
+    piece with its job, operation, shift, operator, hold and reason (with where the reason came from
+    and the evidence)."""
+    rules = rules or _DEFAULT_RULES
+    start, end, state = interval.start_ms, interval.end_ms, interval.state
     run_start = interval.run_start_ms if interval.run_start_ms is not None else start
+    is_stop = state is not MachineState.RUNNING and state is not MachineState.COMMS_LOSS
+    stop_start = interval.stop_start_ms if is_stop and interval.stop_start_ms is not None else run_start
     shift_cuts, breaks = _calendar_cuts(calendar, start, end)
-    bounds = sorted({start, end} | shift_cuts | ctx.changes(start, end))
-    override = ctx.overrides.get(run_start)
+    bounds = sorted({start, end} | shift_cuts | ctx.changes(start, end, stop=is_stop))
+    override = ctx.overrides.get(stop_start) or ctx.overrides.get(run_start)
+    story = interval.story
+    last = len(bounds) - 2
     out: list[Interval] = []
-    for a, b in itertools.pairwise(bounds):
+    for n, (a, b) in enumerate(itertools.pairwise(bounds)):
         op = ctx.operation_at(a)
-        hold = ctx.hold_at(a)
+        hold = ctx.hold_in_stop(stop_start, a) if is_stop else ctx.hold_at(a)
         shift = calendar.shift_at(a) if calendar is not None else None
-        reason, source = _reason(interval, override, hold, any(s <= a and b <= e for s, e in breaks))
+        if state is MachineState.RUNNING:
+            reason, source, evidence = None, None, None
+        elif override is not None:
+            reason, source, evidence = override[0], "operator", override[1]
+        elif not is_stop:
+            reason, source, evidence = None, None, None
+        elif hold is not None:
+            reason, source = "quality_hold", "hold"
+            evidence = f"hold {hold.hold_id} opened {rules.hm(hold.opened_ms)}" + (
+                f": {hold.note}" if hold.note else ""
+            )
+        else:
+            given = None
+            if story is not None:
+                in_break = state is MachineState.IDLE and any(s <= a and b <= e for s, e in breaks)
+                seen = _seen(ctx, story.first_part_ms, a, op, in_break, rules)
+                given = rules.classify(state, story, end - run_start, a, seen)
+            elif state is MachineState.IDLE and any(s <= a and b <= e for s, e in breaks):
+                given = ("planned_break", "idle in a planned break of the shift calendar")
+            if given is not None:
+                reason, source, evidence = given[0], "rule", given[1]
+            else:
+                reason, source, evidence = (
+                    DEFAULT_REASON,
+                    "default",
+                    "no rule applies: for an operator to say",
+                )
         out.append(
             replace(
                 interval,
@@ -147,28 +232,35 @@ def enrich(interval: Interval, ctx: MachineContext, calendar: ShiftCalendar | No
                 operator=ctx.operator_at(a),
                 hold=hold.hold_id if hold else None,
                 run_start_ms=run_start,
+                evidence=evidence,
+                stop_start_ms=stop_start if is_stop or override is not None else None,
+                story=story if n == last else None,
+                memory=interval.memory if n == last else None,
             )
         )
     return out
 
 
-def _reason(
-    interval: Interval, override: str | None, hold: Hold | None, in_break: bool
-) -> tuple[str | None, str | None]:
-    state = interval.state
-    if state is MachineState.RUNNING:
-        return None, None
-    if override is not None:
-        return override, "operator"
-    if state is MachineState.COMMS_LOSS:
-        return None, None
-    if hold is not None:
-        return "quality_hold", "hold"
-    if state is MachineState.IDLE and in_break:
-        return "planned_break", "rule"
-    if interval.reason is not None and interval.reason != DEFAULT_REASON:
-        return interval.reason, "rule"
-    return DEFAULT_REASON, "default"
+def _seen(
+    ctx: MachineContext,
+    first_part_ms: int | None,
+    ts: int,
+    op: tuple[str, str] | None,
+    in_break: bool,
+    rules: Rules,
+) -> Seen:
+    verdict = ctx.verdict_after(first_part_ms) if first_part_ms is not None else None
+    no_work = ctx.no_work(ts) if ctx.dispatched else False
+    text = None
+    if no_work is True:
+        text = f"nothing dispatched to {ctx.machine_id} or queued"
+    elif no_work:
+        job, operation, done = no_work
+        text = (
+            f"nothing dispatched to {ctx.machine_id} or queued"
+            f" since {job}/{operation} completed at {rules.hm(done)}"
+        )
+    return Seen(op, in_break, verdict, text)
 
 
 def attribute(
@@ -196,11 +288,12 @@ def current(
     state: MachineState,
     since_ms: int,
     now_ms: int,
-    rule_reason: str | None,
+    story: Story,
     ctx: MachineContext,
     calendar: ShiftCalendar | None,
+    rules: Rules | None = None,
 ) -> Interval:
     """The piece of the open state interval that `now` is in, as the record will have it."""
     end = max(now_ms, since_ms + 1)
-    pieces = enrich(Interval(machine_id, since_ms, end, state, rule_reason), ctx, calendar)
-    return pieces[-1]
+    interval = Interval(machine_id, since_ms, end, state, stop_start_ms=story.stop_start_ms, story=story)
+    return enrich(interval, ctx, calendar, rules)[-1]

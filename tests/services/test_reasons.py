@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import time
-
 import pytest
 
-from services.context.reasons import DEFAULT_REASONS, Loss, rules
-from services.context.shifts import BreakDef, ShiftCalendar, ShiftDef
-from services.context.state import Interval, MachineState, MachineTracker, SignalValue
-
-S = MachineState
-MIN = 60_000
+from services.context.reasons import DEFAULT_REASONS, Loss
 
 
 def test_the_default_taxonomy_says_what_is_planned_and_which_loss() -> None:
@@ -33,57 +26,6 @@ def test_the_default_taxonomy_says_what_is_planned_and_which_loss() -> None:
     assert DEFAULT_REASONS["planned_break"].loss is Loss.PLANNED
     assert DEFAULT_REASONS["micro_stop"].loss is Loss.PERFORMANCE
     assert not DEFAULT_REASONS["machine_fault"].planned
-
-
-def test_rules() -> None:
-    classify = rules()
-    assert classify(S.DOWN, 0, 10 * MIN, {"alarm_code": 1021}) == "machine_fault"
-    assert classify(S.SETUP, 0, 30 * MIN, {"mode": "MANUAL"}) == "setup"
-    assert classify(S.IDLE, 0, 2 * MIN, {}) == "micro_stop"
-    assert classify(S.IDLE, 0, 20 * MIN, {}) == "unclassified"
-    assert classify(S.RUNNING, 0, 20 * MIN, {}) is None
-    assert classify(S.COMMS_LOSS, 0, 20 * MIN, {}) is None
-
-
-def test_idle_inside_a_planned_break_is_the_break() -> None:
-    cal = ShiftCalendar(
-        "UTC",
-        [
-            ShiftDef(
-                "first", time(6), time(14), frozenset(range(7)), (BreakDef("lunch", time(11, 30), time(12)),)
-            )
-        ],
-    )
-    day = 1_795_305_600_000  # 2026-11-22T00:00:00Z
-    classify = rules(in_break=cal.in_break)
-    lunch = day + (11 * 60 + 35) * MIN
-    assert classify(S.IDLE, lunch, lunch + 20 * MIN, {}) == "planned_break"
-    assert classify(S.IDLE, lunch + 20 * MIN, lunch + 40 * MIN, {}) == "unclassified"  # ran past the break
-
-
-def test_closed_intervals_carry_their_reason() -> None:
-    t = MachineTracker("m", classifier=rules())
-    base = [
-        SignalValue("execution", "ACTIVE", 0),
-        SignalValue("mode", "AUTOMATIC", 0),
-        SignalValue("alarm_code", 0, 0),
-        SignalValue("estop", False, 0),
-    ]
-    closed = t.apply(base)[0]
-    closed += t.apply(
-        [SignalValue("alarm_code", 2105, 10 * MIN), SignalValue("execution", "INTERRUPTED", 10 * MIN)]
-    )[0]
-    closed += t.apply([SignalValue("alarm_code", 0, 25 * MIN), SignalValue("execution", "READY", 25 * MIN)])[
-        0
-    ]
-    closed += t.apply([SignalValue("execution", "ACTIVE", 27 * MIN)])[0]
-    assert [(i.start_ms // MIN, i.end_ms // MIN, i.state, i.reason) for i in closed] == [
-        (0, 10, S.RUNNING, None),
-        (10, 25, S.DOWN, "machine_fault"),
-        (25, 27, S.IDLE, "micro_stop"),
-    ]
-    assert t.reason(30 * MIN) is None  # running: no reason
-    assert closed[1] == Interval("m", 10 * MIN, 25 * MIN, S.DOWN, "anything")  # the reason is not identity
 
 
 def test_the_site_model_adds_reasons_and_sets_the_micro_stop_limit() -> None:
