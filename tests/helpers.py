@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.sim.scenario import TruthStop
+from services.context.shifts import ShiftCalendar
+from services.context.state import Interval
 from uns.broker import Mosquitto
 from uns.mqtt import BrokerAddress, MqttClient, Will
 
@@ -95,3 +98,40 @@ CNC_AT_REST: dict[str, bool | int | float | str] = {
     "spindle_load": 0.0,
     "feed_override": 100.0,
 }
+
+
+def reason_fidelity(
+    truth: list[TruthStop],
+    record: list[Interval],
+    calendar: ShiftCalendar | None,
+    start_ms: int,
+    end_ms: int,
+) -> tuple[float, float, dict[tuple[str, str | None], float]]:
+    """How much of the truly stopped time in [start, end) the record gives the reason a supervisor
+    would (the scenario's truth; idle time inside a planned break is the break): (share, stopped
+    seconds, seconds by (true reason, recorded reason) where they differ)."""
+    breaks = []
+    if calendar is not None:
+        breaks = [(b0, b1) for s in calendar.shifts(start_ms, end_ms) for _, b0, b1 in s.breaks]
+    total = right = 0.0
+    wrong: dict[tuple[str, str | None], float] = {}
+    for t in truth:
+        a, b = max(t.start_ms, start_ms), min(t.end_ms, end_ms)
+        if b <= a:
+            continue
+        cuts = sorted({a, b} | {x for br in breaks for x in br if a < x < b})
+        for p0, p1 in zip(cuts, cuts[1:], strict=False):
+            expected = t.reason
+            if t.state == "idle" and any(b0 <= p0 and p1 <= b1 for b0, b1 in breaks):
+                expected = "planned_break"
+            for i in record:
+                overlap = min(p1, i.end_ms) - max(p0, i.start_ms)
+                if overlap <= 0:
+                    continue
+                total += overlap / 1000
+                if i.reason == expected:
+                    right += overlap / 1000
+                else:
+                    key = (expected, i.reason)
+                    wrong[key] = wrong.get(key, 0.0) + overlap / 1000
+    return (right / total if total else 0.0), total, wrong
