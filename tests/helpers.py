@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ def reason_fidelity(
         if b <= a:
             continue
         cuts = sorted({a, b} | {x for br in breaks for x in br if a < x < b})
-        for p0, p1 in zip(cuts, cuts[1:], strict=False):
+        for p0, p1 in itertools.pairwise(cuts):
             expected = t.reason
             if t.state == "idle" and any(b0 <= p0 and p1 <= b1 for b0, b1 in breaks):
                 expected = "planned_break"

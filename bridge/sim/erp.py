@@ -59,10 +59,16 @@ async def release(
     send: Callable[[dict[str, Any]], Awaitable[object]],
     plan: list[tuple[int, dict[str, Any]]],
     clock: ScaledClock,
+    ahead_ms: int = 0,
 ) -> None:
-    """Send each release when event time reaches it (`send` takes the `dispatch_update` body)."""
+    """Send each release when event time reaches it (`send` takes the `dispatch_update` body). With
+    `ahead_ms`, send it that much earlier, saying when it is released (`at`), so that a fast clock
+    does not outrun the command (at most a minute ahead: the context service refuses more)."""
     for at, op in plan:
-        delay = clock.wall_seconds_until(at)
+        delay = clock.wall_seconds_until(at - ahead_ms)
         if delay > 0:
             await asyncio.sleep(delay)
-        await send({"operation": op, "by": "erp-sim"})
+        body: dict[str, Any] = {"operation": op, "by": "erp-sim"}
+        if ahead_ms:
+            body["at"] = iso(at)
+        await send(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.api.deps import Commands, Store, allow
 from services.api.sender import forward
@@ -16,10 +16,14 @@ router = APIRouter(tags=["dispatch"])
 _PLANNERS = Depends(allow("planner"))
 
 
+_RELEASED = "when the work was released to the floor (default: now); the record's `no_work` follows it"
+
+
 class DispatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     operations: list[PlannedOperation]
     by: Person | None = None
+    at: Annotated[AwareDatetime | None, Field(description=_RELEASED)] = None
 
 
 class OperationUpdateIn(BaseModel):
@@ -27,6 +31,7 @@ class OperationUpdateIn(BaseModel):
     operation: PlannedOperation
     cancel: bool = False
     by: Person | None = None
+    at: Annotated[AwareDatetime | None, Field(description=_RELEASED)] = None
 
 
 def _body(model: BaseModel, role: str) -> dict[str, Any]:

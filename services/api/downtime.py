@@ -23,7 +23,7 @@ class DowntimeRow(BaseModel):
     reason: str | None
     planned: bool
     duration_s: float
-    stops: int
+    stops: int  # stops that began in this row (a stop is counted once, however it is cut)
 
 
 class DowntimeOut(BaseModel):
@@ -43,7 +43,9 @@ def downtime(
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
 ) -> DowntimeOut:
     """Closed intervals that were not running, clipped to the window, cut at shift boundaries, summed
-    by machine, shift, state and reason. Intervals still open are not counted yet."""
+    by machine, shift, state and reason. A stop (from the moment the machine stopped until it ran
+    again, however many pieces shifts, breaks, operators and holds cut it into) counts once, in the
+    row of its first piece in the window. Intervals still open are not counted yet."""
     start_ms, end_ms = check_window(start, end, settings.max_interval_days)
     known = {c.machine_id for c in store.current_states()}
     wanted = machine or sorted(known)
@@ -54,15 +56,19 @@ def downtime(
         lambda: [0.0, 0]
     )
     for machine_id in wanted:
+        counted: set[int] = set()  # a stop is counted once, in the row of its first piece in the window
         for i in store.intervals(machine_id, start_ms, end_ms):
             if i.state is MachineState.RUNNING:
                 continue
+            stop = i.stop_start_ms if i.stop_start_ms is not None else i.run_start_ms or i.start_ms
             a, b = max(i.start_ms, start_ms), min(i.end_ms, end_ms)
             pieces = calendar.split(a, b) if calendar else [(a, b, None)]
-            for n, (p_start, p_end, shift) in enumerate(pieces):
+            for p_start, p_end, shift in pieces:
                 total = totals[(machine_id, shift.key if shift else None, i.state, i.reason)]
                 total[0] += (p_end - p_start) / 1000
-                total[1] += 1 if n == 0 else 0
+                if stop not in counted:
+                    counted.add(stop)
+                    total[1] += 1
     rows = [
         DowntimeRow(
             machine=m,

@@ -33,6 +33,8 @@ class IntervalOut(BaseModel):
     shift: str | None = None  # "<production date>/<shift name>", None outside every shift
     reason: str | None = None  # why the machine stood: docs/reasons.md
     reason_source: str | None = None  # operator, hold, rule or default
+    reason_evidence: str | None = None  # what the rule or person went by: docs/reasons.md
+    stop_start: str | None = None  # when the stop this piece is part of began (one stop, many pieces)
     job: str | None = None
     operation: str | None = None
     operator: str | None = None
@@ -89,7 +91,8 @@ def machine_intervals(
     """Intervals overlapping [start, end), in time order and not clipped; the current one has no end.
 
     With a shift calendar in the site model, closed intervals are cut at shift boundaries and each
-    piece names its shift; the current interval names the shift it began in."""
+    piece names its shift; the current interval names the shift it began in, and carries the job,
+    operation, operator, reason and evidence it has now. Pieces of one stop share `stop_start`."""
     current = store.current_state(machine_id)
     if current is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
@@ -106,6 +109,8 @@ def machine_intervals(
                 shift=shift.key if shift else None,
                 reason=i.reason,
                 reason_source=i.source,
+                reason_evidence=i.evidence,
+                stop_start=iso(i.stop_start_ms) if i.stop_start_ms is not None else None,
                 job=i.job,
                 operation=i.operation,
                 operator=i.operator,
@@ -114,6 +119,9 @@ def machine_intervals(
             for a, b, shift in pieces
         ]
     if current.since_ms is not None and current.since_ms < end_ms:
+        # the open interval, with the context of its latest piece as the context service last wrote
+        # it (job, operation, operator, reason and evidence now; the shift it began in)
+        piece = current.piece or {}
         shift = calendar.shift_at(current.since_ms) if calendar else None
         out.append(
             IntervalOut(
@@ -122,6 +130,14 @@ def machine_intervals(
                 state=current.state,
                 duration_s=None,
                 shift=shift.key if shift else None,
+                reason=piece.get("reason"),
+                reason_source=piece.get("reason_source"),
+                reason_evidence=piece.get("reason_evidence"),
+                stop_start=piece.get("stop_start"),
+                job=piece.get("job"),
+                operation=piece.get("operation"),
+                operator=piece.get("operator"),
+                hold=piece.get("hold"),
             )
         )
     return IntervalsOut(machine=machine_id, start=iso(start_ms), end=iso(end_ms), intervals=out)

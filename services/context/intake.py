@@ -7,6 +7,7 @@ Every refusal is a `CommandError` whose message names what and where; nothing is
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from services.context.commands import (
@@ -50,9 +51,9 @@ class Intake:
         if at > now + FUTURE_MS:
             raise CommandError(f"{cmd.kind}: at {iso(at)} is in the future (now {iso(now)})")
         if isinstance(cmd, Dispatch):
-            return self._dispatch(cmd, via, now)
+            return self._dispatch(cmd, via, now, at)
         if isinstance(cmd, DispatchUpdate):
-            return self._dispatch_update(cmd, via, now)
+            return self._dispatch_update(cmd, via, now, at)
         if isinstance(cmd, OperationCommand):
             return self._operation(cmd, at)
         if isinstance(cmd, OperatorCommand):
@@ -111,7 +112,7 @@ class Intake:
     def _all_ops(self) -> dict[tuple[str, str], Operation]:
         return {k: o for book in self.service.books.values() for k, o in book.ops.items()}
 
-    def _dispatch(self, cmd: Dispatch, via: str, now: int) -> dict[str, Any]:
+    def _dispatch(self, cmd: Dispatch, via: str, now: int, at: int) -> dict[str, Any]:
         if (cmd.machine is None) == (cmd.cell is None):
             raise CommandError(
                 "dispatch: give either machine or cell (the list replaces what is planned there)"
@@ -133,7 +134,7 @@ class Intake:
             if (p.job, p.operation) in seen:
                 raise CommandError(f"{where}: listed twice")
             seen.add((p.job, p.operation))
-            ops.append(self._planned(p, where, existing.get((p.job, p.operation)), now))
+            ops.append(self._planned(p, where, existing.get((p.job, p.operation)), at))
         drop = [
             k
             for k, o in existing.items()
@@ -142,10 +143,10 @@ class Intake:
         version = self.service.store.save_dispatch(
             scope, cmd.by, via, now, cmd.model_dump_json(exclude={"reply_to", "id"}), ops, drop
         )
-        self._reload(set(machines) | {existing[k].machine_id for k in seen if k in existing})
+        self._reload(set(machines) | {existing[k].machine_id for k in seen if k in existing}, cmd.at)
         return {"version": version, "operations": len(ops), "dropped": [f"{j}/{o}" for j, o in drop]}
 
-    def _dispatch_update(self, cmd: DispatchUpdate, via: str, now: int) -> dict[str, Any]:
+    def _dispatch_update(self, cmd: DispatchUpdate, via: str, now: int, at: int) -> dict[str, Any]:
         p = cmd.operation
         where = f"dispatch_update {p.job}/{p.operation}"
         existing = self._all_ops().get((p.job, p.operation))
@@ -160,7 +161,7 @@ class Intake:
                 )
             drop = [existing.key]
         else:
-            ops = [self._planned(p, where, existing, now)]
+            ops = [self._planned(p, where, existing, at)]
         version = self.service.store.save_dispatch(
             f"operation {p.job}/{p.operation}",
             cmd.by,
@@ -170,12 +171,13 @@ class Intake:
             ops,
             drop,
         )
-        self._reload({p.machine} | ({existing.machine_id} if existing else set()))
+        self._reload({p.machine} | ({existing.machine_id} if existing else set()), cmd.at)
         return {"version": version, "cancelled": cmd.cancel}
 
-    def _reload(self, machines: set[str]) -> None:
+    def _reload(self, machines: set[str], released: datetime | None = None) -> None:
         """The books of these machines from the record (counts included); confirmations that no longer
-        have two planned candidates lapse."""
+        have two planned candidates lapse. A dispatch that says when the work was released (`at`)
+        recomputes the record from then (it decides where a machine had no work)."""
         store = self.service.store
         for machine_id in machines:
             book = self.service.books[machine_id]
@@ -188,6 +190,8 @@ class Intake:
                 if len(still) < 2:
                     book.pending = None
                     store.set_pending(machine_id, None)
+            if released is not None:
+                self._past(machine_id, ms(released))
             self.service.touch(machine_id)
 
     # -- operations, operators -------------------------------------------------------------------

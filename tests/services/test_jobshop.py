@@ -35,7 +35,11 @@ timezone: America/New_York
 sparkplug: {group_id: dayton, edge_node_id: edge1, host_id: test-host}
 shifts:
   pattern:
-    - {name: first, start: "06:00", end: "14:00", days: [mon, tue, wed, thu, fri, sat, sun]}
+    - name: first
+      start: "06:00"
+      end: "14:00"
+      days: [mon, tue, wed, thu, fri, sat, sun]
+      breaks: [{name: lunch, start: "11:30", end: "12:00"}]
     - {name: second, start: "14:00", end: "22:00", days: [mon, tue, wed, thu, fri, sat, sun]}
 downtime: {reason_window_hours: 72}
 areas:
@@ -418,3 +422,55 @@ def test_a_question_lapses_when_another_program_is_loaded(shop: Shop) -> None:
         409,
         "operation A1/10 on vf2-01: nothing to confirm (none pending)",
     )
+
+
+def test_one_stop_cut_by_a_hold_a_login_a_break_and_a_shift_change_counts_once(shop: Shop) -> None:
+    """A stop from 11:00 to 14:10 (Dayton): a hold opens at 11:20, the operator logs in at 11:35, lunch
+    is 11:30-12:00, the hold closes at 13:50, second shift starts at 14:00. One stop in the downtime
+    summary; the hold's reason to the restart; an operator's reason given later covers every piece."""
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from services.api.app import create_app
+    from services.api.settings import ApiSettings
+
+    shop.ok("dispatch", machine="vf2-01", operations=[op("J1", "O1", 10)])
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O1")
+    shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(180, execution="READY", parts=1)  # 11:00
+    shop.ok("hold", action="open", hold="NCR-9", machine="vf2-01", note="burr", at=when(200))
+    shop.ok("operator", action="login", machine="vf2-01", operator="maria", at=when(215))
+    shop.ok("hold", action="close", hold="NCR-9", at=when(350))
+    shop.at(370, execution="ACTIVE")  # 14:10: runs again
+    stop = [i for i in shop.intervals() if T0 + 180 * MIN <= i.start_ms < T0 + 370 * MIN]
+    assert len(stop) >= 5  # cut at the hold's open and close, the login, the break, the shift change
+    assert {i.stop_start_ms for i in stop} == {T0 + 180 * MIN}
+    assert [row(i)[3:5] for i in stop if i.start_ms >= T0 + 200 * MIN] == [("quality_hold", "hold")] * (
+        len(stop) - 1
+    )
+    app = create_app(ApiSettings(api_token=SecretStr("t" * 24)), shop.store, shop.service.calendar)
+    with TestClient(app) as client:
+        auth = {"Authorization": "Bearer " + "t" * 24}
+        window = {"start": when(100), "end": when(400), "machine": "vf2-01"}
+        rows = client.get("/api/v1/downtime", params=window, headers=auth).json()["rows"]
+        assert sum(r["stops"] for r in rows) == 1
+        assert {r["shift"] for r in rows} == {"2026-11-18/first", "2026-11-18/second"}
+        # the night lead says what it really was, pointing at its last piece
+        shop.ok(
+            "reason", machine="vf2-01", stop_at=when(365), reason="starved", by="lead", note="no bar stock"
+        )
+        stop = [i for i in shop.intervals() if T0 + 180 * MIN <= i.start_ms < T0 + 370 * MIN]
+        assert {(i.reason, i.source) for i in stop} == {("starved", "operator")}
+        assert {i.evidence for i in stop} == {f"lead via test at {when(370)}: no bar stock"}
+        rows = client.get("/api/v1/downtime", params=window, headers=auth).json()["rows"]
+        assert [(r["reason"], r["stops"]) for r in rows if r["stops"]] == [("starved", 1)]
+        # the open interval carries its context in the API like the closed ones
+        intervals = client.get(
+            "/api/v1/machines/vf2-01/intervals", params={"start": when(0), "end": when(400)}, headers=auth
+        ).json()["intervals"]
+        assert intervals[-1]["end"] is None
+        assert (intervals[-1]["job"], intervals[-1]["operator"]) == ("J1", "maria")
+        closed = next(i for i in intervals if i["start"] == when(200))
+        assert closed["stop_start"] == when(180)
+        assert closed["reason_evidence"].startswith("lead via test")

@@ -5,6 +5,7 @@ holds, planned breaks and the site model's settings. Pure: a tracker and the tim
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import time
 from typing import Any
 
@@ -36,7 +37,7 @@ def at(minute: float) -> int:
     return T0 + round(minute * MIN)
 
 
-def play(script: list[tuple[float, dict[str, Any]]]) -> list[Interval]:
+def play(script: Sequence[tuple[float, dict[str, Any]]]) -> list[Interval]:
     """The closed state intervals of a scripted machine: (minute, values that change)."""
     tracker = MachineTracker("m")
     closed: list[Interval] = []
@@ -246,7 +247,8 @@ def test_a_stop_is_one_stop_for_operators_holds_breaks_and_shifts() -> None:
     assert stop[0].reason == "unclassified"
     assert {(p.reason, p.hold) for p in stop[1:]} == {("quality_hold", "NCR-7")}
     assert evidence(out, 10 * h + 40) == "hold NCR-7 opened 10:40: bore oversize"
-    assert stop[-1].start_ms == at(14 * h + 20) and stop[-1].operator == "maria"
+    assert stop[-1].start_ms == at(14 * h + 20)
+    assert stop[-1].operator == "maria"
     # an operator's reason given for it covers every piece, whatever cut it
     ctx.overrides[at(10.5 * h)] = ("starved", "maria via api at 2026-11-22T14:35:00.000Z")
     again = [p for p in pieces(play(script), ctx, calendar) if p.stop_start_ms == at(10.5 * h)]
@@ -299,11 +301,11 @@ downtime:
         ),
         (
             "downtime:\n  rules:\n    waiting_inspection: {min_minutes: -3}\n",
-            r"<site>:3: downtime.rules.waiting_inspection.min_minutes: Input should be greater than or equal to 0",
+            r"<site>:3: downtime.rules.waiting_inspection.min_minutes: Input should be greater than or equal",
         ),
         (
             "downtime:\n  rules:\n    program_prove_out: {feed_override_below: 500}\n",
-            r"<site>:3: downtime.rules.program_prove_out.feed_override_below: Input should be less than or equal",
+            r"<site>:3: downtime.rules.program_prove_out.feed_override_below: Input should be less than",
         ),
         (
             "downtime:\n  rules:\n    program_prove_out:\n      signals: [single_block]\n",
