@@ -353,10 +353,10 @@ class ContextService:
             self.rules,
         )
 
-    def _current_row(self, machine_id: str) -> tuple[Any, ...]:
+    def _current_row(self, machine_id: str, piece: Interval | None = None) -> tuple[Any, ...]:
         """The machine's current state for the record, with its story and its open piece's context."""
         t = self.trackers[machine_id]
-        piece = self.current(machine_id)
+        piece = piece or self.current(machine_id)
         return (
             t.state,
             t.since_ms,
@@ -364,7 +364,7 @@ class ContextService:
             t.counter,
             t.story_at_start,
             t.story,
-            None if piece is None else {"start": piece.start_ms, **_context_json(piece)},
+            None if piece is None else _context_json(piece),
         )
 
     def _keep_health(self, scope: str, metrics: tuple[Metric, ...]) -> None:
@@ -450,7 +450,8 @@ class ContextService:
         if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
         dirty = sorted(self._dirty)
-        current = [(m, *self._current_row(m)) for m in dirty if self.trackers[m].since_ms]
+        pieces = {m: self.current(m) for m in dirty}  # the open intervals, for the record and the tree
+        current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
         intervals = [
             p
             for i in self._intervals
@@ -468,6 +469,7 @@ class ContextService:
         for machine_id, batches in history.items():
             self._backfill(machine_id, batches)
             dirty.append(machine_id)
+            pieces.pop(machine_id, None)
         published, self._published = self._published, []
         jobs, self._jobs_dirty = self._jobs_dirty, set()
         client = self._client
@@ -475,9 +477,8 @@ class ContextService:
             return
         for machine_id in sorted(set(dirty) | jobs):
             machine = self.site.machine(machine_id)
-            client.publish(
-                machine.path.topic("state"), json.dumps(self.state_json(machine)).encode(), 1, True
-            )
+            state = self.state_json(machine, pieces.get(machine_id))
+            client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
         for machine_id in sorted(jobs):
             machine = self.site.machine(machine_id)
             client.publish(machine.path.topic("job"), json.dumps(self.job_json(machine)).encode(), 1, True)
@@ -505,7 +506,8 @@ class ContextService:
             iso(tracker.since_ms or cover_from),
         )
 
-    def state_json(self, machine: Machine) -> dict[str, Any]:
+    def state_json(self, machine: Machine, piece: Interval | None = None) -> dict[str, Any]:
+        """The retained `state` JSON (`piece`: the open interval's current piece, if known)."""
         t = self.trackers[machine.id]
         sig = t.signals
         alarm = sig.get(Signal.ALARM_CODE)
@@ -522,7 +524,7 @@ class ContextService:
             "alarm": {"code": alarm, "text": sig.get(Signal.ALARM_TEXT)} if alarm else None,
             "emergency_stop": sig.get(Signal.ESTOP),
             "part_count": t.counter,
-            **_context_json(self.current(machine.id)),
+            **_context_json(piece or self.current(machine.id)),
         }
 
     def job_json(self, machine: Machine) -> dict[str, Any]:

@@ -190,8 +190,11 @@ _INTERVAL_COLUMNS = (
 Current = tuple[Any, ...]
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _story(story: Story | None) -> str | None:
-    return None if story is None else json.dumps(story.to_json(), separators=(",", ":"))
+    return None if story is None else _compact(story.to_json())
 
 
 Event = tuple[str, SignalValue, str]  # machine id, value (or LOST marker), source: live, birth, lost
@@ -502,7 +505,7 @@ def said(by: str | None, via: str, changed_ms: int, note: str) -> str:
 
 
 def _json(doc: dict[str, Any] | None) -> str | None:
-    return None if doc is None else json.dumps(doc, separators=(",", ":"))
+    return None if doc is None else _compact(doc)
 
 
 class RecordStore(_Record):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple
 
 from uns.site import Signal
 
@@ -49,8 +49,7 @@ def derive(signals: Mapping[str, Value]) -> MachineState:
     return MachineState.IDLE
 
 
-@dataclass(frozen=True, slots=True)
-class Story:
+class Story(NamedTuple):
     """What the machine's own signals said before and at the start of an interval, kept by the tracker
     on event time: the facts the rules look at when they classify a stop (services/context/reasons.py).
 
@@ -77,16 +76,17 @@ class Story:
     mode: str | None = None
     alarm: str | None = None  # what stopped it, when this interval is down
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k in _STORY_FIELDS if (v := getattr(self, k)) != _STORY_DEFAULTS[k]}
+    def to_json(self) -> list[Any]:
+        """Its values in field order (fields are only ever added at the end)."""
+        return list(self)
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any] | None) -> Story:
-        return cls(**{k: v for k, v in (doc or {}).items() if k in _STORY_DEFAULTS})
+    def from_json(cls, doc: list[Any] | Mapping[str, Any] | None) -> Story:
+        if isinstance(doc, list):
+            return cls(*doc[: len(cls._fields)])
+        return cls(**{k: v for k, v in (doc or {}).items() if k in cls._fields})
 
 
-_STORY_FIELDS = tuple(Story.__dataclass_fields__)
-_STORY_DEFAULTS: dict[str, Any] = {k: getattr(Story(), k) for k in _STORY_FIELDS}
 _EMPTY_STORY = Story()
 
 
@@ -231,7 +231,7 @@ class MachineTracker:
             facts.update(stop_start_ms=None, fault_ms=None, fault=None, setup_ms=None)
             if state is MachineState.RUNNING:
                 facts.update(ran=True, ran_since_part=True)
-            return replace(s, **facts)
+            return s._replace(**facts)
         if s.stop_start_ms is None:  # the machine stopped
             facts.update(stop_start_ms=ts, fault_ms=None, fault=None, setup_ms=None)
             if previous is MachineState.RUNNING and execution == "FEED_HOLD":
@@ -240,17 +240,16 @@ class MachineTracker:
             facts.update(fault_ms=self.since_ms, fault=self.story_at_start.alarm)
         elif previous is MachineState.SETUP and s.setup_ms is None:
             facts["setup_ms"] = self.since_ms
-        return replace(s, **facts)
+        return s._replace(**facts)
 
     def _program(self, ts: int, value: Value) -> None:
         """A program value: a change from another program begins a new first part."""
         if not isinstance(value, str) or not value or value == self.story.program:
             return
         if self.story.program is None:  # the first we hear of: loaded before we came
-            self.story = replace(self.story, program=value)
+            self.story = self.story._replace(program=value)
             return
-        self.story = replace(
-            self.story,
+        self.story = self.story._replace(
             program=value,
             program_ms=ts,
             previous_program=self.story.program,
@@ -269,11 +268,11 @@ class MachineTracker:
         override = sig.get(Signal.FEED_OVERRIDE)
         number = isinstance(override, int | float) and not isinstance(override, bool)
         if number and (s.min_override is None or float(override) < s.min_override):  # type: ignore[arg-type]
-            s = replace(s, min_override=float(override))  # type: ignore[arg-type]
+            s = s._replace(min_override=float(override))  # type: ignore[arg-type]
         if not s.ran_since_part:  # a part counted while it goes on cutting
-            s = replace(s, ran_since_part=True)
+            s = s._replace(ran_since_part=True)
         if not s.checks and (sig.get(Signal.SINGLE_BLOCK) is True or sig.get(Signal.OPTIONAL_STOP) is True):
-            s = replace(s, checks=True)
+            s = s._replace(checks=True)
         self.story = s
 
     def apply(
@@ -305,8 +304,7 @@ class MachineTracker:
                         parts.append(made)
                         s = self.story
                         first = s.first_part_ms if s.parts else ts
-                        self.story = replace(
-                            s,
+                        self.story = s._replace(
                             parts=s.parts + made.delta,
                             counts=s.counts + 1,
                             first_part_ms=first,

@@ -130,6 +130,10 @@ class MachineContext:
         else the operation completed last before (job, operation, when), or True if none."""
         if not self.dispatched or self.operation_at(ts) is not None:
             return False
+        if len(self._started) < len(self.dispatched):  # something dispatched was never started...
+            queued = [w for k, w in self.dispatched.items() if k not in self._started]
+            if any(w is None or w <= ts for w in queued):  # ...and had come by then
+                return False
         earliest = min((d for d in self.dispatched.values() if d is not None), default=None)
         if earliest is not None and earliest > ts and None not in self.dispatched.values():
             return False  # the machine had never had work dispatched by then
@@ -143,15 +147,28 @@ class MachineContext:
     def changes(self, start_ms: int, end_ms: int, *, stop: bool = False) -> set[int]:
         """Times strictly inside (start, end) where the operation, operator or a hold changes (for a
         stop also: where an inspection verdict comes or work is dispatched)."""
+        def inside(times: list[int]) -> list[int]:
+            return times[bisect.bisect_right(times, start_ms) : bisect.bisect_left(times, end_ms)]
+
+        ops = self.ops[
+            bisect.bisect_right(self.ops, start_ms, key=lambda e: e.ts) : bisect.bisect_left(
+                self.ops, end_ms, key=lambda e: e.ts
+            )
+        ]
+        people = self.operators[
+            bisect.bisect_right(self.operators, start_ms, key=lambda e: e[0]) : bisect.bisect_left(
+                self.operators, end_ms, key=lambda e: e[0]
+            )
+        ]
         points = itertools.chain(
-            (ts for ts, _ in self.operators),
-            (e.ts for e in self.ops),
+            (ts for ts, _ in people),
+            (e.ts for e in ops),
             (h.opened_ms for h in self.holds),
             (h.closed_ms for h in self.holds if h.closed_ms is not None),
         )
         if stop:
             points = itertools.chain(
-                points, self.verdicts, (d for d in self.dispatched.values() if d is not None)
+                points, inside(self.verdicts), (d for d in self.dispatched.values() if d is not None)
             )
         return {t for t in points if start_ms < t < end_ms}
 
@@ -206,8 +223,11 @@ def enrich(
         else:
             given = None
             if story is not None:
-                in_break = state is MachineState.IDLE and any(s <= a and b <= e for s, e in breaks)
-                seen = _seen(ctx, story.first_part_ms, a, op, in_break, rules)
+                if state is MachineState.IDLE:
+                    in_break = any(s <= a and b <= e for s, e in breaks)
+                    seen = _seen(ctx, story.first_part_ms, a, op, in_break, rules)
+                else:
+                    seen = Seen(op)
                 given = rules.classify(state, story, end - run_start, a, seen)
             elif state is MachineState.IDLE and any(s <= a and b <= e for s, e in breaks):
                 given = ("planned_break", "idle in a planned break of the shift calendar")
@@ -220,22 +240,23 @@ def enrich(
                     "no rule applies: for an operator to say",
                 )
         out.append(
-            replace(
-                interval,
-                start_ms=a,
-                end_ms=b,
-                reason=reason,
-                source=source,
-                job=op[0] if op else None,
-                operation=op[1] if op else None,
-                shift=shift.key if shift else None,
-                operator=ctx.operator_at(a),
-                hold=hold.hold_id if hold else None,
-                run_start_ms=run_start,
-                evidence=evidence,
-                stop_start_ms=stop_start if is_stop or override is not None else None,
-                story=story if n == last else None,
-                memory=interval.memory if n == last else None,
+            Interval(
+                interval.machine_id,
+                a,
+                b,
+                state,
+                reason,
+                source,
+                op[0] if op else None,
+                op[1] if op else None,
+                shift.key if shift else None,
+                ctx.operator_at(a),
+                hold.hold_id if hold else None,
+                run_start,
+                evidence,
+                stop_start if is_stop or override is not None else None,
+                story if n == last else None,
+                interval.memory if n == last else None,
             )
         )
     return out
@@ -293,7 +314,18 @@ def current(
     calendar: ShiftCalendar | None,
     rules: Rules | None = None,
 ) -> Interval:
-    """The piece of the open state interval that `now` is in, as the record will have it."""
+    """The open state interval at `now` as the record will have it: a piece of it ending at `now` with
+    the job, operation, shift, operator, hold and reason (and evidence) of that moment. Its start is the
+    last millisecond before `now`, not where the record's piece will begin, so that a machine idle for
+    weeks costs no more than one idle for a minute."""
     end = max(now_ms, since_ms + 1)
-    interval = Interval(machine_id, since_ms, end, state, stop_start_ms=story.stop_start_ms, story=story)
+    interval = Interval(
+        machine_id,
+        end - 1,
+        end,
+        state,
+        run_start_ms=since_ms,
+        stop_start_ms=story.stop_start_ms,
+        story=story,
+    )
     return enrich(interval, ctx, calendar, rules)[-1]
