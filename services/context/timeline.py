@@ -147,6 +147,7 @@ class MachineContext:
     def changes(self, start_ms: int, end_ms: int, *, stop: bool = False) -> set[int]:
         """Times strictly inside (start, end) where the operation, operator or a hold changes (for a
         stop also: where an inspection verdict comes or work is dispatched)."""
+
         def inside(times: list[int]) -> list[int]:
             return times[bisect.bisect_right(times, start_ms) : bisect.bisect_left(times, end_ms)]
 

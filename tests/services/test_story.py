@@ -328,3 +328,12 @@ def test_bad_rules_in_the_site_model_name_file_line_and_field(extra: str, messag
         for p in err.value.problems
     ]
     assert any(re.match(message, p) for p in relative), relative
+
+
+def test_the_site_rules_example_in_the_docs_is_a_valid_site_model() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "reasons.md").read_text()
+    example = text.split("## Your site's rules", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    site = parse_site(GOOD + example)
+    rules = site.config.downtime.rules
+    assert (rules.program_prove_out.feed_override_below, rules.fault_recovery.reason) == (90, "machine_fault")
+    assert not rules.no_work.enabled
