@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import time
+from pathlib import Path
 from typing import Any
 
 import pytest
