@@ -191,6 +191,9 @@ Current = tuple[Any, ...]
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
+# The story is stored on the last row of running and comms_loss intervals (where a stop can begin); a
+# rebuild that would start inside a stop starts where the stop began.
+_CHECKPOINTS = frozenset({MachineState.RUNNING, MachineState.COMMS_LOSS})
 
 
 def _story(story: Story | None) -> str | None:
@@ -313,8 +316,7 @@ class _Record:
                     i.run_start_ms,
                     i.evidence,
                     i.stop_start_ms,
-                    _story(i.story),
-                    _story(i.memory),
+                    *((_story(i.story), _story(i.memory)) if i.state in _CHECKPOINTS else (None, None)),
                 )
                 for i in intervals
             ],
@@ -372,11 +374,15 @@ class _Record:
             ).fetchone()
             if run and run[0] is not None:
                 start = run[0]
-            prev = db.execute(
-                "SELECT coalesce(run_start_ms, start_ms), state, story, memory FROM state_interval"
-                " WHERE machine_id = ? AND end_ms = ?",
-                (machine_id, start),
-            ).fetchone()
+            while True:  # inside a stop: go back to where it began (the story is kept at its edges)
+                prev = db.execute(
+                    "SELECT coalesce(run_start_ms, start_ms), state, story, memory FROM state_interval"
+                    " WHERE machine_id = ? AND end_ms = ?",
+                    (machine_id, start),
+                ).fetchone()
+                if prev is None or MachineState(prev[1]) in _CHECKPOINTS:
+                    break
+                start = prev[0]
             lost = db.execute(
                 "SELECT max(ts_ms) FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms < ?",
                 (machine_id, LOST, start),

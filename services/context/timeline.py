@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from services.context.reasons import DEFAULT_REASON, Rules, Seen
-from services.context.shifts import ShiftCalendar
+from services.context.shifts import Shift, ShiftCalendar
 from services.context.state import Interval, MachineState, PartsMade, Story
 
 _DEFAULT_RULES = Rules()
@@ -82,12 +82,28 @@ class MachineContext:
     # the machine's operations and when each was first dispatched (None: before this was recorded)
     dispatched: dict[tuple[str, str], int | None] = field(default_factory=dict)
     _started: dict[tuple[str, str], int] = field(default_factory=dict)
+    _op_times: list[int] = field(default_factory=list)  # the times of `ops`, for bisection
+    _operator_times: list[int] = field(default_factory=list)  # and of `operators`
+
+    def __post_init__(self) -> None:
+        self.operators.sort(key=lambda e: e[0])
+        self.ops.sort(key=lambda e: e.ts)
+        self._operator_times = [ts for ts, _ in self.operators]
+        self._op_times = [e.ts for e in self.ops]
+        for e in self.ops:
+            if e.action == "start":
+                key = (e.job, e.operation)
+                self._started[key] = min(e.ts, self._started.get(key, e.ts))
 
     def add_operator(self, ts: int, operator: str | None) -> None:
-        bisect.insort(self.operators, (ts, operator), key=lambda e: e[0])
+        i = bisect.bisect_right(self._operator_times, ts)
+        self.operators.insert(i, (ts, operator))
+        self._operator_times.insert(i, ts)
 
     def add_op(self, event: OpEvent) -> None:
-        bisect.insort(self.ops, event, key=lambda e: e.ts)
+        i = bisect.bisect_right(self._op_times, event.ts)
+        self.ops.insert(i, event)
+        self._op_times.insert(i, event.ts)
         if event.action == "start":
             key = (event.job, event.operation)
             self._started[key] = min(event.ts, self._started.get(key, event.ts))
@@ -96,12 +112,12 @@ class MachineContext:
         bisect.insort(self.verdicts, ts)
 
     def operator_at(self, ts: int) -> str | None:
-        i = bisect.bisect_right(self.operators, ts, key=lambda e: e[0])
+        i = bisect.bisect_right(self._operator_times, ts)
         return self.operators[i - 1][1] if i else None
 
     def operation_at(self, ts: int, *, before: bool = False) -> tuple[str, str] | None:
         """The operation running at `ts` (with `before`: just before it, for parts counted at `ts`)."""
-        i = (bisect.bisect_left if before else bisect.bisect_right)(self.ops, ts, key=lambda e: e.ts)
+        i = (bisect.bisect_left if before else bisect.bisect_right)(self._op_times, ts)
         if not i:
             return None
         last = self.ops[i - 1]
@@ -140,7 +156,7 @@ class MachineContext:
         for key, when in self.dispatched.items():
             if (when is None or when <= ts) and self._started.get(key, ts + 1) > ts:
                 return False  # queued
-        i = bisect.bisect_right(self.ops, ts, key=lambda e: e.ts)
+        i = bisect.bisect_right(self._op_times, ts)
         last = next((e for e in reversed(self.ops[:i]) if e.action == "complete"), None)
         return (last.job, last.operation, last.ts) if last is not None else True
 
@@ -151,19 +167,9 @@ class MachineContext:
         def inside(times: list[int]) -> list[int]:
             return times[bisect.bisect_right(times, start_ms) : bisect.bisect_left(times, end_ms)]
 
-        ops = self.ops[
-            bisect.bisect_right(self.ops, start_ms, key=lambda e: e.ts) : bisect.bisect_left(
-                self.ops, end_ms, key=lambda e: e.ts
-            )
-        ]
-        people = self.operators[
-            bisect.bisect_right(self.operators, start_ms, key=lambda e: e[0]) : bisect.bisect_left(
-                self.operators, end_ms, key=lambda e: e[0]
-            )
-        ]
         points = itertools.chain(
-            (ts for ts, _ in people),
-            (e.ts for e in ops),
+            inside(self._operator_times),
+            inside(self._op_times),
             (h.opened_ms for h in self.holds),
             (h.closed_ms for h in self.holds if h.closed_ms is not None),
         )
@@ -176,17 +182,19 @@ class MachineContext:
 
 def _calendar_cuts(
     calendar: ShiftCalendar | None, start_ms: int, end_ms: int
-) -> tuple[set[int], list[tuple[int, int]]]:
+) -> tuple[set[int], list[tuple[int, int]], list[Shift]]:
+    """Shift and break edges inside (start, end), the breaks, and the shifts that overlap it."""
     if calendar is None:
-        return set(), []
+        return set(), [], []
     cuts: set[int] = set()
     breaks: list[tuple[int, int]] = []
-    for shift in calendar.shifts(start_ms, end_ms):
+    shifts = calendar.shifts(start_ms, end_ms)
+    for shift in shifts:
         cuts.update((shift.start_ms, shift.end_ms))
         for _, b_start, b_end in shift.breaks:
             cuts.update((b_start, b_end))
             breaks.append((b_start, b_end))
-    return {t for t in cuts if start_ms < t < end_ms}, breaks
+    return {t for t in cuts if start_ms < t < end_ms}, breaks, shifts
 
 
 def enrich(
@@ -200,7 +208,7 @@ def enrich(
     run_start = interval.run_start_ms if interval.run_start_ms is not None else start
     is_stop = state is not MachineState.RUNNING and state is not MachineState.COMMS_LOSS
     stop_start = interval.stop_start_ms if is_stop and interval.stop_start_ms is not None else run_start
-    shift_cuts, breaks = _calendar_cuts(calendar, start, end)
+    shift_cuts, breaks, shifts = _calendar_cuts(calendar, start, end)
     bounds = sorted({start, end} | shift_cuts | ctx.changes(start, end, stop=is_stop))
     override = ctx.overrides.get(stop_start) or ctx.overrides.get(run_start)
     story = interval.story
@@ -209,7 +217,7 @@ def enrich(
     for n, (a, b) in enumerate(itertools.pairwise(bounds)):
         op = ctx.operation_at(a)
         hold = ctx.hold_in_stop(stop_start, a) if is_stop else ctx.hold_at(a)
-        shift = calendar.shift_at(a) if calendar is not None else None
+        shift = next((sh for sh in shifts if sh.start_ms <= a < sh.end_ms), None)
         if state is MachineState.RUNNING:
             reason, source, evidence = None, None, None
         elif override is not None:

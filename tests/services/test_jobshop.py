@@ -394,6 +394,8 @@ def test_a_rebuild_from_the_stored_events_gives_the_same_record(shop: Shop, tmp_
                 i.shift,
                 i.operator,
                 i.hold,
+                i.evidence,
+                i.stop_start_ms,
             )
             for i in shop.intervals()
         ]
