@@ -14,6 +14,7 @@ from bridge.sim.scenario import PHASE_REASONS, MachineScenario
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import reason_fidelity
+from tests.services.test_jobshop import Clock
 from uns.cli import DEFAULT_SITE
 from uns.clock import parse_iso
 from uns.mqtt import BrokerAddress
@@ -24,16 +25,6 @@ MACHINE = "vf2-01"
 SEED = 14  # every phase of the scenario within its first three hours
 ORIGIN_MS = parse_iso("2026-11-18T19:00:00.000Z")  # Wednesday 14:00 in Dayton: second shift begins
 HOURS = 8  # through the dinner break and into the third shift
-
-
-class Clock:
-    speed = 1.0
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def now_ms(self) -> int:
-        return self.now
 
 
 def run_scenario(tmp_path: Path) -> tuple[ContextService, MachineScenario, int]:
