@@ -26,6 +26,7 @@ from services.context.shifts import calendar_for
 from services.context.state import (
     LOST,
     Interval,
+    MachineState,
     MachineTracker,
     PartsMade,
     SignalValue,
@@ -72,6 +73,7 @@ class ContextService:
                 ctx.add_operator(ts, operator)
             book = OperationBook(m.id, {o.key: o for o in store.operations(m.id)}, store.pending(m.id))
             ctx.dispatched = {k: o.dispatched_ms for k, o in book.ops.items()}
+            ctx.dropped = store.dropped(m.id)
             for event in store.op_events(m.id):
                 ctx.add_op(event)
             self.contexts[m.id], self.books[m.id] = ctx, book
@@ -108,6 +110,7 @@ class ContextService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs_dirty: set[str] = set()
         self._published: list[tuple[Interval, bool]] = []  # closed record intervals to announce
+        self._written: dict[str, dict[str, Any] | None] = {}  # the open pieces' context as last written
         self.intake = Intake(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -351,6 +354,7 @@ class ContextService:
             self.contexts[machine_id],
             self.calendar,
             self.rules,
+            t.story,
         )
 
     def _current_row(self, machine_id: str, piece: Interval | None = None) -> tuple[Any, ...]:
@@ -367,6 +371,17 @@ class ContextService:
             None if piece is None else _context_json(piece),
         )
 
+    def _refresh_stops(self) -> None:
+        """A standing machine's reason can change with time alone (a micro-stop that grew long, a
+        break that began): rewrite and republish the open interval of those whose context did."""
+        for machine_id, t in self.trackers.items():
+            if t.since_ms is None or t.state is MachineState.RUNNING:
+                continue
+            piece = self.current(machine_id)
+            if piece is not None and _context_json(piece) != self._written.get(machine_id):
+                self._dirty.add(machine_id)
+        self._schedule_flush()
+
     def _keep_health(self, scope: str, metrics: tuple[Metric, ...]) -> None:
         values = {
             m.name.removeprefix(HEALTH_PREFIX): m.value
@@ -382,6 +397,7 @@ class ContextService:
         root = f"{self.site.config.enterprise}/{self.site.config.site}/_health"
         while True:
             await asyncio.sleep(interval_s)
+            self._refresh_stops()
             now = self.clock.now_ms()
             scopes: dict[str, dict[str, bool | int | float | None]] = {
                 f"host/{self.site.host_id}": {
@@ -452,6 +468,7 @@ class ContextService:
         dirty = sorted(self._dirty)
         pieces = {m: self.current(m) for m in dirty}  # the open intervals, for the record and the tree
         current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
+        self._written.update((row[0], row[-1]) for row in current)
         intervals = [
             p
             for i in self._intervals

@@ -141,7 +141,7 @@ class Intake:
             if o.machine_id in machines and o.status == PLANNED and k not in seen
         ]
         version = self.service.store.save_dispatch(
-            scope, cmd.by, via, now, cmd.model_dump_json(exclude={"reply_to", "id"}), ops, drop
+            scope, cmd.by, via, now, cmd.model_dump_json(exclude={"reply_to", "id"}), ops, drop, at
         )
         self._reload(set(machines) | {existing[k].machine_id for k in seen if k in existing}, cmd.at)
         return {"version": version, "operations": len(ops), "dropped": [f"{j}/{o}" for j, o in drop]}
@@ -170,6 +170,7 @@ class Intake:
             cmd.model_dump_json(exclude={"reply_to", "id"}),
             ops,
             drop,
+            at,
         )
         self._reload({p.machine} | ({existing.machine_id} if existing else set()), cmd.at)
         return {"version": version, "cancelled": cmd.cancel}
@@ -182,7 +183,9 @@ class Intake:
         for machine_id in machines:
             book = self.service.books[machine_id]
             book.ops = {o.key: o for o in store.operations(machine_id)}
-            self.service.contexts[machine_id].dispatched = {k: o.dispatched_ms for k, o in book.ops.items()}
+            ctx = self.service.contexts[machine_id]
+            ctx.dispatched = {k: o.dispatched_ms for k, o in book.ops.items()}
+            ctx.dropped = store.dropped(machine_id)
             if book.pending is not None:
                 still = tuple(
                     k for k in book.pending.candidates if k in book.ops and book.ops[k].status == PLANNED

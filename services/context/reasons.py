@@ -43,7 +43,7 @@ DEFAULT_REASONS: dict[str, Reason] = {
 DEFAULT_REASON = "unclassified"  # what a stop is when no rule, hold or operator says otherwise
 
 MICRO_STOP_MS = 5 * 60_000  # idle stops shorter than this are micro-stops (a performance loss)
-RULES = tuple(RulesConfig.model_fields)  # the rules, in the order they are tried (docs/reasons.md)
+RULES = tuple(RulesConfig.model_fields)  # the rules' names (the order they are tried: `Rules`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +94,14 @@ class Rules:
         return (self.code[rule], evidence) if self.enabled[rule] else None
 
     def classify(
-        self, state: MachineState, story: Story, run_ms: int, start_ms: int, seen: Seen
+        self, state: MachineState, story: Story, memory: Story, run_ms: int, start_ms: int, seen: Seen
     ) -> tuple[str, str] | None:
         """The rule's reason for a piece of a stop beginning at `start_ms` of a state interval that
-        lasted `run_ms`, with the evidence it went by; None: no rule applies (the default)."""
+        lasted `run_ms`, with the evidence it went by; None: no rule applies (the default).
+
+        `story` is what was known when the state began (what stopped it, earlier in the stop);
+        `memory` when it ended (or now): the program and part facts come from it, so that a part
+        counted a moment after the cycle ended counts as it should."""
         if state is MachineState.RUNNING or state is MachineState.COMMS_LOSS:
             return None
         if state is MachineState.DOWN:
@@ -106,40 +110,41 @@ class Rules:
             return self.code["planned_break"], "idle in a planned break of the shift calendar"
         if story.fault is not None and story.fault_ms is not None and self.enabled["fault_recovery"]:
             return self.code["fault_recovery"], f"after {story.fault} at {self.hm(story.fault_ms)}"
-        what = _what(story, seen)
+        m = memory
+        what = _what(m, seen)
         if state is MachineState.SETUP:
-            if story.program_ms is not None and story.counts == 0:
-                since = f"{story.program} loaded at {self.hm(story.program_ms)}"
-                was = f" (was {story.previous_program})" if story.previous_program else ""
+            if m.program_ms is not None and m.counts == 0:
+                since = f"{m.program} loaded at {self.hm(m.program_ms)}"
+                was = f" (was {m.previous_program})" if m.previous_program else ""
                 return self._give("setup", f"{story.mode or 'setup'} mode; {since}{was}")
             return self._give("setup", f"{story.mode or 'setup'} mode")
         # idle
         if story.setup_ms is not None and self.enabled["setup"]:
             return self.code["setup"], f"after setup since {self.hm(story.setup_ms)}, before a cycle ran"
-        if story.program_ms is not None and story.counts == 0 and story.ran:
+        if m.program_ms is not None and m.counts == 0 and m.ran:
             signs = []
-            low = story.min_override
+            low = m.min_override
             if self.override_below is not None and low is not None and low < self.override_below:
-                signs.append(f"feed override {story.min_override:g} %")
-            holds = story.feed_holds
+                signs.append(f"feed override {low:g} %")
+            holds = m.feed_holds
             if holds:
                 signs.append(f"{holds} feed hold{'s' if holds > 1 else ''}")
-            if self.checks and story.checks:
+            if self.checks and m.checks:
                 signs.append("single block or optional stop")
             if signs and self.enabled["program_prove_out"]:
                 return self.code["program_prove_out"], f"first part of {what}: {', '.join(signs)}"
         if (
-            story.program_ms is not None
-            and story.counts == 1
-            and not story.ran_since_part
-            and story.first_part_ms is not None
+            m.program_ms is not None
+            and m.counts == 1
+            and not m.ran_since_part
+            and m.first_part_ms is not None
             and run_ms >= self.inspection_min_ms
             and (seen.verdict_ms is None or start_ms < seen.verdict_ms)
             and self.enabled["waiting_inspection"]
         ):
             return (
                 self.code["waiting_inspection"],
-                f"waiting since the first part of {what} at {self.hm(story.first_part_ms)}",
+                f"waiting since the first part of {what} at {self.hm(m.first_part_ms)}",
             )
         if seen.no_work is not None and self.enabled["no_work"]:
             return self.code["no_work"], seen.no_work

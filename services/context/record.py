@@ -164,6 +164,13 @@ CREATE TABLE IF NOT EXISTS quality_count (
     by          TEXT,
     via         TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dropped_operation (
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    job         TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    dispatched_ms INTEGER,
+    dropped_ms  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending_confirmation (
     machine_id  TEXT PRIMARY KEY REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -529,8 +536,10 @@ class RecordStore(_Record):
         body: str,
         ops: list[Operation],
         drop: list[tuple[str, str]],
+        dropped_ms: int | None = None,
     ) -> int:
-        """A new version of the dispatch list: `ops` added or changed, `drop` taken off (not started)."""
+        """A new version of the dispatch list: `ops` added or changed, `drop` taken off (not started)
+        at `dropped_ms` (default `ts_ms`); what was taken off is kept, for when the machine had work."""
         with self._lock, self._transaction() as db:
             version = db.execute(
                 "INSERT INTO dispatch_version (ts_ms, scope, by, via, body) VALUES (?, ?, ?, ?, ?)",
@@ -561,6 +570,11 @@ class RecordStore(_Record):
                     )
                     for o in ops
                 ],
+            )
+            db.executemany(
+                "INSERT INTO dropped_operation SELECT machine_id, job, operation, dispatched_ms, ?"
+                " FROM operation WHERE job = ? AND operation = ?",
+                [(ts_ms if dropped_ms is None else dropped_ms, j, o) for j, o in drop],
             )
             db.executemany("DELETE FROM operation WHERE job = ? AND operation = ?", drop)
         assert version is not None
@@ -722,8 +736,9 @@ class RecordStore(_Record):
             )
             db.execute(
                 "UPDATE state_interval SET reason = ?, source = 'operator', evidence = ?"
-                " WHERE machine_id = ? AND coalesce(stop_start_ms, run_start_ms, start_ms) = ?",
-                (new, said(by, via, changed_ms, note), machine_id, run_start_ms),
+                " WHERE machine_id = ? AND start_ms >= ?"
+                " AND coalesce(stop_start_ms, run_start_ms, start_ms) = ?",
+                (new, said(by, via, changed_ms, note), machine_id, run_start_ms, run_start_ms),
             )
 
     def overrides(self, machine_id: str) -> dict[int, tuple[str, str]]:
@@ -740,6 +755,17 @@ class RecordStore(_Record):
             stop: (reason, said(by, via or "?", changed or 0, note or ""))
             for stop, reason, by, via, changed, note in rows
         }
+
+    def dropped(self, machine_id: str) -> list[tuple[int | None, int]]:
+        """When operations taken off the machine's list before they started had been on it."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT dispatched_ms, dropped_ms FROM dropped_operation WHERE machine_id = ?"
+                    " ORDER BY dropped_ms",
+                    (machine_id,),
+                )
+            )
 
     def verdicts(self, machine_id: str) -> list[int]:
         """When inspection results (pass, fail, scrap, rework, good) were reported for the machine."""
@@ -810,7 +836,7 @@ class RecordStore(_Record):
                 (job, operation),
             ).fetchall()
             stops = self._db.execute(
-                "SELECT count(DISTINCT coalesce(run_start_ms, start_ms)) FROM state_interval"
+                "SELECT count(DISTINCT coalesce(stop_start_ms, run_start_ms, start_ms)) FROM state_interval"
                 " WHERE job = ? AND operation = ? AND state != 'running'",
                 (job, operation),
             ).fetchone()[0]

@@ -218,19 +218,27 @@ class MachineTracker:
         self.state = state
         return closed
 
-    def _next_story(self, ts: int, previous: MachineState | None, state: MachineState) -> Story:
-        """The story as the machine enters `state` at `ts` (`previous`: the state that just ended)."""
-        s, sig = self.story, self.signals
+    def _start_facts(self, state: MachineState) -> dict[str, Any]:
+        sig = self.signals
         execution, mode = sig.get(Signal.EXECUTION), sig.get(Signal.MODE)
-        facts: dict[str, Any] = {
+        return {
             "execution": execution if isinstance(execution, str) else None,
             "mode": mode if isinstance(mode, str) else None,
             "alarm": fault_of(sig) if state is MachineState.DOWN else None,
         }
-        if state in (MachineState.RUNNING, MachineState.COMMS_LOSS):
+
+    def _next_story(self, ts: int, previous: MachineState | None, state: MachineState) -> Story:
+        """The story as the machine enters `state` at `ts` (`previous`: the state that just ended).
+        A comms loss does not end a stop: when the data comes back and the machine still stands, it is
+        the same stop (a restart of the service or a broker outage does not cut it in two)."""
+        s = self.story
+        facts = self._start_facts(state)
+        execution = facts["execution"]
+        if state is MachineState.RUNNING:
             facts.update(stop_start_ms=None, fault_ms=None, fault=None, setup_ms=None)
-            if state is MachineState.RUNNING:
-                facts.update(ran=True, ran_since_part=True)
+            facts.update(ran=True, ran_since_part=True)
+            return s._replace(**facts)
+        if state is MachineState.COMMS_LOSS:
             return s._replace(**facts)
         if s.stop_start_ms is None:  # the machine stopped
             facts.update(stop_start_ms=ts, fault_ms=None, fault=None, setup_ms=None)
@@ -269,8 +277,8 @@ class MachineTracker:
         number = isinstance(override, int | float) and not isinstance(override, bool)
         if number and (s.min_override is None or float(override) < s.min_override):  # type: ignore[arg-type]
             s = s._replace(min_override=float(override))  # type: ignore[arg-type]
-        if not s.ran_since_part:  # a part counted while it goes on cutting
-            s = s._replace(ran_since_part=True)
+        if not s.ran_since_part or not s.ran:  # a part counted, or a program loaded, while it cuts
+            s = s._replace(ran_since_part=True, ran=True)
         if not s.checks and (sig.get(Signal.SINGLE_BLOCK) is True or sig.get(Signal.OPTIONAL_STOP) is True):
             s = s._replace(checks=True)
         self.story = s
@@ -315,7 +323,13 @@ class MachineTracker:
                 self.signals[v.name] = v.value
             if program is not None:
                 self._program(ts, program)
-            closed += self._transition(ts, derive(self.signals), before)
+            now_closed = self._transition(ts, derive(self.signals), before)
+            closed += now_closed
+            if not now_closed and ts == self.since_ms:
+                # more values at the instant this interval began (another message with the same
+                # stamp): they are part of how it began, as a replay of them in one group has it
+                self.story = self.story._replace(**self._start_facts(self.state))
+                self.story_at_start = self.story
             if self.state is MachineState.RUNNING:
                 self._while_running()
             self.updated_ms = max(ts, self.updated_ms or ts)

@@ -81,6 +81,8 @@ class MachineContext:
     verdicts: list[int] = field(default_factory=list)  # when inspection results were reported, sorted
     # the machine's operations and when each was first dispatched (None: before this was recorded)
     dispatched: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    # operations taken off the list before they started: from when (None: unknown) until when
+    dropped: list[tuple[int | None, int]] = field(default_factory=list)
     _started: dict[tuple[str, str], int] = field(default_factory=dict)
     _op_times: list[int] = field(default_factory=list)  # the times of `ops`, for bisection
     _operator_times: list[int] = field(default_factory=list)  # and of `operators`
@@ -130,10 +132,9 @@ class MachineContext:
     def hold_in_stop(self, stop_start: int, ts: int) -> Hold | None:
         """The hold that was open at some time from `stop_start` to `ts` (so it holds the stop from
         then on, even after it closed, until the machine runs again)."""
-        op = self.operation_at(ts)
         for h in self.holds:
             overlaps = h.opened_ms <= ts and (h.closed_ms is None or h.closed_ms > stop_start)
-            if overlaps and h.applies(self.machine_id, op):
+            if overlaps and h.applies(self.machine_id, self.operation_at(max(stop_start, h.opened_ms))):
                 return h
         return None
 
@@ -144,20 +145,24 @@ class MachineContext:
     def no_work(self, ts: int) -> tuple[str, str, int] | bool | None:
         """At `ts`: False when work was there (running or queued) or nothing was ever dispatched here;
         else the operation completed last before (job, operation, when), or True if none."""
-        if not self.dispatched or self.operation_at(ts) is not None:
+        if not (self.dispatched or self.dropped) or self.operation_at(ts) is not None:
             return False
+        if any((since is None or since <= ts) and ts < until for since, until in self.dropped):
+            return False  # work that was taken off later was still there
         if len(self._started) < len(self.dispatched):  # something dispatched was never started...
             queued = [w for k, w in self.dispatched.items() if k not in self._started]
             if any(w is None or w <= ts for w in queued):  # ...and had come by then
                 return False
-        earliest = min((d for d in self.dispatched.values() if d is not None), default=None)
-        if earliest is not None and earliest > ts and None not in self.dispatched.values():
+        came = [*self.dispatched.values(), *(since for since, _ in self.dropped)]
+        if None not in came and min(c for c in came if c is not None) > ts:
             return False  # the machine had never had work dispatched by then
         for key, when in self.dispatched.items():
             if (when is None or when <= ts) and self._started.get(key, ts + 1) > ts:
                 return False  # queued
         i = bisect.bisect_right(self._op_times, ts)
-        last = next((e for e in reversed(self.ops[:i]) if e.action == "complete"), None)
+        if i and self.ops[i - 1].action == "pause":
+            return False  # paused: the work is there
+        last = next((self.ops[j] for j in range(i - 1, -1, -1) if self.ops[j].action == "complete"), None)
         return (last.job, last.operation, last.ts) if last is not None else True
 
     def changes(self, start_ms: int, end_ms: int, *, stop: bool = False) -> set[int]:
@@ -175,7 +180,10 @@ class MachineContext:
         )
         if stop:
             points = itertools.chain(
-                points, inside(self.verdicts), (d for d in self.dispatched.values() if d is not None)
+                points,
+                inside(self.verdicts),
+                (d for d in self.dispatched.values() if d is not None),
+                (t for span in self.dropped for t in span if t is not None),
             )
         return {t for t in points if start_ms < t < end_ms}
 
@@ -210,7 +218,9 @@ def enrich(
     stop_start = interval.stop_start_ms if is_stop and interval.stop_start_ms is not None else run_start
     shift_cuts, breaks, shifts = _calendar_cuts(calendar, start, end)
     bounds = sorted({start, end} | shift_cuts | ctx.changes(start, end, stop=is_stop))
-    override = ctx.overrides.get(stop_start) or ctx.overrides.get(run_start)
+    # an operator's reason is kept by the stop's start; one from before stops had their own identity is
+    # kept by its state's start, and holds for that state
+    override = ctx.overrides.get(run_start) or ctx.overrides.get(stop_start)
     story = interval.story
     last = len(bounds) - 2
     out: list[Interval] = []
@@ -232,14 +242,16 @@ def enrich(
         else:
             given = None
             if story is not None:
+                memory = interval.memory or story
                 if state is MachineState.IDLE:
                     in_break = any(s <= a and b <= e for s, e in breaks)
-                    seen = _seen(ctx, story.first_part_ms, a, op, in_break, rules)
+                    seen = _seen(ctx, memory.first_part_ms, a, op, in_break, rules)
                 else:
                     seen = Seen(op)
-                given = rules.classify(state, story, end - run_start, a, seen)
+                given = rules.classify(state, story, memory, end - run_start, a, seen)
             elif state is MachineState.IDLE and any(s <= a and b <= e for s, e in breaks):
-                given = ("planned_break", "idle in a planned break of the shift calendar")
+                # a record from before stories were kept, recomputed: the break rule still holds
+                given = rules.classify(state, Story(), Story(), end - run_start, a, Seen(op, True))
             if given is not None:
                 reason, source, evidence = given[0], "rule", given[1]
             else:
@@ -280,7 +292,7 @@ def _seen(
     rules: Rules,
 ) -> Seen:
     verdict = ctx.verdict_after(first_part_ms) if first_part_ms is not None else None
-    no_work = ctx.no_work(ts) if ctx.dispatched else False
+    no_work = ctx.no_work(ts) if ctx.dispatched or ctx.dropped else False
     text = None
     if no_work is True:
         text = f"nothing dispatched to {ctx.machine_id} or queued"
@@ -322,6 +334,7 @@ def current(
     ctx: MachineContext,
     calendar: ShiftCalendar | None,
     rules: Rules | None = None,
+    memory: Story | None = None,
 ) -> Interval:
     """The open state interval at `now` as the record will have it: a piece of it ending at `now` with
     the job, operation, shift, operator, hold and reason (and evidence) of that moment. Its start is the
@@ -336,5 +349,6 @@ def current(
         run_start_ms=since_ms,
         stop_start_ms=story.stop_start_ms,
         story=story,
+        memory=memory,
     )
     return enrich(interval, ctx, calendar, rules)[-1]

@@ -476,3 +476,53 @@ def test_one_stop_cut_by_a_hold_a_login_a_break_and_a_shift_change_counts_once(s
         closed = next(i for i in intervals if i["start"] == when(200))
         assert closed["stop_start"] == when(180)
         assert closed["reason_evidence"].startswith("lead via test")
+
+
+def test_work_taken_off_the_list_later_was_still_there_when_the_record_is_recomputed(shop: Shop) -> None:
+    """Idle with J1 queued is not `no_work`, also after J1 is dropped from the list and the record
+    of that time is recomputed (a late login here)."""
+    shop.ok("dispatch", machine="vf2-01", operations=[op("J0", "O1", 1)])
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O1")
+    shop.at(2, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(3, execution="READY", parts=1)  # J0 complete
+    shop.ok("dispatch_update", operation=op("J1", "O2", 1), at=when(10))
+    shop.at(30, execution="ACTIVE")
+    shop.ok("dispatch", machine="vf2-01", operations=[], at=when(31))  # J1 taken off
+    shop.at(32, execution="READY")
+    shop.at(40, execution="ACTIVE")
+
+    def idle() -> list[tuple[Any, ...]]:
+        return [
+            row(i)[:5]
+            for i in shop.intervals()
+            if T0 + 3 * MIN <= i.start_ms < T0 + 40 * MIN and i.state is S.IDLE
+        ]
+
+    live = idle()
+    assert live[:2] == [
+        (3.0, 10.0, "idle", "no_work", "rule"),
+        (10.0, 30.0, "idle", "unclassified", "default"),
+    ]
+    assert live[2][3] == "no_work"  # 32-40: nothing on the list any more
+    shop.ok("operator", action="login", machine="vf2-01", operator="ann", at=when(5))
+    assert idle() == [(3.0, 5.0, *live[0][2:]), (5.0, *live[0][1:]), *live[1:]]
+
+
+def test_a_standing_machines_reason_in_the_record_follows_the_clock(shop: Shop) -> None:
+    """The open interval's reason changes with time alone (a micro-stop grows into a long stop): the
+    service rewrites it without waiting for new data."""
+    shop.online(program="O1")
+    shop.at(1, execution="ACTIVE")
+    shop.at(2, execution="READY")
+    current = shop.store.current_state("vf2-01")
+    assert current is not None
+    assert current.piece is not None
+    assert current.piece["reason"] == "micro_stop"
+    shop.clock.now = T0 + 180 * MIN  # three hours later, nothing new from the machine
+    shop.service._refresh_stops()
+    shop.service.flush()
+    current = shop.store.current_state("vf2-01")
+    assert current is not None
+    assert current.piece is not None
+    assert (current.piece["reason"], current.piece["stop_start"]) == ("unclassified", when(2))

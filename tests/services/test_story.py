@@ -14,7 +14,7 @@ import pytest
 
 from services.context.reasons import Rules
 from services.context.shifts import BreakDef, ShiftCalendar, ShiftDef
-from services.context.state import Interval, MachineTracker, SignalValue
+from services.context.state import Interval, MachineTracker, SignalValue, replay
 from services.context.timeline import Hold, MachineContext, OpEvent, enrich
 from tests.uns.test_site import GOOD
 from uns.site import SiteConfigError, parse_site
@@ -338,3 +338,86 @@ def test_the_site_rules_example_in_the_docs_is_a_valid_site_model() -> None:
     rules = site.config.downtime.rules
     assert (rules.program_prove_out.feed_override_below, rules.fault_recovery.reason) == (90, "machine_fault")
     assert not rules.no_work.enabled
+
+
+def test_values_of_one_instant_in_two_messages_or_a_part_counted_a_moment_late_are_the_same_story() -> None:
+    """A controller may report the end of a cycle and its part count in two messages with the same
+    stamp, or the count a few milliseconds after; live, and replayed in one go, the wait after the
+    first part is the wait after the first part."""
+    head = NEW_JOB[:7]  # up to the first part's last stretch of cutting
+    for late_ms in (0, 5):
+        tracker = MachineTracker("m")
+        live: list[Interval] = []
+        events: list[SignalValue] = []
+        for minute, values in [*head, (42, {"execution": "READY"}), (67, {"execution": "ACTIVE"})]:
+            batch = [SignalValue(k, v, at(minute)) for k, v in values.items()]
+            live += tracker.apply(batch)[0]
+            events += batch
+            if minute == 42:  # the count: in a message of its own, at the same instant or 5 ms on
+                count = [SignalValue("part_count", 1, at(42) + late_ms)]
+                live += tracker.apply(count)[0]
+                events += count
+        replayed, _ = replay(MachineTracker("m"), events)
+        for closed in (live, replayed):
+            assert stops(pieces(closed))[-1] == (42, 67, "idle", "waiting_inspection", "rule"), late_ms
+
+
+def test_a_program_reported_just_after_the_cycle_started_still_begins_a_first_part() -> None:
+    script = [
+        (0, BASE),
+        (10, {"mode": "AUTOMATIC", "execution": "ACTIVE", "feed_override": 50.0}),
+        (10.01, {"program": "O2"}),  # the controller says which program a moment later
+        (15, {"execution": "FEED_HOLD"}),
+        (16, {"execution": "ACTIVE"}),
+    ]
+    assert stops(pieces(play(script)))[-1] == (15, 16, "idle", "program_prove_out", "rule")
+
+
+def test_a_job_hold_holds_the_stop_it_caused_and_no_stop_it_did_not() -> None:
+    idle = play(
+        [(0, {**BASE, "execution": "ACTIVE"}), (1, {"execution": "READY"}), (61, {"execution": "ACTIVE"})]
+    )
+    ctx = MachineContext("m")
+    ctx.add_op(OpEvent("m", at(-30), "J", "10", "start", "program"))
+    ctx.add_op(OpEvent("m", at(20), "J", "10", "pause", "manual"))  # paused while held
+    ctx.holds.append(Hold("H1", at(5), None, None, "J", None, "gauge"))
+    assert {r[3] for r in stops(pieces(idle, ctx)) if r[0] >= 5} == {"quality_hold"}
+    other = MachineContext("m")  # a hold on job K, opened and closed while K ran elsewhere
+    other.add_op(OpEvent("m", at(30), "K", "20", "start", "manual"))
+    other.holds.append(Hold("H2", at(5), at(10), None, "K", None, "other machine"))
+    assert {r[3] for r in stops(pieces(idle, other))} == {"unclassified"}
+
+
+def test_a_paused_operation_is_work_on_the_machine() -> None:
+    script = [
+        (0, {**BASE, "execution": "ACTIVE"}),
+        (10, {"execution": "READY"}),
+        (40, {"execution": "ACTIVE"}),
+    ]
+    ctx = MachineContext("m", dispatched={("J", "10"): at(-60)})
+    ctx.add_op(OpEvent("m", at(-30), "J", "10", "start", "program"))
+    ctx.add_op(OpEvent("m", at(10), "J", "10", "pause", "manual"))
+    assert stops(pieces(play(script), ctx)) == [(10, 40, "idle", "unclassified", "default")]
+
+
+def test_a_comms_loss_in_the_middle_does_not_cut_a_stop_in_two() -> None:
+    tracker = MachineTracker("m")
+    closed: list[Interval] = []
+    alarm = {"alarm_code": 2105, "alarm_text": "TOOL BREAKAGE DETECTED", "execution": "STOPPED"}
+    before: list[tuple[float, dict[str, Any]]] = [(0, {**BASE, "execution": "ACTIVE"}), (10, alarm)]
+    for minute, values in before:
+        closed += tracker.apply([SignalValue(k, v, at(minute)) for k, v in values.items()])[0]
+    closed += tracker.lose(at(12))  # the service restarts, or the broker blinks
+    after: list[tuple[float, dict[str, Any]]] = [
+        (12.1, {**BASE, **alarm}),
+        (13, {"alarm_code": 0, "mode": "MANUAL"}),
+        (21, {"mode": "AUTOMATIC", "execution": "ACTIVE"}),
+    ]
+    for minute, values in after:
+        closed += tracker.apply([SignalValue(k, v, at(minute)) for k, v in values.items()])[0]
+    out = [p for p in pieces(closed) if p.state.value not in ("running", "comms_loss")]
+    assert [(p.reason, p.stop_start_ms) for p in out] == [
+        ("machine_fault", at(10)),
+        ("machine_fault", at(10)),
+        ("fault_recovery", at(10)),  # the tool change is still the recovery from the alarm at 10
+    ]
