@@ -23,7 +23,7 @@ class DowntimeRow(BaseModel):
     reason: str | None
     planned: bool
     duration_s: float
-    stops: int  # stops that began in this row (a stop is counted once, however it is cut)
+    stops: int  # stops counted in this row: each in the row of its first piece in the window, once
 
 
 class DowntimeOut(BaseModel):
