@@ -30,6 +30,7 @@ from services.context.state import (
     MachineTracker,
     PartsMade,
     SignalValue,
+    Story,
     birth_time,
     replay,
 )
@@ -310,6 +311,9 @@ class ContextService:
             self.flush()  # what is still in memory goes to the record first
         old = self.trackers[machine_id]
         start = self.store.rebuild_start(machine_id, from_ms)
+        program = start.signals.get(Signal.PROGRAM)
+        # a record from before stories were kept: at least the program loaded then is known
+        known = Story(program=program if isinstance(program, str) and program else None)
         tracker = MachineTracker(
             machine_id,
             state=start.previous_state,
@@ -317,8 +321,8 @@ class ContextService:
             counter=start.counter,
             counter_rollover=old.counter_rollover,
             signals=start.signals,
-            story=start.memory,
-            story_at_start=start.story,
+            story=start.memory or known,
+            story_at_start=start.story or known,
         )
         closed, parts = replay(tracker, start.events)
         intervals = self._enrich(machine_id, closed)
