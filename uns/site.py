@@ -684,15 +684,16 @@ def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
                 f"downtime.rules.{name}.reason: unknown reason code {rule.reason!r}"
                 " (add it under downtime.reasons, or use one of the defaults)",
             )
-    wanted = rules.program_prove_out.signals or []
     if rules.program_prove_out.enabled:
-        for loc, machine in _machine_locs(config):
-            missing = [s for s in wanted if s not in machine.source.signals]
-            if missing:
+        for signal in rules.program_prove_out.signals or []:
+            lacking = [(loc, m) for loc, m in _machine_locs(config) if signal not in m.source.signals]
+            if lacking:
+                loc, machine = lacking[0]
+                more = f" and {len(lacking) - 1} more do" if len(lacking) > 1 else " does"
                 yield (
                     ("downtime", "rules", "program_prove_out", "signals"),
-                    f"downtime.rules.program_prove_out.signals: machine {machine.id!r}"
-                    f" ({_dotted(loc)}) does not report {', '.join(missing)}",
+                    f"downtime.rules.program_prove_out.signals: machine {machine.id!r} ({_dotted(loc)}){more}"
+                    f" not report {signal} (map it in the machine's source signals, or leave it out)",
                 )
 
 
