@@ -54,6 +54,7 @@ class Seen:
     in_break: bool = False  # inside a planned break of the shift calendar
     verdict_ms: int | None = None  # the first inspection verdict after the first part, if any
     no_work: str | None = None  # nothing dispatched or queued: what was last done (evidence)
+    op_start: tuple[int, str] | None = None  # when the running operation started, and what started it
 
 
 class Rules:
@@ -112,6 +113,13 @@ class Rules:
             return self.code["fault_recovery"], f"after {story.fault} at {self.hm(story.fault_ms)}"
         m = memory
         what = _what(m, seen)
+        # where the first part began: the program change, or the operation its program started when
+        # the machine was first seen with it loaded (the service came up during a setup)
+        began = m.program_ms
+        if began is None and m.program_seen_ms is not None and seen.op_start is not None:
+            started, cause = seen.op_start
+            if cause in ("program", "confirm") and started >= m.program_seen_ms:
+                began = started
         if state is MachineState.SETUP:
             if m.program_ms is not None and m.counts == 0:
                 since = f"{m.program} loaded at {self.hm(m.program_ms)}"
@@ -121,7 +129,7 @@ class Rules:
         # idle
         if story.setup_ms is not None and self.enabled["setup"]:
             return self.code["setup"], f"after setup since {self.hm(story.setup_ms)}, before a cycle ran"
-        if m.program_ms is not None and m.counts == 0 and m.ran:
+        if began is not None and m.counts == 0 and m.ran:
             signs = []
             low = m.min_override
             if self.override_below is not None and low is not None and low < self.override_below:
@@ -134,7 +142,7 @@ class Rules:
             if signs and self.enabled["program_prove_out"]:
                 return self.code["program_prove_out"], f"first part of {what}: {', '.join(signs)}"
         if (
-            m.program_ms is not None
+            began is not None
             and m.counts == 1
             and not m.ran_since_part
             and m.first_part_ms is not None

@@ -75,6 +75,7 @@ class Story(NamedTuple):
     execution: str | None = None  # at the start of this interval
     mode: str | None = None
     alarm: str | None = None  # what stopped it, when this interval is down
+    program_seen_ms: int | None = None  # when the program was first seen, if it was there when we came
 
     def to_json(self) -> list[Any]:
         """Its values in field order (fields are only ever added at the end)."""
@@ -255,7 +256,7 @@ class MachineTracker:
         if not isinstance(value, str) or not value or value == self.story.program:
             return
         if self.story.program is None:  # the first we hear of: loaded before we came
-            self.story = self.story._replace(program=value)
+            self.story = self.story._replace(program=value, program_seen_ms=ts)
             return
         self.story = self.story._replace(
             program=value,

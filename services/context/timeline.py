@@ -125,6 +125,16 @@ class MachineContext:
         last = self.ops[i - 1]
         return (last.job, last.operation) if last.action in ("start", "resume") else None
 
+    def op_start(self, ts: int) -> tuple[int, str] | None:
+        """When the operation running at `ts` started, and what started it (program, confirm, ...)."""
+        i = bisect.bisect_right(self._op_times, ts)
+        key = self.operation_at(ts)
+        for j in range(i - 1, -1, -1):
+            e = self.ops[j]
+            if (e.job, e.operation) == key and e.action == "start":
+                return e.ts, e.cause
+        return None
+
     def hold_at(self, ts: int) -> Hold | None:
         op = self.operation_at(ts)
         return next((h for h in self.holds if h.open_at(ts) and h.applies(self.machine_id, op)), None)
@@ -302,7 +312,7 @@ def _seen(
             f"nothing dispatched to {ctx.machine_id} or queued"
             f" since {job}/{operation} completed at {rules.hm(done)}"
         )
-    return Seen(op, in_break, verdict, text)
+    return Seen(op, in_break, verdict, text, ctx.op_start(ts) if op is not None else None)
 
 
 def attribute(

@@ -421,3 +421,25 @@ def test_a_comms_loss_in_the_middle_does_not_cut_a_stop_in_two() -> None:
         ("machine_fault", at(10)),
         ("fault_recovery", at(10)),  # the tool change is still the recovery from the alarm at 10
     ]
+
+
+def test_a_setup_going_on_when_the_service_came_up_is_the_first_part_of_the_operation_it_started() -> None:
+    """The program was loaded before the service saw the machine, but the dispatch list had it queued
+    and it started the operation at that moment: its first part is proved out and inspected as any."""
+    script = [(10, {**BASE, "program": "O2", "mode": "MANUAL"}), *NEW_JOB[2:9]]
+    ctx = MachineContext("m")
+    ctx.add_op(OpEvent("m", at(10), "J7", "10", "start", "program"))
+    assert [r[3] for r in stops(pieces(play(script), ctx))] == [
+        "setup",
+        "program_prove_out",
+        "program_prove_out",
+        "waiting_inspection",
+    ]
+    # started by hand on a program that was already there: nothing says this is its first part
+    by_hand = MachineContext("m")
+    by_hand.add_op(OpEvent("m", at(10), "J7", "10", "start", "manual"))
+    assert [r[3] for r in stops(pieces(play(script), by_hand))][1:] == [
+        "micro_stop",
+        "micro_stop",
+        "unclassified",
+    ]
