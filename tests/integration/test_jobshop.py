@@ -123,7 +123,11 @@ async def test_the_night_the_machine_ran_all_night(mosquitto: Mosquitto, tmp_pat
                     params={"start": iso(SECOND_SHIFT_MS), "end": iso(end_ms)},
                 )
             ).json()["intervals"]
-            stops = [i for i in intervals if i["reason"] in ("unclassified", "micro_stop") and i["job"]]
+            stops = [
+                i
+                for i in intervals
+                if i["reason"] in ("unclassified", "micro_stop") and i["job"] and i["end"] is not None
+            ]
             longest = max(stops, key=lambda i: i["duration_s"])
             said = await call(
                 "POST",
