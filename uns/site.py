@@ -479,6 +479,23 @@ class DowntimeConfig(_Strict):
         return self
 
 
+class PartConfig(_Strict):
+    """A part master entry: the ideal cycle time of a part number (when the dispatch list has none)."""
+
+    part_number: Annotated[str, Field(min_length=1, max_length=128)]
+    ideal_cycle_s: Annotated[float, Field(gt=0, le=7 * 86400)]
+
+
+class OeeConfig(_Strict):
+    """How OEE is computed here (services/oee/, docs/oee.md); every result names `version`."""
+
+    version: Annotated[str, Field(min_length=1, max_length=32)] = "1"
+    setup: Literal["availability", "planned"] = "availability"  # setup time: a loss, or planned
+    micro_stops: Literal["performance", "availability"] = "performance"
+    planned: list[_Code] = []  # more reason codes out of planned production time (besides the tree's)
+    parts: list[PartConfig] = []
+
+
 class SiteConfig(_Strict):
     enterprise: Annotated[str, _segment("enterprise")]
     site: Annotated[str, _segment("site")]
@@ -487,6 +504,7 @@ class SiteConfig(_Strict):
     areas: Annotated[list[AreaConfig], Field(min_length=1)]
     shifts: ShiftsConfig | None = None
     downtime: DowntimeConfig = DowntimeConfig()
+    oee: OeeConfig = OeeConfig()
 
     @field_validator("timezone")
     @classmethod
@@ -684,6 +702,9 @@ def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
                 f"downtime.rules.{name}.reason: unknown reason code {rule.reason!r}"
                 " (add it under downtime.reasons, or use one of the defaults)",
             )
+    for n, code in enumerate(config.oee.planned):
+        if code not in known:
+            yield (("oee", "planned", n), f"oee.planned[{n}]: unknown reason code {code!r}")
     if rules.program_prove_out.enabled:
         for signal in rules.program_prove_out.signals or []:
             lacking = [(loc, m) for loc, m in _machine_locs(config) if signal not in m.source.signals]

@@ -807,6 +807,22 @@ class RecordStore(_Record):
                 (machine_id, ts_ms, *(op or (None, None)), shift, result, quantity, by, via),
             )
 
+    def rejects(
+        self, machine_id: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, str | None, str | None, str | None, int]]:
+        """(when, job, operation, shift, quantity) of the scrap and rework reported for the machine in
+        [start, end) (`fail` is scrap)."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT ts_ms, job, operation, shift, quantity FROM quality_count"
+                    " WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ?"
+                    " AND result IN ('scrap', 'fail', 'rework')"
+                    " ORDER BY ts_ms",
+                    (machine_id, start_ms, end_ms),
+                )
+            )
+
     def counts(
         self, start_ms: int, end_ms: int
     ) -> list[tuple[str, str | None, str | None, str | None, str, int]]:

@@ -1,0 +1,138 @@
+"""OEE from the record: availability x performance x quality, summed over times and counts. Pure.
+
+    planned production time = record time in shifts - planned stops - time nothing was known (comms_loss)
+    run time                = planned production time - availability losses (stops that are not
+                              planned and not performance losses: faults, setup, waiting, unclassified)
+    availability            = run time / planned production time
+    performance             = ideal cycle time x total count / run time (micro-stops stay in run time)
+    quality                 = good count / total count
+    OEE                     = availability x performance x quality
+                            = fully productive time (ideal time of the good parts) / planned production time
+
+Which stops are planned, whether setup is a loss, how micro-stops count and where the ideal cycle comes
+from are the site model's `oee:` definition (a `Definition`, named by its version in every result).
+Groups are rolled up by adding their `Tally`s (times and counts), never by averaging percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from services.context.reasons import Loss, Reason
+from services.context.state import Interval, MachineState
+from uns.site import OeeConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """What the figures mean at this site; `version` goes with every result."""
+
+    version: str = "1"
+    planned: frozenset[str] = frozenset()  # reason codes out of planned production time
+    performance: frozenset[str] = frozenset()  # reason codes whose time stays in run time
+    part_cycles_ms: Mapping[str, int] = field(default_factory=dict)  # part number -> ideal cycle
+
+    @classmethod
+    def from_config(cls, config: OeeConfig, taxonomy: Mapping[str, Reason]) -> Definition:
+        planned = {code for code, r in taxonomy.items() if r.planned or r.loss is Loss.PLANNED}
+        planned |= set(config.planned)
+        performance = {code for code, r in taxonomy.items() if r.loss is Loss.PERFORMANCE}
+        if config.setup == "planned":
+            planned.add("setup")
+        if config.micro_stops == "availability":
+            performance.discard("micro_stop")
+        return cls(
+            config.version,
+            frozenset(planned),
+            frozenset(performance - planned),
+            {p.part_number: round(p.ideal_cycle_s * 1000) for p in config.parts},
+        )
+
+
+@dataclass(slots=True)
+class Tally:
+    """Times (seconds) and counts of one group; add two to roll up."""
+
+    planned_s: float = 0.0  # planned production time
+    planned_stop_s: float = 0.0  # out of it: breaks, planned maintenance (and setup, if so defined)
+    availability_loss_s: float = 0.0
+    performance_stop_s: float = 0.0  # micro-stops: inside run time
+    unknown_s: float = 0.0  # comms_loss: not known, not counted
+    made: int = 0
+    rejected: int = 0  # scrap and rework reported
+    ideal_s: float = 0.0  # ideal cycle time x the parts that have one
+    made_without_ideal: int = 0  # parts whose operation has no ideal cycle time
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Tally)))
+
+    @property
+    def run_s(self) -> float:
+        return self.planned_s - self.availability_loss_s
+
+    @property
+    def good(self) -> int:
+        return max(self.made - self.rejected, 0)
+
+    @property
+    def availability(self) -> float | None:
+        return self.run_s / self.planned_s if self.planned_s > 0 else None
+
+    @property
+    def performance(self) -> float | None:
+        """None when some parts have no ideal cycle time (see `performance_missing`) or nothing ran."""
+        if self.made_without_ideal or self.run_s <= 0:
+            return None
+        return self.ideal_s / self.run_s
+
+    @property
+    def quality(self) -> float | None:
+        return self.good / self.made if self.made > 0 else None
+
+    @property
+    def oee(self) -> float | None:
+        a, p, q = self.availability, self.performance, self.quality
+        return a * p * q if a is not None and p is not None and q is not None else None
+
+    @property
+    def performance_missing(self) -> str | None:
+        if self.made_without_ideal:
+            return (
+                f"{self.made_without_ideal} of {self.made} parts have no ideal cycle time"
+                " (dispatch list ideal_cycle_s, or the site model's oee.parts)"
+            )
+        if self.run_s <= 0:
+            return "no run time"
+        return None
+
+    @property
+    def performance_above_100(self) -> bool:
+        """More parts than the ideal cycle time allows: that ideal cycle time is wrong. Not capped."""
+        p = self.performance
+        return p is not None and p > 1.0
+
+
+def time_of(piece: Interval, definition: Definition, in_shift: bool) -> Tally:
+    """One record piece's time: planned production, or planned stop, or loss, or not known.
+    Outside every shift only running time counts (it made parts); stops there were not planned work."""
+    seconds = (piece.end_ms - piece.start_ms) / 1000
+    if piece.state is MachineState.COMMS_LOSS:
+        return Tally(unknown_s=seconds if in_shift else 0.0)
+    if piece.state is MachineState.RUNNING:
+        return Tally(planned_s=seconds)
+    if not in_shift:
+        return Tally()
+    reason = piece.reason or ""
+    if reason in definition.planned:
+        return Tally(planned_stop_s=seconds)
+    if reason in definition.performance:
+        return Tally(planned_s=seconds, performance_stop_s=seconds)
+    return Tally(planned_s=seconds, availability_loss_s=seconds)
+
+
+def parts_of(made: int, ideal_cycle_ms: int | None, rejected: int = 0) -> Tally:
+    """Parts made (with the ideal cycle time of their operation, if known) and rejects reported."""
+    if ideal_cycle_ms is None:
+        return Tally(made=made, rejected=rejected, made_without_ideal=made)
+    return Tally(made=made, rejected=rejected, ideal_s=made * ideal_cycle_ms / 1000)
