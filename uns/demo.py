@@ -35,6 +35,7 @@ from services.context.app import ContextService
 from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar, calendar_for
+from services.oee.engine import Definition
 from uns.broker import Credentials, Mosquitto, free_port
 from uns.clock import ScaledClock
 from uns.mqtt import BrokerAddress
@@ -121,6 +122,8 @@ async def _run(
                 _calendar(site),
                 taxonomy(site.config.downtime),
                 sender,
+                Definition.from_config(site.config.oee, taxonomy(site.config.downtime)),
+                site.config.timezone,
             ),
             host="127.0.0.1",
             port=api_port,

@@ -26,6 +26,7 @@ from services.context.app import ContextService
 from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import calendar_for
+from services.oee.engine import Definition
 from uns.clock import ScaledClock, WallClock
 from uns.mqtt import BrokerAddress
 from uns.site import Site
@@ -94,7 +95,11 @@ def api(record: Path, host: str, port: int, site: Site | None = None, broker: st
                 raise ConfigError("uns api --broker needs --site (the enterprise and site name the topics)")
             root = f"{site.config.enterprise}/{site.config.site}"
             sender = CommandSender(broker_address(broker, "services"), root, settings.command_timeout_s)
-        app = create_app(settings, store, calendar, reasons, sender)
+        definition = (
+            Definition.from_config(site.config.oee, reasons) if site is not None and reasons else None
+        )
+        zone = site.config.timezone if site is not None else "UTC"
+        app = create_app(settings, store, calendar, reasons, sender, definition, zone)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         store.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import counts, dispatch, downtime, floor, holds, machines, metrics
+from services.api import counts, dispatch, downtime, floor, holds, machines, metrics, oee
 from services.api import reasons as reason_tree
 from services.api.deps import require_token
 from services.api.sender import CommandSender
@@ -20,6 +20,8 @@ from services.api.settings import ApiSettings
 from services.context.reasons import DEFAULT_REASONS, Reason
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
+from services.oee.engine import Definition
+from uns.site import OeeConfig
 
 
 def create_app(
@@ -28,6 +30,8 @@ def create_app(
     calendar: ShiftCalendar | None = None,
     reasons: dict[str, Reason] | None = None,
     commands: CommandSender | None = None,
+    oee_definition: Definition | None = None,
+    timezone: str = "UTC",
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -53,7 +57,9 @@ def create_app(
     app.state.calendar = calendar
     app.state.reasons = reasons if reasons is not None else DEFAULT_REASONS
     app.state.commands = commands
-    for module in (machines, floor, downtime, reason_tree, counts, dispatch, holds, metrics):
+    app.state.oee = oee_definition or Definition.from_config(OeeConfig(), app.state.reasons)
+    app.state.timezone = timezone
+    for module in (machines, floor, downtime, oee, reason_tree, counts, dispatch, holds, metrics):
         app.include_router(module.router, dependencies=[Depends(require_token)])
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])

@@ -14,6 +14,7 @@ from services.api.settings import ApiSettings
 from services.context.reasons import Reason
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
+from services.oee.engine import Definition
 
 _bearer = HTTPBearer(auto_error=False, description="the token `uns demo` prints, or UNS_API_TOKEN")
 
@@ -80,7 +81,13 @@ def get_reasons(request: Request) -> dict[str, Reason]:
     return reasons
 
 
+def get_oee(request: Request) -> Definition:
+    definition: Definition = request.app.state.oee
+    return definition
+
+
 Store = Annotated[RecordStore, Depends(get_store)]
+OeeDefinition = Annotated[Definition, Depends(get_oee)]
 Reasons = Annotated[dict[str, Reason], Depends(get_reasons)]
 Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]

@@ -56,8 +56,10 @@ def oee(
     by: tuple[str, ...] = ("machine",),
     machines: Iterable[str] | None = None,
     timezone: str = "UTC",
+    now_ms: int | None = None,
 ) -> dict[tuple[tuple[str, str | None], ...], Tally]:
-    """Tallies of the window by group (`by`: names from GROUPS; () for one total)."""
+    """Tallies of the window by group (`by`: names from GROUPS; () for one total). A machine's open
+    interval lasts until `now_ms` (default: its own latest event): a quiet machine still stands."""
     zone = ZoneInfo(timezone)
     wanted = set(machines) if machines is not None else None
     ops = {o.key: o for o in store.operations()}
@@ -81,11 +83,11 @@ def oee(
         pieces = store.intervals(m, start_ms, end_ms)
         if current.since_ms is not None and current.updated_ms is not None and current.since_ms < end_ms:
             piece = current.piece or {}
-            pieces.append(  # the open interval, up to the record's latest event time
+            pieces.append(  # the open interval, with its context as the context service last wrote it
                 Interval(
                     m,
                     current.since_ms,
-                    max(current.updated_ms, current.since_ms + 1),
+                    max(now_ms or 0, current.updated_ms, current.since_ms + 1),
                     current.state,
                     piece.get("reason"),
                     job=piece.get("job"),

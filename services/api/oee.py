@@ -1,0 +1,131 @@
+"""`/api/v1/oee`: availability, performance, quality and OEE from the record, grouped (docs/oee.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import AwareDatetime, BaseModel, Field
+
+from services.api.deps import Calendar, OeeDefinition, Settings, Store
+from services.api.machines import check_window
+from services.oee.engine import Tally
+from services.oee.report import oee
+from uns.clock import iso
+
+router = APIRouter(prefix="/api/v1/oee", tags=["oee"])
+
+Group = Literal["machine", "shift", "day", "job", "operation", "cell", "line", "area", "site"]
+DEFAULT_HOURS = 8  # without a shift calendar: the last eight hours
+
+
+class OeeRow(BaseModel):
+    group: dict[str, str | None] = Field(examples=[{"machine": "vf2-01", "shift": "2026-11-18/second"}])
+    planned_s: float = Field(description="planned production time: in shifts, less planned stops")
+    run_s: float = Field(description="planned production time less availability losses")
+    planned_stop_s: float
+    availability_loss_s: float
+    performance_stop_s: float = Field(description="micro-stops: inside run time, a performance loss")
+    unknown_s: float = Field(description="comms_loss in shifts: not known, not counted")
+    made: int
+    good: int
+    rejected: int
+    ideal_s: float = Field(description="ideal cycle time x the parts made")
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None
+    performance_above_100: bool = Field(description="more parts than the ideal cycle allows: it is wrong")
+    performance_missing: str | None = Field(description="why performance (and OEE) is not given")
+
+
+class OeeOut(BaseModel):
+    start: str
+    end: str
+    timezone: str
+    definition_version: str = Field(description="the site model's `oee.version` that produced these")
+    group_by: list[str]
+    rows: list[OeeRow]
+    total: OeeRow = Field(description="all rows together (times and counts summed, not percentages averaged)")
+
+
+def _row(group: dict[str, str | None], t: Tally) -> OeeRow:
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 4)
+
+    return OeeRow(
+        group=group,
+        planned_s=round(t.planned_s, 3),
+        run_s=round(t.run_s, 3),
+        planned_stop_s=round(t.planned_stop_s, 3),
+        availability_loss_s=round(t.availability_loss_s, 3),
+        performance_stop_s=round(t.performance_stop_s, 3),
+        unknown_s=round(t.unknown_s, 3),
+        made=t.made,
+        good=t.good,
+        rejected=t.rejected,
+        ideal_s=round(t.ideal_s, 3),
+        availability=r(t.availability),
+        performance=r(t.performance),
+        quality=r(t.quality),
+        oee=r(t.oee),
+        performance_above_100=t.performance_above_100,
+        performance_missing=t.performance_missing,
+    )
+
+
+@router.get("", response_model=OeeOut, summary="OEE by machine, shift, day, job, operation, cell, line, area")
+def get_oee(
+    request: Request,
+    store: Store,
+    settings: Settings,
+    calendar: Calendar,
+    definition: OeeDefinition,
+    start: Annotated[
+        AwareDatetime | None,
+        Query(description="window start, ISO-8601 with offset; default: the current shift's start"),
+    ] = None,
+    end: Annotated[
+        AwareDatetime | None,
+        Query(description="window end; default: the record's latest event time (now)"),
+    ] = None,
+    group_by: Annotated[
+        list[Group] | None, Query(description="group by these (repeatable); default: machine")
+    ] = None,
+    machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
+) -> OeeOut:
+    """Closed record intervals and the open one, clipped to the window and cut at shift boundaries;
+    parts made, scrap and rework reported in it. Rows and the total are summed from times and counts."""
+    known = {c.machine_id for c in store.current_states()}
+    unknown = sorted(set(machine or []) - known)
+    if unknown:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
+    latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
+    now_ms = latest or int(time.time() * 1000)
+    end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
+    if start is not None:
+        start_ms = int(start.timestamp() * 1000)
+    else:
+        shift = calendar.shift_at(end_ms - 1) if calendar is not None else None
+        start_ms = shift.start_ms if shift is not None else end_ms - DEFAULT_HOURS * 3_600_000
+    if end is not None and start is not None:
+        start_ms, end_ms = check_window(start, end, settings.max_interval_days)
+    elif end_ms <= start_ms:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
+    by = tuple(dict.fromkeys(group_by or ["machine"]))
+    zone: str = request.app.state.timezone
+    tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms)
+    rows = [
+        _row(dict(key), t) for key, t in sorted(tallies.items(), key=lambda kv: [v or "" for _, v in kv[0]])
+    ]
+    total = sum(tallies.values(), Tally())
+    return OeeOut(
+        start=iso(start_ms),
+        end=iso(end_ms),
+        timezone=zone,
+        definition_version=definition.version,
+        group_by=list(by),
+        rows=rows,
+        total=_row({}, total),
+    )
