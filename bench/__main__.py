@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from bench import codec, context, host, store_forward
+from bench import codec, context, host, oee, store_forward
 
 if __name__ == "__main__":
     codec.report()
     host.report()
     context.report()
+    oee.report()
     store_forward.report()

@@ -807,6 +807,41 @@ class RecordStore(_Record):
                 (machine_id, ts_ms, *(op or (None, None)), shift, result, quantity, by, via),
             )
 
+    def time_totals(
+        self, machine_id: str, start_ms: int, end_ms: int, *, running_outside: bool, by_start: bool
+    ) -> list[tuple[str | None, str | None, str | None, str, str | None, int, int | None]]:
+        """Closed record time of a machine in [start, end), clipped: (shift, job, operation, state,
+        reason, ms, start) summed by shift, job, operation, state and reason. Outside every shift
+        (shift NULL) only running time with `running_outside`, and with `by_start` one row a piece
+        (with its start, for its local day)."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT shift, job, operation, state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"
+                    " CASE WHEN shift IS NULL AND ?4 THEN start_ms END"
+                    " FROM state_interval WHERE machine_id = ?3 AND end_ms > ?1 AND start_ms < ?2"
+                    " AND (shift IS NOT NULL OR state = 'running' OR NOT ?5)"
+                    " GROUP BY shift, job, operation, state, reason,"
+                    " CASE WHEN shift IS NULL AND ?4 THEN start_ms END",
+                    (start_ms, end_ms, machine_id, by_start, running_outside),
+                )
+            )
+
+    def part_totals(
+        self, machine_id: str, start_ms: int, end_ms: int, *, by_start: bool
+    ) -> list[tuple[str | None, str | None, str | None, int, int | None]]:
+        """Parts made by a machine in [start, end): (shift, job, operation, parts, when) summed by
+        shift, job and operation; outside every shift, with `by_start`, one row a count (for its day)."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT shift, job, operation, sum(delta), CASE WHEN shift IS NULL AND ?4 THEN ts_ms END"
+                    " FROM part_count WHERE machine_id = ?3 AND ts_ms >= ?1 AND ts_ms < ?2"
+                    " GROUP BY shift, job, operation, CASE WHEN shift IS NULL AND ?4 THEN ts_ms END",
+                    (start_ms, end_ms, machine_id, by_start),
+                )
+            )
+
     def rejects(
         self, machine_id: str, start_ms: int, end_ms: int
     ) -> list[tuple[int, str | None, str | None, str | None, int]]:

@@ -17,7 +17,7 @@ Groups are rolled up by adding their `Tally`s (times and counts), never by avera
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from services.context.reasons import Loss, Reason
 from services.context.state import Interval, MachineState
@@ -65,7 +65,22 @@ class Tally:
     made_without_ideal: int = 0  # parts whose operation has no ideal cycle time
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Tally)))
+        out = Tally()
+        out += self
+        out += other
+        return out
+
+    def __iadd__(self, other: Tally) -> Tally:
+        self.planned_s += other.planned_s
+        self.planned_stop_s += other.planned_stop_s
+        self.availability_loss_s += other.availability_loss_s
+        self.performance_stop_s += other.performance_stop_s
+        self.unknown_s += other.unknown_s
+        self.made += other.made
+        self.rejected += other.rejected
+        self.ideal_s += other.ideal_s
+        self.made_without_ideal += other.made_without_ideal
+        return self
 
     @property
     def run_s(self) -> float:
@@ -116,14 +131,20 @@ class Tally:
 def time_of(piece: Interval, definition: Definition, in_shift: bool) -> Tally:
     """One record piece's time: planned production, or planned stop, or loss, or not known.
     Outside every shift only running time counts (it made parts); stops there were not planned work."""
-    seconds = (piece.end_ms - piece.start_ms) / 1000
-    if piece.state is MachineState.COMMS_LOSS:
+    return time_in(piece.state, piece.reason, (piece.end_ms - piece.start_ms) / 1000, definition, in_shift)
+
+
+def time_in(
+    state: MachineState, reason: str | None, seconds: float, definition: Definition, in_shift: bool
+) -> Tally:
+    """`seconds` of a state (with a reason, for a stop), as `time_of` counts them."""
+    if state is MachineState.COMMS_LOSS:
         return Tally(unknown_s=seconds if in_shift else 0.0)
-    if piece.state is MachineState.RUNNING:
+    if state is MachineState.RUNNING:
         return Tally(planned_s=seconds)
     if not in_shift:
         return Tally()
-    reason = piece.reason or ""
+    reason = reason or ""
     if reason in definition.planned:
         return Tally(planned_stop_s=seconds)
     if reason in definition.performance:

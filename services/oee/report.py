@@ -8,14 +8,14 @@ with the ideal cycle time of its operation (the dispatch list's, else the site m
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
-from services.context.state import Interval
-from services.oee.engine import Definition, Tally, parts_of, time_of
+from services.context.state import Interval, MachineState
+from services.oee.engine import Definition, Tally, parts_of, time_in, time_of
 
 GROUPS = ("machine", "shift", "day", "job", "operation", "cell", "line", "area", "site")
 
@@ -59,62 +59,62 @@ def oee(
     now_ms: int | None = None,
 ) -> dict[tuple[tuple[str, str | None], ...], Tally]:
     """Tallies of the window by group (`by`: names from GROUPS; () for one total). A machine's open
-    interval lasts until `now_ms` (default: its own latest event): a quiet machine still stands."""
+    interval lasts until `now_ms` (default: its own latest event): a quiet machine still stands. The
+    record's closed time and parts are summed in the store (by shift, job, operation, state, reason)."""
     zone = ZoneInfo(timezone)
     wanted = set(machines) if machines is not None else None
     ops = {o.key: o for o in store.operations()}
     out: dict[tuple[tuple[str, str | None], ...], Tally] = {}
 
     def day_of(shift: str | None, ts: int) -> str:
-        return (
-            shift.split("/")[0]
-            if shift
-            else datetime.fromtimestamp(ts / 1000, UTC).astimezone(zone).date().isoformat()
-        )
+        if shift:
+            return shift.split("/")[0]
+        return datetime.fromtimestamp(ts / 1000, UTC).astimezone(zone).date().isoformat()
+
+    keys: dict[Where, tuple[tuple[str, str | None], ...]] = {}
 
     def add(where: Where, tally: Tally) -> None:
-        k = where.key(by)
-        out[k] = out.get(k, Tally()) + tally
+        k = keys.get(where)
+        if k is None:
+            k = keys[where] = where.key(by)
+        found = out.get(k)
+        if found is None:
+            out[k] = found = Tally()
+        found += tally
 
     for current in store.current_states():
         m = current.machine_id
         if wanted is not None and m not in wanted:
             continue
-        pieces = store.intervals(m, start_ms, end_ms)
+        path = current.path
+        by_day = "day" in by  # outside every shift a piece's day is its own: one row a piece
+        rows = store.time_totals(m, start_ms, end_ms, running_outside=calendar is not None, by_start=by_day)
+        for shift, job, operation, state, reason, ms, begins in rows:
+            where = Where(m, path, shift, day_of(shift, begins or start_ms), job, operation)
+            counted = time_in(
+                MachineState(state), reason, ms / 1000, definition, calendar is None or shift is not None
+            )
+            add(where, counted)
         if current.since_ms is not None and current.updated_ms is not None and current.since_ms < end_ms:
             piece = current.piece or {}
-            pieces.append(  # the open interval, with its context as the context service last wrote it
-                Interval(
-                    m,
-                    current.since_ms,
-                    max(now_ms or 0, current.updated_ms, current.since_ms + 1),
-                    current.state,
-                    piece.get("reason"),
-                    job=piece.get("job"),
-                    operation=piece.get("operation"),
-                )
-            )
-        for i in pieces:
-            a, b = max(i.start_ms, start_ms), min(i.end_ms, end_ms)
-            if b <= a:
-                continue
+            # the open interval, with its context as the context service last wrote it
+            a = max(current.since_ms, start_ms)
+            b = min(max(now_ms or 0, current.updated_ms, current.since_ms + 1), end_ms)
             cuts = calendar.split(a, b) if calendar is not None else [(a, b, None)]
-            for p_start, p_end, shift in cuts:
-                key = shift.key if shift else None
-                where = Where(m, current.path, key, day_of(key, p_start), i.job, i.operation)
-                in_shift = calendar is None or shift is not None
-                add(where, time_of(replace(i, start_ms=p_start, end_ms=p_end), definition, in_shift))
-        for p in store.parts(m, start_ms, end_ms):
-            op = ops.get((p.job, p.operation)) if p.job and p.operation else None
+            for p_start, p_end, occurrence in cuts if b > a else []:
+                key = occurrence.key if occurrence else None
+                job, operation = piece.get("job"), piece.get("operation")
+                where = Where(m, path, key, day_of(key, p_start), job, operation)
+                open_piece = Interval(m, p_start, p_end, current.state, piece.get("reason"))
+                add(where, time_of(open_piece, definition, calendar is None or occurrence is not None))
+        for shift, job, operation, made, when in store.part_totals(m, start_ms, end_ms, by_start=by_day):
+            op = ops.get((job, operation)) if job and operation else None
             ideal = _ideal(
                 op.ideal_cycle_ms if op else None, op.part_number if op else None, definition.part_cycles_ms
             )
-            add(
-                Where(m, current.path, p.shift, day_of(p.shift, p.timestamp), p.job, p.operation),
-                parts_of(p.delta, ideal),
-            )
+            add(Where(m, path, shift, day_of(shift, when or start_ms), job, operation), parts_of(made, ideal))
         for ts, job, operation, made_in, quantity in store.rejects(m, start_ms, end_ms):
-            where = Where(m, current.path, made_in, day_of(made_in, ts), job, operation)
+            where = Where(m, path, made_in, day_of(made_in, ts), job, operation)
             add(where, Tally(rejected=quantity))
     return out
 

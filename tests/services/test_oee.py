@@ -179,3 +179,13 @@ def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> No
         assert current["start"] == "2026-11-18T11:00:00.000Z"  # 06:00 in Dayton
         assert client.get("/api/v1/oee", params={"machine": "nope"}, headers=auth).status_code == 404
     shop.store.close()
+
+
+def test_the_oee_example_in_the_docs_is_a_valid_site_model() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "oee.md").read_text()
+    example = text.split("## The site's definition", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_site(GOOD + example).config.oee
+    definition = Definition.from_config(config, DEFAULT_REASONS)
+    assert definition.version == "2026-11"
+    assert {"setup", "maintenance_unplanned", "planned_break"} <= definition.planned
+    assert definition.part_cycles_ms == {"P-4711": 92_500}
