@@ -122,8 +122,11 @@ async def _run(
                 _calendar(site),
                 taxonomy(site.config.downtime),
                 sender,
-                Definition.from_config(site.config.oee, taxonomy(site.config.downtime)),
+                Definition.from_config(
+                    site.config.oee, taxonomy(site.config.downtime), site.config.downtime.rules
+                ),
                 site.config.timezone,
+                clock.now_ms,
             ),
             host="127.0.0.1",
             port=api_port,

@@ -96,7 +96,9 @@ def api(record: Path, host: str, port: int, site: Site | None = None, broker: st
             root = f"{site.config.enterprise}/{site.config.site}"
             sender = CommandSender(broker_address(broker, "services"), root, settings.command_timeout_s)
         definition = (
-            Definition.from_config(site.config.oee, reasons) if site is not None and reasons else None
+            Definition.from_config(site.config.oee, reasons, site.config.downtime.rules)
+            if site is not None and reasons
+            else None
         )
         zone = site.config.timezone if site is not None else "UTC"
         app = create_app(settings, store, calendar, reasons, sender, definition, zone)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -32,7 +33,10 @@ def create_app(
     commands: CommandSender | None = None,
     oee_definition: Definition | None = None,
     timezone: str = "UTC",
+    clock: Callable[[], int] | None = None,
 ) -> FastAPI:
+    """`clock`: now in UTC ms (the wall clock; the demo's scaled clock), for reports up to now."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if commands is not None:
@@ -59,6 +63,7 @@ def create_app(
     app.state.commands = commands
     app.state.oee = oee_definition or Definition.from_config(OeeConfig(), app.state.reasons)
     app.state.timezone = timezone
+    app.state.clock = clock or (lambda: int(time.time() * 1000))
     for module in (machines, floor, downtime, oee, reason_tree, counts, dispatch, holds, metrics):
         app.include_router(module.router, dependencies=[Depends(require_token)])
 

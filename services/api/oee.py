@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.api.deps import Calendar, OeeDefinition, Settings, Store
-from services.api.machines import check_window
 from services.oee.engine import Tally
 from services.oee.report import oee
 from uns.clock import iso
@@ -102,17 +100,20 @@ def get_oee(
     if unknown:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
     latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
-    now_ms = latest or int(time.time() * 1000)
+    now_ms = max(request.app.state.clock(), latest)  # a standing machine stands until now
     end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
     if start is not None:
         start_ms = int(start.timestamp() * 1000)
-    else:
-        shift = calendar.shift_at(end_ms - 1) if calendar is not None else None
-        start_ms = shift.start_ms if shift is not None else end_ms - DEFAULT_HOURS * 3_600_000
-    if end is not None and start is not None:
-        start_ms, end_ms = check_window(start, end, settings.max_interval_days)
-    elif end_ms <= start_ms:
+    else:  # the current shift, or the last one that ended; without a calendar the last 8 h
+        shifts = calendar.shifts(end_ms - 86_400_000, end_ms) if calendar is not None else []
+        began = [s.start_ms for s in shifts if s.start_ms < end_ms]
+        start_ms = max(began) if began else end_ms - DEFAULT_HOURS * 3_600_000
+    if end_ms <= start_ms:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
+    if end_ms - start_ms > settings.max_interval_days * 86_400_000:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {settings.max_interval_days} days"
+        )
     by = tuple(dict.fromkeys(group_by or ["machine"]))
     zone: str = request.app.state.timezone
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms)

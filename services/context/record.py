@@ -818,11 +818,11 @@ class RecordStore(_Record):
             return list(
                 self._db.execute(
                     "SELECT shift, job, operation, state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"
-                    " CASE WHEN shift IS NULL AND ?4 THEN start_ms END"
+                    " CASE WHEN shift IS NULL AND ?4 THEN max(start_ms, ?1) END"
                     " FROM state_interval WHERE machine_id = ?3 AND end_ms > ?1 AND start_ms < ?2"
                     " AND (shift IS NOT NULL OR state = 'running' OR NOT ?5)"
                     " GROUP BY shift, job, operation, state, reason,"
-                    " CASE WHEN shift IS NULL AND ?4 THEN start_ms END",
+                    " CASE WHEN shift IS NULL AND ?4 THEN max(start_ms, ?1) END",
                     (start_ms, end_ms, machine_id, by_start, running_outside),
                 )
             )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from services.context.reasons import Loss, Reason
 from services.context.state import Interval, MachineState
-from uns.site import OeeConfig
+from uns.site import OeeConfig, RulesConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +34,18 @@ class Definition:
     part_cycles_ms: Mapping[str, int] = field(default_factory=dict)  # part number -> ideal cycle
 
     @classmethod
-    def from_config(cls, config: OeeConfig, taxonomy: Mapping[str, Reason]) -> Definition:
+    def from_config(
+        cls, config: OeeConfig, taxonomy: Mapping[str, Reason], rules: RulesConfig | None = None
+    ) -> Definition:
+        """`rules`: the site's downtime rules, for the codes its setup and micro-stop rules give."""
+        rules = rules or RulesConfig()
         planned = {code for code, r in taxonomy.items() if r.planned or r.loss is Loss.PLANNED}
         planned |= set(config.planned)
         performance = {code for code, r in taxonomy.items() if r.loss is Loss.PERFORMANCE}
         if config.setup == "planned":
-            planned.add("setup")
+            planned.update(("setup", rules.setup.reason or "setup"))
         if config.micro_stops == "availability":
-            performance.discard("micro_stop")
+            performance.difference_update(("micro_stop", rules.micro_stop.reason or "micro_stop"))
         return cls(
             config.version,
             frozenset(planned),

@@ -7,13 +7,14 @@ with the ideal cycle time of its operation (the dispatch list's, else the site m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from services.context.record import RecordStore
-from services.context.shifts import ShiftCalendar
+from services.context.shifts import Shift, ShiftCalendar
 from services.context.state import Interval, MachineState
 from services.oee.engine import Definition, Tally, parts_of, time_in, time_of
 
@@ -98,15 +99,23 @@ def oee(
         if current.since_ms is not None and current.updated_ms is not None and current.since_ms < end_ms:
             piece = current.piece or {}
             # the open interval, with its context as the context service last wrote it
+            # (its reason now, except idle time inside planned breaks, which is the break's)
             a = max(current.since_ms, start_ms)
-            b = min(max(now_ms or 0, current.updated_ms, current.since_ms + 1), end_ms)
+            b = min(max(now_ms or 0, current.updated_ms), end_ms)
             cuts = calendar.split(a, b) if calendar is not None else [(a, b, None)]
             for p_start, p_end, occurrence in cuts if b > a else []:
                 key = occurrence.key if occurrence else None
                 job, operation = piece.get("job"), piece.get("operation")
                 where = Where(m, path, key, day_of(key, p_start), job, operation)
-                open_piece = Interval(m, p_start, p_end, current.state, piece.get("reason"))
-                add(where, time_of(open_piece, definition, calendar is None or occurrence is not None))
+                in_shift = calendar is None or occurrence is not None
+                now_reason = piece.get("reason")
+                if now_reason == "planned_break":  # standing in a break now: before it, not known
+                    now_reason = "unclassified"
+                for c_start, c_end, in_break in _breaks(occurrence, p_start, p_end, now_reason):
+                    idle = current.state is MachineState.IDLE
+                    reason = in_break if idle else piece.get("reason")
+                    open_piece = Interval(m, c_start, c_end, current.state, reason)
+                    add(where, time_of(open_piece, definition, in_shift))
         for shift, job, operation, made, when in store.part_totals(m, start_ms, end_ms, by_start=by_day):
             op = ops.get((job, operation)) if job and operation else None
             ideal = _ideal(
@@ -117,6 +126,21 @@ def oee(
             where = Where(m, path, made_in, day_of(made_in, ts), job, operation)
             add(where, Tally(rejected=quantity))
     return out
+
+
+def _breaks(
+    occurrence: Shift | None, start_ms: int, end_ms: int, reason: str | None
+) -> list[tuple[int, int, str | None]]:
+    """[start, end) of a shift cut at its planned breaks: the break's time is `planned_break`."""
+    edges = {start_ms, end_ms}
+    breaks = occurrence.breaks if occurrence is not None else ()
+    for _, b0, b1 in breaks:
+        edges.update(t for t in (b0, b1) if start_ms < t < end_ms)
+    cuts = sorted(edges)
+    return [
+        (x, y, "planned_break" if any(b0 <= x and y <= b1 for _, b0, b1 in breaks) else reason)
+        for x, y in itertools.pairwise(cuts)
+    ]
 
 
 def _ideal(dispatched: int | None, part_number: str | None, parts: Mapping[str, int]) -> int | None:

@@ -14,7 +14,7 @@ from services.api.settings import ApiSettings
 from services.context.reasons import DEFAULT_REASONS
 from services.context.state import Interval, MachineState
 from services.oee.engine import Definition, Tally, parts_of, time_of
-from tests.services.test_jobshop import MIN, Shop, op, when
+from tests.services.test_jobshop import MIN, T0, Shop, op, when
 from tests.uns.test_site import GOOD
 from uns.site import OeeConfig, SiteConfigError, parse_site
 
@@ -139,6 +139,7 @@ def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> No
         None,
         definition,
         "America/New_York",
+        shop.clock.now_ms,
     )
     auth = {"Authorization": "Bearer " + "t" * 24}
     window = {"start": when(0), "end": when(60)}
@@ -178,6 +179,16 @@ def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> No
         current = client.get("/api/v1/oee", headers=auth).json()
         assert current["start"] == "2026-11-18T11:00:00.000Z"  # 06:00 in Dayton
         assert client.get("/api/v1/oee", params={"machine": "nope"}, headers=auth).status_code == 404
+        too_long = client.get("/api/v1/oee", params={"start": "2000-01-01T00:00:00Z"}, headers=auth)
+        assert too_long.status_code == 422
+        # vf2-02 has stood since 08:00 without a word from it; at 12:10 lunch (11:30-12:00) is planned
+        shop.clock.now = T0 + 250 * MIN
+        shop.service._refresh_stops()
+        shop.service.flush()
+        quiet = client.get(
+            "/api/v1/oee", params={"start": when(0), "end": when(250), "machine": "vf2-02"}, headers=auth
+        ).json()["rows"][0]
+        assert (quiet["planned_stop_s"], quiet["availability_loss_s"]) == (30 * 60, 220 * 60)
     shop.store.close()
 
 
