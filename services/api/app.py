@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import counts, dispatch, downtime, floor, holds, machines, metrics, oee
+from services.api import counts, dispatch, downtime, floor, holds, losses, machines, metrics, oee
 from services.api import reasons as reason_tree
 from services.api.deps import require_token
 from services.api.sender import CommandSender
@@ -64,7 +64,7 @@ def create_app(
     app.state.oee = oee_definition or Definition.from_config(OeeConfig(), app.state.reasons)
     app.state.timezone = timezone
     app.state.clock = clock or (lambda: int(time.time() * 1000))
-    for module in (machines, floor, downtime, oee, reason_tree, counts, dispatch, holds, metrics):
+    for module in (machines, floor, downtime, oee, losses, reason_tree, counts, dispatch, holds, metrics):
         app.include_router(module.router, dependencies=[Depends(require_token)])
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.api.deps import Calendar, OeeDefinition, Settings, Store
+from services.api.settings import ApiSettings
+from services.context.record import RecordStore
+from services.context.shifts import ShiftCalendar
 from services.oee.engine import Tally
 from services.oee.report import oee
 from uns.clock import iso
@@ -73,6 +77,39 @@ def _row(group: dict[str, str | None], t: Tally) -> OeeRow:
     )
 
 
+def window(
+    request: Request,
+    store: RecordStore,
+    settings: ApiSettings,
+    calendar: ShiftCalendar | None,
+    start: datetime | None,
+    end: datetime | None,
+    machine: list[str] | None,
+) -> tuple[int, int, int]:
+    """A report's window in UTC ms, and now: by default the current shift (between shifts the last
+    one, without a calendar the last 8 h) up to now; 404 for unknown machines, 422 for a bad window."""
+    known = {c.machine_id for c in store.current_states()}
+    unknown = sorted(set(machine or []) - known)
+    if unknown:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
+    latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
+    now_ms = max(request.app.state.clock(), latest)  # a standing machine stands until now
+    end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
+    if start is not None:
+        start_ms = int(start.timestamp() * 1000)
+    else:  # the current shift, or the last one that ended; without a calendar the last 8 h
+        shifts = calendar.shifts(end_ms - 86_400_000, end_ms) if calendar is not None else []
+        began = [s.start_ms for s in shifts if s.start_ms < end_ms]
+        start_ms = max(began) if began else end_ms - DEFAULT_HOURS * 3_600_000
+    if end_ms <= start_ms:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
+    if end_ms - start_ms > settings.max_interval_days * 86_400_000:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {settings.max_interval_days} days"
+        )
+    return start_ms, end_ms, now_ms
+
+
 @router.get("", response_model=OeeOut, summary="OEE by machine, shift, day, job, operation, cell, line, area")
 def get_oee(
     request: Request,
@@ -95,25 +132,7 @@ def get_oee(
 ) -> OeeOut:
     """Closed record intervals and the open one, clipped to the window and cut at shift boundaries;
     parts made, scrap and rework reported in it. Rows and the total are summed from times and counts."""
-    known = {c.machine_id for c in store.current_states()}
-    unknown = sorted(set(machine or []) - known)
-    if unknown:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
-    latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
-    now_ms = max(request.app.state.clock(), latest)  # a standing machine stands until now
-    end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
-    if start is not None:
-        start_ms = int(start.timestamp() * 1000)
-    else:  # the current shift, or the last one that ended; without a calendar the last 8 h
-        shifts = calendar.shifts(end_ms - 86_400_000, end_ms) if calendar is not None else []
-        began = [s.start_ms for s in shifts if s.start_ms < end_ms]
-        start_ms = max(began) if began else end_ms - DEFAULT_HOURS * 3_600_000
-    if end_ms <= start_ms:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
-    if end_ms - start_ms > settings.max_interval_days * 86_400_000:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {settings.max_interval_days} days"
-        )
+    start_ms, end_ms, now_ms = window(request, store, settings, calendar, start, end, machine)
     by = tuple(dict.fromkeys(group_by or ["machine"]))
     zone: str = request.app.state.timezone
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms)

@@ -67,6 +67,7 @@ class Tally:
     rejected: int = 0  # scrap and rework reported
     ideal_s: float = 0.0  # ideal cycle time x the parts that have one
     made_without_ideal: int = 0  # parts whose operation has no ideal cycle time
+    stops_s: dict[str, float] | None = None  # stopped time in shifts by reason (where asked for)
 
     def __add__(self, other: Tally) -> Tally:
         out = Tally()
@@ -84,6 +85,11 @@ class Tally:
         self.rejected += other.rejected
         self.ideal_s += other.ideal_s
         self.made_without_ideal += other.made_without_ideal
+        if other.stops_s:
+            mine = self.stops_s if self.stops_s is not None else {}
+            for reason, seconds in other.stops_s.items():
+                mine[reason] = mine.get(reason, 0.0) + seconds
+            self.stops_s = mine
         return self
 
     @property
@@ -126,34 +132,50 @@ class Tally:
         return None
 
     @property
+    def reduced_speed_s(self) -> float | None:
+        """Run time lost to running slower than the ideal cycle (run time less micro-stops less the
+        ideal time of the parts); None where performance is not known, 0 above 100 %."""
+        if self.performance is None:
+            return None
+        return max(self.run_s - self.performance_stop_s - self.ideal_s, 0.0)
+
+    @property
     def performance_above_100(self) -> bool:
         """More parts than the ideal cycle time allows: that ideal cycle time is wrong. Not capped."""
         p = self.performance
         return p is not None and p > 1.0
 
 
-def time_of(piece: Interval, definition: Definition, in_shift: bool) -> Tally:
+def time_of(piece: Interval, definition: Definition, in_shift: bool, by_reason: bool = False) -> Tally:
     """One record piece's time: planned production, or planned stop, or loss, or not known.
     Outside every shift only running time counts (it made parts); stops there were not planned work."""
-    return time_in(piece.state, piece.reason, (piece.end_ms - piece.start_ms) / 1000, definition, in_shift)
+    seconds = (piece.end_ms - piece.start_ms) / 1000
+    return time_in(piece.state, piece.reason, seconds, definition, in_shift, by_reason)
 
 
 def time_in(
-    state: MachineState, reason: str | None, seconds: float, definition: Definition, in_shift: bool
+    state: MachineState,
+    reason: str | None,
+    seconds: float,
+    definition: Definition,
+    in_shift: bool,
+    by_reason: bool = False,
 ) -> Tally:
-    """`seconds` of a state (with a reason, for a stop), as `time_of` counts them."""
+    """`seconds` of a state (with a reason, for a stop), as `time_of` counts them (`by_reason`: and
+    the stop's time under its reason, for the losses)."""
     if state is MachineState.COMMS_LOSS:
         return Tally(unknown_s=seconds if in_shift else 0.0)
     if state is MachineState.RUNNING:
         return Tally(planned_s=seconds)
     if not in_shift:
         return Tally()
-    reason = reason or ""
+    reason = reason or "unclassified"
+    stops = {reason: seconds} if by_reason else None
     if reason in definition.planned:
-        return Tally(planned_stop_s=seconds)
+        return Tally(planned_stop_s=seconds, stops_s=stops)
     if reason in definition.performance:
-        return Tally(planned_s=seconds, performance_stop_s=seconds)
-    return Tally(planned_s=seconds, availability_loss_s=seconds)
+        return Tally(planned_s=seconds, performance_stop_s=seconds, stops_s=stops)
+    return Tally(planned_s=seconds, availability_loss_s=seconds, stops_s=stops)
 
 
 def parts_of(made: int, ideal_cycle_ms: int | None, rejected: int = 0) -> Tally:

@@ -58,6 +58,7 @@ def oee(
     machines: Iterable[str] | None = None,
     timezone: str = "UTC",
     now_ms: int | None = None,
+    by_reason: bool = False,
 ) -> dict[tuple[tuple[str, str | None], ...], Tally]:
     """Tallies of the window by group (`by`: names from GROUPS; () for one total). A machine's open
     interval lasts until `now_ms` (default: its own latest event): a quiet machine still stands. The
@@ -92,9 +93,8 @@ def oee(
         rows = store.time_totals(m, start_ms, end_ms, running_outside=calendar is not None, by_start=by_day)
         for shift, job, operation, state, reason, ms, begins in rows:
             where = Where(m, path, shift, day_of(shift, begins or start_ms), job, operation)
-            counted = time_in(
-                MachineState(state), reason, ms / 1000, definition, calendar is None or shift is not None
-            )
+            in_shift = calendar is None or shift is not None
+            counted = time_in(MachineState(state), reason, ms / 1000, definition, in_shift, by_reason)
             add(where, counted)
         if current.since_ms is not None and current.updated_ms is not None and current.since_ms < end_ms:
             piece = current.piece or {}
@@ -115,7 +115,7 @@ def oee(
                     idle = current.state is MachineState.IDLE
                     reason = in_break if idle else piece.get("reason")
                     open_piece = Interval(m, c_start, c_end, current.state, reason)
-                    add(where, time_of(open_piece, definition, in_shift))
+                    add(where, time_of(open_piece, definition, in_shift, by_reason))
         for shift, job, operation, made, when in store.part_totals(m, start_ms, end_ms, by_start=by_day):
             op = ops.get((job, operation)) if job and operation else None
             ideal = _ideal(

@@ -200,3 +200,57 @@ def test_the_oee_example_in_the_docs_is_a_valid_site_model() -> None:
     assert definition.version == "2026-11"
     assert {"setup", "maintenance_unplanned", "planned_break"} <= definition.planned
     assert definition.part_cycles_ms == {"P-4711": 92_500}
+
+
+def test_losses_by_reason_as_a_pareto_and_the_six_big_losses(tmp_path: Path) -> None:
+    """vf2-01 sets up J1 (2 min), waits 20 min for the first article, then an alarm stops it for
+    10 min and the reset takes 1 min: the Pareto puts the wait first, the six big losses split the
+    alarm and its recovery (breakdowns) from the setup, and the wait is an availability loss of its own."""
+    shop = Shop(tmp_path)
+    shop.ok("dispatch", machine="vf2-01", operations=[{**op("J1", "O1", 10), "ideal_cycle_s": 60}])
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O1")
+    shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(13, execution="READY", parts=5)
+    shop.at(33, execution="ACTIVE")
+    shop.at(40, alarm_code=2105, execution="INTERRUPTED")
+    shop.at(50, alarm_code=0, execution="READY")
+    shop.at(51, execution="ACTIVE")
+    shop.at(60, execution="READY", parts=3)
+    shop.ok("parts", machine="vf2-01", result="rework", quantity=1, at=when(60))
+    app = create_app(
+        ApiSettings(api_token=SecretStr("t" * 24)),
+        shop.store,
+        shop.service.calendar,
+        shop.service.taxonomy,
+        None,
+        Definition.from_config(shop.site.config.oee, shop.service.taxonomy),
+        "America/New_York",
+        shop.clock.now_ms,
+    )
+    auth = {"Authorization": "Bearer " + "t" * 24}
+    with TestClient(app) as client:
+        body = client.get(
+            "/api/v1/losses", params={"start": when(0), "end": when(61), "machine": "vf2-01"}, headers=auth
+        ).json()
+    [row] = body["rows"]
+    assert [(r["reason"], r["seconds"], r["big_loss"]) for r in row["reasons"]] == [
+        ("waiting_inspection", 1200, "other_stops"),
+        ("machine_fault", 600, "breakdowns"),
+        ("setup", 120, "setup_adjustments"),
+        ("micro_stop", 60, "small_stops"),
+        ("fault_recovery", 60, "breakdowns"),
+    ]
+    assert row["reasons"][-1]["cumulative"] == 1.0
+    big = row["big_losses"]
+    assert (big["breakdowns"], big["setup_adjustments"], big["small_stops"], big["other_stops"]) == (
+        660,
+        120,
+        60,
+        1200,
+    )
+    # up to now (09:00): run 3-13, 33-40 and 51-60 (26 min) plus the 1 min micro-stop; 8 parts at the
+    # ideal 1 min: 18 min slower than ideal
+    assert big["reduced_speed"] == 18 * 60
+    assert (big["production_rejects"], big["startup_rejects"]) == (1, None)
+    assert body["total"]["big_losses"] == big
