@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.api.deps import Calendar, OeeDefinition, Reasons, Settings, Store
-from services.api.oee import Group, window
+from services.api.oee import Group, ordered, window
 from services.oee.engine import Tally
 from services.oee.losses import BIG_LOSSES, OTHER, big_loss
 from services.oee.report import oee
@@ -103,7 +103,7 @@ def get_losses(
         )
         return LossRow(group=group, reasons=reasons, planned_stops_s=round(planned, 3), big_losses=big)
 
-    rows = [row(dict(k), t) for k, t in sorted(tallies.items(), key=lambda kv: [v or "" for _, v in kv[0]])]
+    rows = [row(group, t) for group, t in ordered(tallies)]
     return LossesOut(
         start=iso(start_ms),
         end=iso(end_ms),

@@ -77,6 +77,13 @@ def _row(group: dict[str, str | None], t: Tally) -> OeeRow:
     )
 
 
+def ordered(
+    tallies: dict[tuple[tuple[str, str | None], ...], Tally],
+) -> list[tuple[dict[str, str | None], Tally]]:
+    """A report's groups in the order of their keys, each as a dict (group name -> value)."""
+    return [(dict(k), t) for k, t in sorted(tallies.items(), key=lambda kv: [v or "" for _, v in kv[0]])]
+
+
 def window(
     request: Request,
     store: RecordStore,
@@ -88,11 +95,11 @@ def window(
 ) -> tuple[int, int, int]:
     """A report's window in UTC ms, and now: by default the current shift (between shifts the last
     one, without a calendar the last 8 h) up to now; 404 for unknown machines, 422 for a bad window."""
-    known = {c.machine_id for c in store.current_states()}
-    unknown = sorted(set(machine or []) - known)
+    states = store.current_states()
+    unknown = sorted(set(machine or []) - {c.machine_id for c in states})
     if unknown:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
-    latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
+    latest = max((c.updated_ms or 0 for c in states), default=0)
     now_ms = max(request.app.state.clock(), latest)  # a standing machine stands until now
     end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
     if start is not None:
@@ -136,9 +143,7 @@ def get_oee(
     by = tuple(dict.fromkeys(group_by or ["machine"]))
     zone: str = request.app.state.timezone
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms)
-    rows = [
-        _row(dict(key), t) for key, t in sorted(tallies.items(), key=lambda kv: [v or "" for _, v in kv[0]])
-    ]
+    rows = [_row(group, t) for group, t in ordered(tallies)]
     total = sum(tallies.values(), Tally())
     return OeeOut(
         start=iso(start_ms),

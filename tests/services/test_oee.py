@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -112,11 +113,9 @@ def test_bad_oee_definitions_name_file_line_and_field(extra: str, message: str) 
         parse_site(GOOD + extra)
 
 
-def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> None:
-    """First shift in Dayton (06:00-14:00): vf2-01 sets up J1 (ideal 60 s a part) from 08:01 to 08:03,
-    makes 10 parts by 08:43, with a 20 min wait after the first five; one is scrapped; it then has no
-    work for 2 min and runs on. An operator says the wait was planned maintenance: only vf2-01's
-    figures change."""
+def first_five_parts(tmp_path: Path) -> Shop:
+    """vf2-01 sets up J1 (ideal 60 s a part) from 08:01 to 08:03, makes five parts by 08:13 and
+    waits 20 min for the first article; at 08:33 it runs again."""
     shop = Shop(tmp_path)
     shop.ok("dispatch", machine="vf2-01", operations=[{**op("J1", "O1", 10), "ideal_cycle_s": 60}])
     shop.online()
@@ -124,23 +123,36 @@ def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> No
     shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
     shop.at(13, execution="READY", parts=5)
     shop.at(33, execution="ACTIVE")
+    return shop
+
+
+def api(shop: Shop) -> FastAPI:
+    """The API on the shop's record, with its OEE definition, time zone and clock."""
+    return create_app(
+        ApiSettings(api_token=SecretStr("t" * 24)),
+        shop.store,
+        shop.service.calendar,
+        shop.service.taxonomy,
+        None,
+        Definition.from_config(shop.site.config.oee, shop.service.taxonomy),
+        "America/New_York",
+        shop.clock.now_ms,
+    )
+
+
+def test_the_oee_api_on_a_record_the_context_service_wrote(tmp_path: Path) -> None:
+    """First shift in Dayton (06:00-14:00): vf2-01 sets up J1 (ideal 60 s a part) from 08:01 to 08:03,
+    makes 10 parts by 08:43, with a 20 min wait after the first five; one is scrapped; it then has no
+    work for 2 min and runs on. An operator says the wait was planned maintenance: only vf2-01's
+    figures change."""
+    shop = first_five_parts(tmp_path)
     shop.at(43, execution="READY", parts=5)
     shop.ok("parts", machine="vf2-01", result="scrap", quantity=1, at=when(44))
     shop.at(45, execution="ACTIVE")
     shop.at(60, execution="READY")
     shop.service._refresh_stops()  # as every 10 s: vf2-02, idle since 08:00, is no micro-stop any more
     shop.service.flush()
-    definition = Definition.from_config(shop.site.config.oee, shop.service.taxonomy)
-    app = create_app(
-        ApiSettings(api_token=SecretStr("t" * 24)),
-        shop.store,
-        shop.service.calendar,
-        shop.service.taxonomy,
-        None,
-        definition,
-        "America/New_York",
-        shop.clock.now_ms,
-    )
+    app = api(shop)
     auth = {"Authorization": "Bearer " + "t" * 24}
     window = {"start": when(0), "end": when(60)}
     with TestClient(app) as client:
@@ -206,28 +218,13 @@ def test_losses_by_reason_as_a_pareto_and_the_six_big_losses(tmp_path: Path) -> 
     """vf2-01 sets up J1 (2 min), waits 20 min for the first article, then an alarm stops it for
     10 min and the reset takes 1 min: the Pareto puts the wait first, the six big losses split the
     alarm and its recovery (breakdowns) from the setup, and the wait is an availability loss of its own."""
-    shop = Shop(tmp_path)
-    shop.ok("dispatch", machine="vf2-01", operations=[{**op("J1", "O1", 10), "ideal_cycle_s": 60}])
-    shop.online()
-    shop.at(1, mode="MANUAL", program="O1")
-    shop.at(3, mode="AUTOMATIC", execution="ACTIVE")
-    shop.at(13, execution="READY", parts=5)
-    shop.at(33, execution="ACTIVE")
+    shop = first_five_parts(tmp_path)
     shop.at(40, alarm_code=2105, execution="INTERRUPTED")
     shop.at(50, alarm_code=0, execution="READY")
     shop.at(51, execution="ACTIVE")
     shop.at(60, execution="READY", parts=3)
     shop.ok("parts", machine="vf2-01", result="rework", quantity=1, at=when(60))
-    app = create_app(
-        ApiSettings(api_token=SecretStr("t" * 24)),
-        shop.store,
-        shop.service.calendar,
-        shop.service.taxonomy,
-        None,
-        Definition.from_config(shop.site.config.oee, shop.service.taxonomy),
-        "America/New_York",
-        shop.clock.now_ms,
-    )
+    app = api(shop)
     auth = {"Authorization": "Bearer " + "t" * 24}
     with TestClient(app) as client:
         body = client.get(
