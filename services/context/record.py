@@ -171,6 +171,13 @@ CREATE TABLE IF NOT EXISTS dropped_operation (
     dispatched_ms INTEGER,
     dropped_ms  INTEGER NOT NULL
 );
+-- What was rewritten about the past (a rebuild, a backfill, a late quality report), for readers
+-- that keep a copy (the historian): from when, for which machine. Appends follow by time instead.
+CREATE TABLE IF NOT EXISTS record_revision (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
+    from_ms     INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending_confirmation (
     machine_id  TEXT PRIMARY KEY REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -350,6 +357,7 @@ class _Record:
         """Historical values from an edge node's buffer, which saw the machine from `cover_from` to
         `cover_to`: they go into the event log (once, however often they come), and the comms-loss
         markers the host wrote in that window are void. Returns how much changed (0: nothing to redo)."""
+        events = list(events)
         with self._lock:
             db = self._db
             db.execute("BEGIN")
@@ -361,6 +369,9 @@ class _Record:
                 "DELETE FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms >= ? AND ts_ms < ?",
                 (machine_id, LOST, cover_from, cover_to),
             ).rowcount
+            if added + voided:
+                first = min((v.timestamp for v in events), default=cover_from)
+                _revised(db, machine_id, min(first, cover_from))
             db.execute("COMMIT")
         return added + voided
 
@@ -444,6 +455,7 @@ class _Record:
                 "DELETE FROM part_count WHERE machine_id = ? AND ts_ms >= ?", (machine_id, start.start_ms)
             )
             self._put(db, intervals, parts, [(machine_id, *current)])
+            _revised(db, machine_id, first)
 
     # -- health ---------------------------------------------------------------------------------
     def write_health(self, rows: Iterable[tuple[str, str, float | None, int]]) -> None:
@@ -502,6 +514,46 @@ class _Record:
                 (machine_id, start_ms, end_ms),
             ).fetchall()
         return [PartsMade(machine_id, ts, d, c, j, o, s) for ts, d, c, j, o, s in rows]
+
+    # -- for readers that keep a copy (the historian) ------------------------------------------
+    def revisions(self, after_seq: int) -> list[tuple[int, str, int]]:
+        """(seq, machine, from when) of every rewrite of the past after `after_seq`, in order."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT seq, machine_id, from_ms FROM record_revision WHERE seq > ? ORDER BY seq",
+                    (after_seq,),
+                )
+            )
+
+    def last_revision(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM record_revision").fetchone()[0])
+
+    def intervals_from(self, machine_id: str, start_ms: int, limit: int) -> list[Interval]:
+        """Up to `limit` closed intervals of a machine that start at or after `start_ms`, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_INTERVAL_COLUMNS} FROM state_interval "  # noqa: S608 (constants)
+                "WHERE machine_id = ? AND start_ms >= ? ORDER BY start_ms LIMIT ?",
+                (machine_id, start_ms, limit),
+            ).fetchall()
+        return [_interval(row) for row in rows]
+
+    def signal_events(self, machine_id: str, from_ms: int, limit: int) -> list[tuple[int, str, Value | None]]:
+        """Up to `limit` logged signal values of a machine from `from_ms` on: (when, signal, value),
+        in time order (comms-loss markers left out)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts_ms, name, value FROM signal_event WHERE machine_id = ? AND ts_ms >= ?"
+                " AND name != ? ORDER BY ts_ms, name LIMIT ?",
+                (machine_id, from_ms, LOST, limit),
+            ).fetchall()
+        return [(ts, name, json.loads(value) if value is not None else None) for ts, name, value in rows]
+
+
+def _revised(db: sqlite3.Connection, machine_id: str, from_ms: int) -> None:
+    db.execute("INSERT INTO record_revision (machine_id, from_ms) VALUES (?, ?)", (machine_id, from_ms))
 
 
 def _interval(row: tuple[Any, ...]) -> Interval:
@@ -799,13 +851,14 @@ class RecordStore(_Record):
         by: str | None,
         via: str,
     ) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._lock, self._transaction() as db:
+            db.execute(
                 "INSERT INTO quality_count"
                 " (machine_id, ts_ms, job, operation, shift, result, quantity, by, via)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (machine_id, ts_ms, *(op or (None, None)), shift, result, quantity, by, via),
             )
+            _revised(db, machine_id, ts_ms)
 
     def time_totals(
         self, machine_id: str, start_ms: int, end_ms: int, *, running_outside: bool, by_start: bool
