@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_ARGS ?= --speed 30
 
-.PHONY: demo test lint bench proto mosquitto clean
+.PHONY: demo test lint bench proto mosquitto servers clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@# Debian's python3 needs python3-venv for this; install it when the first try fails
@@ -27,6 +27,15 @@ mosquitto:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; \
 	fi
 
+# The historian's tests write to Debian's VictoriaMetrics (InfluxDB v2 write API) and ask Debian's
+# InfluxDB 1.6 (InfluxQL); the tests start their own on free ports, so the packages' services stay off.
+servers:
+	@if ! command -v victoria-metrics >/dev/null || ! command -v influxd >/dev/null; then \
+	  echo "installing VictoriaMetrics and InfluxDB 1.6 from Debian"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq victoria-metrics influxdb; \
+	fi
+
 demo: $(STAMP) mosquitto
 	$(VENV)/bin/uns demo $(DEMO_ARGS)
 
@@ -35,10 +44,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) mosquitto lint
+test: $(STAMP) mosquitto servers lint
 	$(PY) -m pytest -q
 
-bench: $(STAMP) mosquitto
+bench: $(STAMP) mosquitto servers
 	$(PY) -m bench
 
 # Regenerate the Sparkplug payload module from our own schema (uns/sparkplug/sparkplug_b.proto).

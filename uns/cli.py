@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="mqtt://host:port: take writes (dispatch, holds...) as commands",
     )
 
+    historian = sub.add_parser(
+        "historian",
+        help="write the record to InfluxDB (UNS_INFLUX_URL, _ORG, _BUCKET, _TOKEN)",
+    )
+    historian.add_argument("--site", type=Path, default=DEFAULT_SITE)
+    historian.add_argument("--record", type=Path, default=Path("var/record.db"))
+    historian.add_argument(
+        "--memory", type=Path, default=None, help="where it is in the record (default: beside the record)"
+    )
+
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
 
@@ -132,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "context":
             asyncio.run(processes.context(site, args.broker, args.record))
+            return 0
+        if args.command == "historian":
+            asyncio.run(processes.historian(site, args.record, args.memory))
             return 0
         from uns.demo import DemoOptions, run_demo
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from bridge.runner import run_bridge
 from bridge.sim.cnc import run_simulator
@@ -26,6 +26,8 @@ from services.context.app import ContextService
 from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import calendar_for
+from services.historian.app import HistorianService, memory_path
+from services.historian.writer import InfluxSettings
 from services.oee.engine import Definition
 from uns.clock import ScaledClock, WallClock
 from uns.mqtt import BrokerAddress
@@ -75,6 +77,27 @@ async def context(site: Site, url: str, record: Path) -> None:
         store.close()
 
     await _until_signal(run)
+
+
+def influx_settings() -> InfluxSettings:
+    """UNS_INFLUX_URL, UNS_INFLUX_ORG, UNS_INFLUX_BUCKET, UNS_INFLUX_TOKEN from the environment."""
+    try:
+        return InfluxSettings()  # type: ignore[call-arg]  # (the fields come from the environment)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"UNS_INFLUX_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"the historian's InfluxDB settings: {problems}") from None
+
+
+async def historian(site: Site, record: Path, memory: Path | None) -> None:
+    settings = influx_settings()
+    store = RecordStore(record)  # (made empty if the context service has not started yet)
+    service = HistorianService(site, store, settings, memory or memory_path(record), WallClock().now_ms)
+    try:
+        await _until_signal(service.run)
+    finally:
+        store.close()
 
 
 def api(record: Path, host: str, port: int, site: Site | None = None, broker: str | None = None) -> None:

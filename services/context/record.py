@@ -792,6 +792,7 @@ class RecordStore(_Record):
                 " AND coalesce(stop_start_ms, run_start_ms, start_ms) = ?",
                 (new, said(by, via, changed_ms, note), machine_id, run_start_ms, run_start_ms),
             )
+            _revised(db, machine_id, run_start_ms)
 
     def overrides(self, machine_id: str) -> dict[int, tuple[str, str]]:
         """Stop start -> the operator's reason and who said it when (from the latest audit row)."""

@@ -1,0 +1,1 @@
+"""The historian: the record in InfluxDB for Grafana (docs/historian.md)."""
