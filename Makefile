@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_ARGS ?= --speed 30
 
-.PHONY: demo test lint bench proto mosquitto servers clean
+.PHONY: demo test lint bench proto mosquitto servers dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@# Debian's python3 needs python3-venv for this; install it when the first try fails
@@ -36,6 +36,18 @@ servers:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq victoria-metrics influxdb; \
 	fi
 
+GRAFANA_NODE := grafana/node_modules/.package-lock.json
+# TypeScript and @grafana/schema, to check the dashboards against Grafana's own types (tests/test_grafana.py)
+$(GRAFANA_NODE): grafana/package.json grafana/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm ci --prefix grafana --no-audit --no-fund
+	touch $@
+
+# Regenerate grafana/dashboards/*.json from grafana/generate.py (the files are committed).
+dashboards: $(STAMP)
+	$(PY) -m grafana.generate
+
 demo: $(STAMP) mosquitto
 	$(VENV)/bin/uns demo $(DEMO_ARGS)
 
@@ -44,7 +56,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) mosquitto servers lint
+test: $(STAMP) mosquitto servers $(GRAFANA_NODE) lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP) mosquitto servers
@@ -56,4 +68,4 @@ proto: $(STAMP)
 	    uns/sparkplug/sparkplug_b.proto
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache grafana/node_modules

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bench import codec, context, host, oee, store_forward
+from bench import codec, context, historian, host, oee, store_forward
 
 if __name__ == "__main__":
     codec.report()
     host.report()
     context.report()
     oee.report()
+    historian.report()
     store_forward.report()

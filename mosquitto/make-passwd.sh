@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Make Mosquitto's password file for the four roles (bridge, services, viewer, integration).
+# Make Mosquitto's password file for the four roles (bridge, services, viewer, integration), for a
+# broker you run yourself. (compose.yaml does not use this script: its Mosquitto makes the password
+# file from .env at every start, mosquitto/compose-entrypoint.sh.)
 #
 #   mosquitto/make-passwd.sh PASSWD_FILE [SECRETS_ENV_FILE]
 #
 # Passwords come from UNS_MQTT_BRIDGE_PASSWORD, UNS_MQTT_SERVICES_PASSWORD,
-# UNS_MQTT_VIEWER_PASSWORD and UNS_MQTT_INTEGRATION_PASSWORD; any that is unset is generated. The passwords are written, readable by
-# the owner only, to SECRETS_ENV_FILE (default: mosquitto/secrets.env, ignored by git) for the
-# services to read. Nothing secret is ever printed or committed.
+# UNS_MQTT_VIEWER_PASSWORD and UNS_MQTT_INTEGRATION_PASSWORD; any that is unset is generated. The
+# passwords are written, readable by the owner only, to SECRETS_ENV_FILE (default:
+# mosquitto/secrets.env, ignored by git), for you to give each service its own (as UNS_MQTT_PASSWORD).
+# Nothing secret is ever printed or committed.
 set -euo pipefail
 passwd_file=${1:?usage: make-passwd.sh PASSWD_FILE [SECRETS_ENV_FILE]}
 secrets=${2:-"$(dirname "$0")/secrets.env"}

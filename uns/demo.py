@@ -16,6 +16,8 @@ import secrets
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from services.context.app import ContextService
 from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar, calendar_for
+from services.historian.app import HistorianService
+from services.historian.writer import InfluxSettings
 from services.oee.engine import Definition
 from uns.broker import Credentials, Mosquitto, free_port
 from uns.clock import ScaledClock
@@ -176,8 +180,20 @@ async def _run(
         ),
         name="demo.bridge",
     )
+    historian, influx = None, _influx(out)
+    if influx is not None:
+        historian = HistorianService(
+            site,
+            store,
+            influx,
+            opts.data_dir / "record.historian.db",
+            clock.now_ms,
+            oee_every_ms=int(10_000 * opts.speed),  # every 10 s, as the wall display sees it
+        )
+    historian_stop = asyncio.Event()
+    history = asyncio.create_task(historian.run(historian_stop), name="demo.historian") if historian else None
     viewer = creds.password("viewer")
-    _banner(out, site, base, api_port, token, viewer, opts)
+    _banner(out, site, base, api_port, token, viewer, opts, influx)
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
@@ -192,6 +208,9 @@ async def _run(
         erp.cancel()
         await asyncio.gather(erp, return_exceptions=True)
         await context.stop()
+        historian_stop.set()
+        if history is not None:
+            await asyncio.gather(history, return_exceptions=True)
         bridge_stop.set()
         await asyncio.gather(bridge, return_exceptions=True)
         sim_stop.set()
@@ -201,6 +220,35 @@ async def _run(
         await asyncio.gather(api, return_exceptions=True)
         store.close()
         print("uns demo: stopped cleanly", file=out, flush=True)
+
+
+LOCAL_STORES = ("http://127.0.0.1:8428", "http://127.0.0.1:8086")  # VictoriaMetrics, InfluxDB
+
+
+def _influx(out: TextIO) -> InfluxSettings | None:
+    """Where the demo's historian writes: UNS_INFLUX_URL (with _ORG, _BUCKET, _TOKEN), else a
+    VictoriaMetrics or InfluxDB answering on its usual local port, else nowhere (said once)."""
+    if os.environ.get("UNS_INFLUX_URL"):
+        env = {k: os.environ.get(f"UNS_INFLUX_{k.upper()}") for k in ("url", "org", "bucket", "token")}
+        return InfluxSettings(
+            url=env["url"] or "",
+            org=env["org"] or "acme",
+            bucket=env["bucket"] or "uns",
+            token=SecretStr(env["token"] or "demo"),
+        )
+    for url in LOCAL_STORES:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=0.5):  # noqa: S310 (a local address)
+                return InfluxSettings(url=url, org="acme", bucket="uns", token=SecretStr("demo"))
+        except (urllib.error.URLError, OSError, ValueError):
+            continue
+    print(
+        "uns demo: no InfluxDB here, so no historian (set UNS_INFLUX_URL, _ORG, _BUCKET and _TOKEN, or"
+        " start victoria-metrics on 127.0.0.1:8428); OEE and losses are in the API",
+        file=out,
+        flush=True,
+    )
+    return None
 
 
 def _calendar(site: Site) -> ShiftCalendar | None:
@@ -213,15 +261,30 @@ def _minute_now() -> int:
 
 
 def _banner(
-    out: TextIO, site: Site, base: BrokerAddress, api_port: int, token: str, viewer: str, opts: DemoOptions
+    out: TextIO,
+    site: Site,
+    base: BrokerAddress,
+    api_port: int,
+    token: str,
+    viewer: str,
+    opts: DemoOptions,
+    influx: InfluxSettings | None = None,
 ) -> None:
     enterprise = site.config.enterprise
-    api = f"http://127.0.0.1:{api_port}/api/v1/machines"
+    root = f"http://127.0.0.1:{api_port}/api/v1"
+    api = f"{root}/machines"
     host, port = base.host, base.port
     lines = [
         f"uns demo: {len(site.machines)} simulated machines, {opts.speed:g}x real time, seed {opts.seed}",
         f"  API       {api}   (OpenAPI: /openapi.json)",
         f"  API token {token}",
+        f"  OEE       {root}/oee   (this shift by machine; ?group_by=shift&group_by=machine, ...)",
+        f"  losses    {root}/losses   (the Pareto and the six big losses)",
+        (
+            f"  historian {influx.url}, bucket {influx.bucket} (InfluxQL for Grafana: grafana/)"
+            if influx is not None
+            else "  historian off (no InfluxDB)"
+        ),
         f"  MQTT      {host}:{port}   viewer login: viewer / {viewer}",
         f"  watch:    mosquitto_sub -h {host} -p {port} -u viewer -P '{viewer}' -t '{enterprise}/#' -v",
         f"  try:      curl -H 'Authorization: Bearer {token}' {api}",

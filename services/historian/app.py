@@ -70,6 +70,9 @@ class HistorianService:
                 except sqlite3.Error as exc:  # a record busy or being replaced: the next poll reads it
                     logger.warning("historian: cannot read the record (%s); trying again", exc)
                     sent = 0
+                except Exception:  # a bug: said with its traceback; the next poll tries again
+                    logger.exception("historian: a poll of the record failed; trying again")
+                    sent = 0
                 if sent < self.historian.page:  # caught up: wait for more
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.poll_s)
@@ -77,6 +80,13 @@ class HistorianService:
             await asyncio.to_thread(self.close)
 
     def close(self) -> None:
+        """Send what the record holds now (it was flushed by the context service's stop), then stop."""
+        try:
+            for _ in range(100):
+                if self.historian.poll() < self.historian.page:
+                    break
+        except Exception:
+            logger.exception("historian: the last poll of the record failed")
         self.writer.close()
         self.historian.close()
         self.memory.close()

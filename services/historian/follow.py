@@ -26,7 +26,7 @@ from services.context.reasons import Reason
 from services.context.record import CurrentState, RecordStore
 from services.context.shifts import ShiftCalendar
 from services.context.state import MachineState
-from services.historian.lines import Encoder, line, machine_tags, retraction, signal_lines
+from services.historian.lines import Encoder, line, machine_tags, retraction
 from services.historian.memory import Cursor, Memory
 from services.oee.engine import Definition
 from services.oee.report import oee
@@ -253,7 +253,7 @@ class Historian:
         floor = c.signal_ms - self.lookback
         sent.update((ts, name) for ts, name, _ in new)
         self._sent[machine_id] = {k for k in sent if k[0] >= floor}
-        return signal_lines(where, new)
+        return self.encoder.signals(where, new)
 
     # -- OEE and losses ------------------------------------------------------------------------
     def _oee(self, now: int) -> list[str]:

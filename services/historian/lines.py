@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.context.reasons import Reason, path
 from services.context.state import Interval, MachineState, PartsMade
@@ -85,6 +85,27 @@ class Encoder:
 
     taxonomy: Mapping[str, Reason]
     definition: Definition
+    _prefixes: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
+
+    def signals(self, where: Mapping[str, str], rows: Iterable[tuple[int, str, object]]) -> list[str]:
+        """Signal values of one machine, as `signal` would write them: the series of each machine and
+        signal is encoded once (the historian's hot path: most points are signal values)."""
+        machine = where["machine"]
+        prefixes = self._prefixes
+        out = []
+        for ts, name, value in rows:
+            prefix = prefixes.get((machine, name))
+            if prefix is None:
+                prefix = prefixes[(machine, name)] = series("signal", {**where, "signal": name})
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                number = float(value)
+                if math.isfinite(number):
+                    out.append(f"{prefix} value={number!r} {ts}")
+            elif isinstance(value, bool):
+                out.append(f"{prefix} value={float(value)!r} {ts}")
+            elif isinstance(value, str):
+                out.append(f"{prefix} text={text(value)} {ts}")
+        return out
 
     def group(self, code: str | None) -> str | None:
         if code is None or code not in self.taxonomy:
@@ -223,7 +244,3 @@ def retraction(key: str, ts_ms: int) -> str:
     if measurement == "state_interval":
         return f"{key} code={RETRACTED}i,duration_s=0.0 {ts_ms}"
     return f"{key} code={RETRACTED}i {ts_ms}"
-
-
-def signal_lines(where: Mapping[str, str], rows: Iterable[tuple[int, str, object]]) -> list[str]:
-    return [x for ts, name, value in rows if (x := Encoder.signal(where, ts, name, value)) is not None]

@@ -1,5 +1,6 @@
 """`uns demo` as a person runs it: it prints how to reach everything, machines show their states
-over the API and MQTT, and Ctrl-C shuts it down cleanly with no process left behind."""
+over the API and MQTT, the historian writes to a local VictoriaMetrics (Debian's, started by the test),
+and Ctrl-C shuts it down cleanly with no process left behind."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import recorder
+from tests.historian.servers import VictoriaMetrics
 from uns.broker import Credentials, Mosquitto
 from uns.cli import DEFAULT_SITE
 
@@ -39,6 +41,10 @@ async def test_demo_runs_the_shop_and_stops_cleanly(tmp_path: Path) -> None:
     site.write_text(SITE)
     data = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNS_")}
+    store = VictoriaMetrics(tmp_path / "vm")
+    store.start()
+    env |= {"UNS_INFLUX_URL": store.url, "UNS_INFLUX_ORG": "acme", "UNS_INFLUX_BUCKET": "uns"}
+    env["UNS_INFLUX_TOKEN"] = "demo-token"
     proc = subprocess.Popen(  # noqa: ASYNC220 (a person's terminal: the demo runs beside the test)
         [
             sys.executable,
@@ -68,6 +74,8 @@ async def test_demo_runs_the_shop_and_stops_cleanly(tmp_path: Path) -> None:
         assert token, banner
         assert mqtt, banner
         assert "mosquitto_sub" in banner
+        assert re.search(r"OEE\s+http://127\.0\.0\.1:\d+/api/v1/oee", banner), banner
+        assert f"historian {store.url}, bucket uns" in banner
         headers = {"Authorization": f"Bearer {token.group(1)}"}
         async with httpx.AsyncClient() as http:
             assert (await http.get(api.group(1))).status_code == 401
@@ -78,6 +86,8 @@ async def test_demo_runs_the_shop_and_stops_cleanly(tmp_path: Path) -> None:
                     break
                 assert time.monotonic() < deadline, machines
                 await asyncio.sleep(0.5)
+            oee = (await http.get(api.group(1).replace("/machines", "/oee"), headers=headers)).json()
+            assert {r["group"]["machine"] for r in oee["rows"]} == {m["id"] for m in machines}
         assert all(m["since"].endswith("Z") for m in machines)
         # a viewer sees the readable tree, retained
         broker = Mosquitto.__new__(Mosquitto)
@@ -91,7 +101,10 @@ async def test_demo_runs_the_shop_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
+        written = {m: store.samples(m) for m in ("machine_state_code", "signal_value")}
+        store.stop()
     assert proc.returncode == 0, out
+    assert all(written.values()), written  # the historian wrote the shop's states and signals
     assert "stopped cleanly" in out
     with socket.socket() as s:  # our Mosquitto is gone
         assert s.connect_ex(("127.0.0.1", int(mqtt.group(1)))) != 0
