@@ -3,7 +3,10 @@
 `MqttClient` runs paho's network loop in its own thread and hands connects, disconnects and
 messages to an asyncio loop in the order they happened, in batches (one loop wake-up for many
 messages). The Will is asked for before every CONNECT, so Sparkplug's bdSeq and the host's STATE
-timestamp can change per connection.
+timestamp can change per connection. A handler that fails on one message is counted and logged (once
+per topic) and the next message goes on: one bad message never costs the rest of its batch. A
+message above the broker's packet limit is refused before paho sees it (paho would send it again at
+every reconnect, and the broker would drop the connection each time).
 """
 
 from __future__ import annotations
@@ -90,7 +93,15 @@ class MqttHandler(Protocol):
     def on_message(self, topic: str, payload: bytes) -> None: ...
 
 
-_CONNECTED, _DISCONNECTED, _MESSAGE = 0, 1, 2
+class RetainedHandler(MqttHandler, Protocol):
+    """A handler that wants to tell retained messages apart (a retained command is not a new one)."""
+
+    def on_retained(self, topic: str, payload: bytes) -> None: ...
+
+
+_CONNECTED, _DISCONNECTED, _MESSAGE, _RETAINED = 0, 1, 2, 3
+MAX_PACKET = 1_048_576  # the shipped mosquitto.conf's max_packet_size
+_HEADROOM = 1_024  # fixed header, topic and properties of a packet, at most (topics are short)
 
 
 class MqttClient:
@@ -106,6 +117,7 @@ class MqttClient:
         will: Callable[[], Will | None] | None = None,
         keepalive: int = 10,
         subscriptions: tuple[tuple[str, int], ...] = (),
+        max_packet: int = MAX_PACKET,
     ) -> None:
         self.client_id = client_id
         self.address = address
@@ -119,6 +131,10 @@ class MqttClient:
         self._lock = threading.Lock()
         self._connected = False
         self.dropped_publishes = 0
+        self.refused_publishes = 0  # too big for the broker: never sent
+        self.handler_errors = 0  # messages the handler failed on (each logged, once per topic)
+        self._failed_topics: set[str] = set()
+        self.max_payload = max_packet - _HEADROOM
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -169,7 +185,7 @@ class MqttClient:
         self._post(_DISCONNECTED, str(reason), None)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._post(_MESSAGE, msg.topic, msg.payload)
+        self._post(_RETAINED if msg.retain else _MESSAGE, msg.topic, msg.payload)
 
     def _post(self, kind: int, a: Any, b: Any) -> None:
         with self._lock:
@@ -187,9 +203,16 @@ class MqttClient:
             self._events.clear()
             self._wake_pending = False
         handler = self._handler
+        retained = getattr(handler, "on_retained", None)
         for kind, a, b in batch:
-            if kind == _MESSAGE:
-                handler.on_message(a, b)
+            if kind in (_MESSAGE, _RETAINED):
+                try:
+                    if kind == _RETAINED and retained is not None:
+                        retained(a, b)
+                    else:
+                        handler.on_message(a, b)
+                except Exception as exc:
+                    self._failed(a, b, exc)
             elif kind == _CONNECTED:
                 self._connected = True
                 logger.info("MQTT %s connected to %s", self.client_id, self.address)
@@ -201,6 +224,35 @@ class MqttClient:
                     logger.warning("MQTT %s lost %s: %s", self.client_id, self.address, a)
                 handler.on_disconnected(a)
 
+    def _too_big(self, topic: str, payload: bytes) -> bool:
+        if len(payload) <= self.max_payload:
+            return False
+        self.refused_publishes += 1
+        logger.error(
+            "MQTT %s: not publishing %d bytes on %s: above the broker's packet limit (%d bytes)",
+            self.client_id,
+            len(payload),
+            topic,
+            self.max_payload,
+        )
+        return True
+
+    def _failed(self, topic: str, payload: bytes, exc: Exception) -> None:
+        self.handler_errors += 1
+        if topic in self._failed_topics:
+            logger.debug("MQTT %s: a message on %s failed: %r", self.client_id, topic, exc)
+            return
+        self._failed_topics.add(topic)
+        logger.error(
+            "MQTT %s: a message on %s (%d bytes) could not be handled and is dropped: %s: %s"
+            " (said once per topic; counted in handler_errors)",
+            self.client_id,
+            topic,
+            len(payload),
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
@@ -210,7 +262,10 @@ class MqttClient:
         self._client.loop_start()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Queue a message for sending; False (and counted) if there is no connection."""
+        """Queue a message for sending; False (and counted) if there is no connection, or if it is
+        bigger than the broker takes (`refused_publishes`; never sent)."""
+        if self._too_big(topic, payload):
+            return False
         if not self._connected:
             self.dropped_publishes += 1
             return False
@@ -224,7 +279,7 @@ class MqttClient:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 5.0
     ) -> bool:
         """Publish and wait until the broker has it (QoS 1) or the timeout passes."""
-        if not self._connected:
+        if self._too_big(topic, payload) or not self._connected:
             return False
         info = self._client.publish(topic, payload, qos, retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
