@@ -296,6 +296,11 @@ class MqttClient:
         self._client.loop_stop()
         self._connected = False
 
+    def drain(self) -> None:
+        """Hand over, now, what paho has passed on and the loop has not seen yet (after `stop`: the
+        last messages, so that none is handled after its owner has closed)."""
+        self._drain()
+
     def abort(self) -> None:
         """Drop the connection without a DISCONNECT, so the broker sends the Will (for tests)."""
         self._client.loop_stop()

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from services.context import reasons, timeline
-from services.context.commands import CommandError, CommandResult, parse
+from services.context.commands import CommandError, CommandResult, parse, shape_problem
 from services.context.intake import Intake
 from services.context.jobs import Operation, OperationBook
 from services.context.record import Event, RecordStore
@@ -112,6 +112,7 @@ class ContextService:
         self._jobs_dirty: set[str] = set()
         self._published: list[tuple[Interval, bool]] = []  # closed record intervals to announce
         self._written: dict[str, dict[str, Any] | None] = {}  # the open pieces' context as last written
+        self._stopped = False  # after stop(): nothing more is taken or written
         self.intake = Intake(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -136,7 +137,9 @@ class ContextService:
         return Will(state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True)
 
     async def stop(self) -> None:
-        """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed."""
+        """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed.
+        In order: stop taking messages (the last ones paho handed over are applied), flush, and only
+        then may the owner close the store."""
         if self._health_task is not None:
             self._health_task.cancel()
         client = self._client
@@ -144,6 +147,8 @@ class ContextService:
             await client.publish_and_wait(
                 state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True
             )
+            client.stop()
+            client.drain()
         now = self.clock.now_ms()
         for tracker in self.trackers.values():
             self._intervals += tracker.lose(now)
@@ -151,9 +156,9 @@ class ContextService:
                 (tracker.machine_id, SignalValue(LOST, None, tracker.since_ms or now), "lost")
             )
             self._dirty.add(tracker.machine_id)
+        self._client = None  # nothing more is published: the tree keeps what was last said
         self.flush()
-        if client is not None:
-            client.stop()
+        self._stopped = True
 
     # -- MqttHandler ----------------------------------------------------------------------------
     def on_connected(self) -> None:
@@ -170,7 +175,31 @@ class ContextService:
             self._death(Death(death.group_id, death.edge_node_id, None, now, death.devices))
         self._schedule_flush()
 
+    def on_retained(self, topic: str, payload: bytes) -> None:
+        """A retained message: the broker sends it again to every new subscriber, so a retained
+        command would be applied at every reconnect. Refused (with an answer where it asks for one)
+        and cleared; Sparkplug's retained messages (host STATE) are taken as they are."""
+        if topic.startswith("spBv1.0/"):
+            self.on_message(topic, payload)
+            return
+        if not payload or self._stopped:
+            return  # the empty message that cleared one
+        self.host.counters["commands_retained"] += 1
+        command_id, reply_to = _envelope(payload)
+        logger.warning(
+            "retained command on %s refused and cleared: commands must be published without the retain flag",
+            topic,
+        )
+        error = "a retained command is refused: publish commands without the retain flag (it was cleared)"
+        result = CommandResult(id=command_id, ok=False, status=409, error=error)
+        client = self._client
+        if client is not None:
+            client.publish(topic, b"", 1, True)  # clear it (the services user may write the tree)
+            self._reply(topic.rpartition("/")[2], reply_to, result)
+
     def on_message(self, topic: str, payload: bytes) -> None:
+        if self._stopped:
+            return
         if not topic.startswith("spBv1.0/"):
             self.command(topic.rpartition("/")[2], payload, via="mqtt")
             self._schedule_flush()
@@ -283,22 +312,33 @@ class ContextService:
         command_id, reply_to = _envelope(payload)
         if reply_to is not None and reply_to.startswith(f"{self.root}/_reply/api/"):
             via = "api"
-        try:
-            cmd = parse(kind, payload)
-            detail = self.intake.apply(cmd, via)
-            result = CommandResult(id=command_id, ok=True, detail=detail)
-            self.host.counters["commands_applied"] += 1
-        except CommandError as exc:
-            self.host.counters["commands_refused"] += 1
-            logger.warning("command %s refused: %s", kind, exc)
-            result = CommandResult(id=command_id, ok=False, status=exc.status, error=str(exc))
+        first = self.store.applied(command_id) if command_id is not None else None
+        if first is not None:  # delivered again (a QoS 1 redelivery, a sender's retry): the first answer
+            self.host.counters["commands_repeated"] += 1
+            logger.info("command %s %s: applied before, answered as then", kind, command_id)
+            result = CommandResult.model_validate_json(first)
+        else:
+            try:
+                cmd = parse(kind, payload)
+                detail = self.intake.apply(cmd, via)
+                result = CommandResult(id=command_id, ok=True, detail=detail)
+                self.host.counters["commands_applied"] += 1
+                if command_id is not None:
+                    self.store.mark_applied(command_id, kind, self.clock.now_ms(), result.model_dump_json())
+            except CommandError as exc:
+                self.host.counters["commands_refused"] += 1
+                logger.warning("command %s refused: %s", kind, exc)
+                result = CommandResult(id=command_id, ok=False, status=exc.status, error=str(exc))
+        self._reply(kind, reply_to, result)
+        return result
+
+    def _reply(self, kind: str, reply_to: str | None, result: CommandResult) -> None:
         if reply_to is not None and self._client is not None:
             if reply_to.startswith(f"{self.root}/_reply/") and "+" not in reply_to and "#" not in reply_to:
                 self._client.publish(reply_to, result.model_dump_json().encode(), 1, False)
             else:
                 self.host.counters["commands_bad_reply_to"] += 1
                 logger.warning("command %s: reply_to %r is not under %s/_reply/", kind, reply_to, self.root)
-        return result
 
     def touch(self, machine_id: str) -> None:
         """Republish the machine's `state` and `job` at the next flush."""
@@ -467,6 +507,8 @@ class ContextService:
     def flush(self) -> None:
         """Write what changed to the record, then publish the changed machines' state."""
         self._flush_scheduled = False
+        if self._stopped:
+            return
         if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
         dirty = sorted(self._dirty)
@@ -632,6 +674,8 @@ def interval_json(i: Interval, *, revised: bool = False) -> dict[str, Any]:
 
 def _envelope(payload: bytes) -> tuple[str | None, str | None]:
     """A command's id and reply topic, read leniently: a refusal should still reach the sender."""
+    if shape_problem(payload) is not None:
+        return None, None
     try:
         doc = json.loads(payload)
     except ValueError:

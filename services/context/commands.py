@@ -147,10 +147,42 @@ class CommandResult(_Strict):
     detail: dict[str, Any] = {}
 
 
+MAX_BYTES = 1_048_576  # what the broker takes in one message
+MAX_DEPTH = 32  # a command is a few levels deep; a parser's recursion is bounded before it starts
+_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"\\')
+
+
+def shape_problem(payload: bytes) -> str | None:
+    """Why a payload is not even to be parsed (too big, nested too deep), or None."""
+    if len(payload) > MAX_BYTES:
+        return f"payload is {len(payload)} bytes, more than {MAX_BYTES}"
+    depth, in_text, escaped = 0, False, False
+    for c in payload.translate(None, _STRUCTURE):  # only brackets, quotes and backslashes are left
+        if in_text:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_text = False
+        elif c == 0x22:
+            in_text = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f"payload is nested more than {MAX_DEPTH} levels deep"
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return None
+
+
 def parse(kind: str, payload: bytes) -> Command:
     """A command from an MQTT payload for `_command/<kind>`; CommandError names what is wrong."""
     if kind not in KINDS:
         raise CommandError(f"unknown command {kind!r}: expected one of {', '.join(KINDS)}", 404)
+    problem = shape_problem(payload)
+    if problem is not None:
+        raise CommandError(f"{kind}: {problem}", 413 if len(payload) > MAX_BYTES else 422)
     try:
         return _ADAPTER.validate_json(_with_kind(payload, kind))
     except ValidationError as exc:

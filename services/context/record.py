@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ CREATE TABLE IF NOT EXISTS state_interval (
     PRIMARY KEY (machine_id, start_ms)
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
+-- OEE (services/oee/), without reading the wide rows: a machine's time by shift, state and reason in
+-- the order it is summed; its time outside shifts by when; an operation's running time between its
+-- part counts (the best observed cycle)
+CREATE INDEX IF NOT EXISTS state_interval_shift
+    ON state_interval (machine_id, shift, state, reason, end_ms, start_ms, job, operation);
+CREATE INDEX IF NOT EXISTS state_interval_time
+    ON state_interval (machine_id, end_ms, start_ms, shift, state, reason, job, operation);
+CREATE INDEX IF NOT EXISTS state_interval_operation
+    ON state_interval (machine_id, job, operation, state, start_ms, end_ms);
 CREATE TABLE IF NOT EXISTS signal_event (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -81,6 +91,9 @@ CREATE TABLE IF NOT EXISTS part_count (
     shift       TEXT,
     PRIMARY KEY (machine_id, ts_ms, counter)
 );
+CREATE INDEX IF NOT EXISTS part_count_shift ON part_count (machine_id, shift, job, operation, ts_ms, delta);
+CREATE INDEX IF NOT EXISTS part_count_time ON part_count (machine_id, ts_ms, delta, shift, job, operation);
+CREATE INDEX IF NOT EXISTS part_count_operation ON part_count (machine_id, job, operation, ts_ms, delta);
 CREATE TABLE IF NOT EXISTS dispatch_version (
     version     INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms       INTEGER NOT NULL,
@@ -170,6 +183,13 @@ CREATE TABLE IF NOT EXISTS dropped_operation (
     operation   TEXT NOT NULL,
     dispatched_ms INTEGER,
     dropped_ms  INTEGER NOT NULL
+);
+-- Commands applied, by the id their sender gave them: a repeat gets the first answer, not a second go.
+CREATE TABLE IF NOT EXISTS applied_command (
+    command_id  TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    applied_ms  INTEGER NOT NULL,
+    result      TEXT NOT NULL
 );
 -- What was rewritten about the past (a rebuild, a backfill, a late quality report), for readers
 -- that keep a copy (the historian): from when, for which machine. Appends follow by time instead.
@@ -515,6 +535,22 @@ class _Record:
             ).fetchall()
         return [PartsMade(machine_id, ts, d, c, j, o, s) for ts, d, c, j, o, s in rows]
 
+    # -- commands, once ---------------------------------------------------------------------------
+    def applied(self, command_id: str) -> str | None:
+        """The answer (JSON) given when the command with this id was applied, if it was."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM applied_command WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def mark_applied(self, command_id: str, kind: str, applied_ms: int, result: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO applied_command VALUES (?, ?, ?, ?)",
+                (command_id, kind, applied_ms, result),
+            )
+
     # -- for readers that keep a copy (the historian) ------------------------------------------
     def revisions(self, after_seq: int) -> list[tuple[int, str, int]]:
         """(seq, machine, from when) of every rewrite of the past after `after_seq`, in order."""
@@ -550,6 +586,25 @@ class _Record:
                 (machine_id, from_ms, LOST, limit),
             ).fetchall()
         return [(ts, name, json.loads(value) if value is not None else None) for ts, name, value in rows]
+
+
+def _ints(joined: str) -> list[int]:
+    return list(map(int, joined.split(",")))
+
+
+def _in_order(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows by their first value (a grouped concatenation keeps the index's order; this makes sure)."""
+    out = list(rows)
+    firsts = [r[0] for r in out]
+    return out if firsts == sorted(firsts) else sorted(out)
+
+
+def _shift_days(start_ms: int, end_ms: int) -> tuple[str, str]:
+    """Bounds of the shift keys (`<production date>/<name>`) of shifts that can overlap [start, end):
+    two days either side of the UTC dates, whatever the site's time zone and however long its shifts."""
+    first = datetime.fromtimestamp(start_ms / 1000, UTC).date() - timedelta(days=2)
+    last = datetime.fromtimestamp(end_ms / 1000, UTC).date() + timedelta(days=2)
+    return first.isoformat(), last.isoformat()
 
 
 def _revised(db: sqlite3.Connection, machine_id: str, from_ms: int) -> None:
@@ -930,6 +985,165 @@ class RecordStore(_Record):
                     (start_ms, end_ms, start_ms, end_ms),
                 )
             )
+
+    # -- OEE (services/oee/): read-only, every machine of a window in one pass ----------------------
+    def oee_time(
+        self,
+        machines: Iterable[str],
+        start_ms: int,
+        end_ms: int,
+        *,
+        by_operation: bool,
+        by_start: bool,
+        running_outside: bool,
+    ) -> list[tuple[str, str | None, str | None, str | None, str, str | None, int, int | None]]:
+        """Closed record time of the machines in [start, end), clipped: (machine, shift, job, operation,
+        state, reason, ms, start) summed by machine, shift, state and reason (and job and operation
+        with `by_operation`; else they are None). Outside every shift (shift NULL) only running time
+        with `running_outside`, and with `by_start` one row a piece (with its start, for its day)."""
+        ids = list(machines)
+        op = "job, operation" if by_operation else "NULL, NULL"
+        group_op = "job, operation, " if by_operation else ""
+        among = ", ".join(f"?{6 + n}" for n in range(len(ids)))
+        clipped = "sum(min(end_ms, ?2) - max(start_ms, ?1))"
+        piece = "CASE WHEN ?3 THEN max(start_ms, ?1) END"
+        in_shifts = (  # built from constants; the values are bound. Shift keys begin with their date
+            f"SELECT machine_id, shift, {op}, state, reason, {clipped}, NULL"  # noqa: S608
+            " FROM state_interval INDEXED BY state_interval_shift"
+            f" WHERE machine_id IN ({among}) AND shift >= ?4 AND shift < ?5 AND end_ms > ?1 AND start_ms < ?2"
+            f" GROUP BY machine_id, shift, {group_op}state, reason"
+        )
+        outside = (
+            f"SELECT machine_id, NULL, {op}, state, reason, {clipped}, {piece}"  # noqa: S608
+            " FROM state_interval INDEXED BY state_interval_time"
+            f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND shift IS NULL"
+            + (" AND state = 'running'" if running_outside else "")
+            + f" GROUP BY machine_id, {group_op}state, reason, {piece}"
+        )
+        args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
+        with self._lock:
+            return [*self._db.execute(in_shifts, args), *self._db.execute(outside, args)]
+
+    def oee_parts(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, *, by_start: bool
+    ) -> list[tuple[str, str | None, str | None, str | None, int, int | None]]:
+        """Parts made by the machines in [start, end): (machine, shift, job, operation, parts, when)
+        summed by machine, shift, job and operation; outside every shift, with `by_start`, one row a
+        count (for its day)."""
+        ids = list(machines)
+        among = ", ".join(f"?{6 + n}" for n in range(len(ids)))
+        in_shifts = (  # built from constants; the values are bound
+            "SELECT machine_id, shift, job, operation, sum(delta), NULL"  # noqa: S608
+            " FROM part_count INDEXED BY part_count_shift"
+            f" WHERE machine_id IN ({among}) AND shift >= ?4 AND shift < ?5 AND ts_ms >= ?1 AND ts_ms < ?2"
+            " GROUP BY machine_id, shift, job, operation"
+        )
+        when = "CASE WHEN ?3 THEN ts_ms END"
+        outside = (
+            f"SELECT machine_id, NULL, job, operation, sum(delta), {when}"  # noqa: S608
+            " FROM part_count INDEXED BY part_count_time"
+            f" WHERE machine_id IN ({among}) AND ts_ms >= ?1 AND ts_ms < ?2 AND shift IS NULL"
+            f" GROUP BY machine_id, job, operation, {when}"
+        )
+        args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
+        with self._lock:
+            return [*self._db.execute(in_shifts, args), *self._db.execute(outside, args)]
+
+    def oee_rejects(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> list[tuple[str, int, str | None, str | None, str | None, int, int, int]]:
+        """Scrap and rework reported for the machines in [start, end) (`fail` is scrap): (machine,
+        when, job, operation, shift, quantity, parts the operation had made by then, parts of it
+        rejected in earlier reports), in time order."""
+        ids = list(machines)
+        rejected = "result IN ('scrap', 'fail', 'rework')"
+        sql = (  # built from constants; the values are bound
+            "SELECT q.machine_id, q.ts_ms, q.job, q.operation, q.shift, q.quantity,"  # noqa: S608
+            " CASE WHEN q.job IS NULL THEN 0 ELSE coalesce((SELECT sum(p.delta) FROM part_count p"
+            "  WHERE p.machine_id = q.machine_id AND p.job = q.job AND p.operation = q.operation"
+            "  AND p.ts_ms <= q.ts_ms), 0) END,"
+            " CASE WHEN q.job IS NULL THEN 0 ELSE coalesce((SELECT sum(e.quantity) FROM quality_count e"
+            f"  WHERE e.job = q.job AND e.operation = q.operation AND {rejected}"
+            "  AND (e.ts_ms < q.ts_ms OR (e.ts_ms = q.ts_ms AND e.seq < q.seq))), 0) END"
+            f" FROM quality_count q WHERE q.machine_id IN ({', '.join('?' * len(ids))})"
+            f" AND q.ts_ms >= ? AND q.ts_ms < ? AND q.{rejected} ORDER BY q.ts_ms, q.seq"
+        )
+        with self._lock:
+            return self._db.execute(sql, (*ids, start_ms, end_ms)).fetchall()
+
+    def operation_ideals(self) -> dict[tuple[str, str], tuple[str, str, int | None]]:
+        """(job, operation) -> (machine, part number, the dispatch list's ideal cycle ms) of every
+        operation on the list."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job, operation, machine_id, part_number, ideal_cycle_ms FROM operation"
+            ).fetchall()
+        return {(j, o): (m, part, ideal) for j, o, m, part, ideal in rows}
+
+    def operation_cycles(
+        self, operations: Iterable[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int, str]]]]:
+        """For each (machine, job, operation): its part counts (when, parts) and its closed running
+        and comms_loss intervals (start, end, state), each in time order: what its cycles are made of.
+        (One row an operation, its numbers joined: tens of thousands of rows cost more to fetch.)"""
+        out: dict[tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int, str]]]] = {}
+        jobs: dict[str, set[str]] = {}
+        for m, j, o in operations:
+            out[m, j, o] = ([], [])
+            jobs.setdefault(m, set()).add(j)
+        with self._lock:
+            for m, of_machine in jobs.items():
+                listed = sorted(of_machine)
+                for n in range(0, len(listed), 500):  # SQLite's limit of bound values
+                    chunk = listed[n : n + 500]
+                    among = ", ".join("?" * len(chunk))
+                    counts = self._db.execute(
+                        "SELECT job, operation, group_concat(ts_ms), group_concat(delta)"  # noqa: S608
+                        " FROM part_count INDEXED BY part_count_operation"
+                        f" WHERE machine_id = ? AND job IN ({among}) GROUP BY job, operation",
+                        (m, *chunk),
+                    ).fetchall()
+                    spans = self._db.execute(
+                        "SELECT job, operation, group_concat(start_ms), group_concat(end_ms),"  # noqa: S608
+                        " group_concat(state = 'running')"
+                        " FROM state_interval INDEXED BY state_interval_operation"
+                        f" WHERE machine_id = ? AND job IN ({among}) AND state IN ('running', 'comms_loss')"
+                        " GROUP BY job, operation",
+                        (m, *chunk),
+                    ).fetchall()
+                    for j, o, ts, deltas in counts:
+                        if (m, j, o) in out:
+                            out[m, j, o][0].extend(_in_order(zip(_ints(ts), _ints(deltas), strict=True)))
+                    for j, o, starts, ends, running in spans:
+                        if (m, j, o) in out:
+                            states = ["running" if r == "1" else "comms_loss" for r in running.split(",")]
+                            out[m, j, o][1].extend(
+                                _in_order(zip(_ints(starts), _ints(ends), states, strict=True))
+                            )
+        return out
+
+    def change_marks(self) -> tuple[int, int, int]:
+        """(last revision, newest part count row, newest interval row): readers that keep what they
+        derived from the record compare these to see whether anything was added or rewritten."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM record_revision),"
+                " (SELECT coalesce(max(rowid), 0) FROM part_count),"
+                " (SELECT coalesce(max(rowid), 0) FROM state_interval)"
+            ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def operations_written_since(self, part_row: int, interval_row: int) -> set[tuple[str, str, str]]:
+        """(machine, job, operation) of the part counts and intervals written after those rows
+        (`change_marks`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT machine_id, job, operation FROM part_count WHERE rowid > ? AND job IS NOT NULL"
+                " UNION SELECT machine_id, job, operation FROM state_interval"
+                " WHERE rowid > ? AND job IS NOT NULL",
+                (part_row, interval_row),
+            ).fetchall()
+        return {(m, j, o) for m, j, o in rows}
 
     def operation_time(self, job: str, operation: str) -> tuple[dict[str, float], dict[str, float], int]:
         """Seconds of record time by state and stopped seconds by reason while the operation ran, and
