@@ -449,6 +449,9 @@ class ContextService:
                     "connected": self._client is not None and self._client.connected,
                     "nodes_online": len(self.host.nodes),
                     "late_values": sum(t.late_values for t in self.trackers.values()),
+                    # messages that failed in the hand-over, and publishes too big to send
+                    "handler_errors": self._client.handler_errors if self._client is not None else 0,
+                    "refused_publishes": self._client.refused_publishes if self._client is not None else 0,
                 },
                 **self._health,
             }
