@@ -98,6 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory", type=Path, default=None, help="where it is in the record (default: beside the record)"
     )
 
+    token = sub.add_parser("token", help="the API's named tokens: issue, list, revoke")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    issue = token_sub.add_parser("issue", help="a new token for a person or a system (printed once)")
+    issue.add_argument("name", help="who it is for: a person's name or badge, or a system (erp, qms)")
+    issue.add_argument("--role", required=True, choices=["viewer", "operator", "planner", "quality", "admin"])
+    issue.add_argument("--cell", action="append", default=[], help="an operator's cell, area/line/cell")
+    issue.add_argument("--machine", action="append", default=[], help="an operator's machine")
+    issue.add_argument("--expires-days", type=_positive, default=None, help="valid for this many days")
+    listing = token_sub.add_parser("list", help="every token: who, role, scope, issued, expires, revoked")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id, or every token of a name")
+    revoke.add_argument("who", help="a token id (the 12 hex digits after uns_) or a name")
+    for cmd in (issue, listing, revoke):
+        cmd.add_argument("--record", type=Path, default=Path("var/record.db"))
+        cmd.add_argument(
+            "--site", type=Path, default=DEFAULT_SITE, help="checks an operator's cells and machines"
+        )
+
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
 
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in site.machines:
                 print(f"{m.id:12} {m.path}  edge node {m.edge_node}  {m.where}")
             return 0
+        if args.command == "token":
+            return _token(args)
         if args.command == "broker-acl":
             print(render_acl(load_site(args.site).config.enterprise), end="")
             return 0
@@ -167,6 +186,53 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # a missing setting (ConfigError) or a broker that will not start
         print(f"uns: {exc}", file=sys.stderr)
         return 1
+
+
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    from services.api import tokens
+    from services.context.record import RecordStore
+    from uns.clock import iso
+
+    store = RecordStore(args.record)
+    now = int(time.time() * 1000)
+    try:
+        if args.action == "issue":
+            site = load_site(args.site)
+            cells = {"/".join(str(m.path).split("/")[2:5]) for m in site.machines}
+            machines = {m.id for m in site.machines}
+            unknown = [c for c in args.cell if c not in cells] + [
+                m for m in args.machine if m not in machines
+            ]
+            if unknown:
+                raise tokens.TokenError(f"not in the site model {args.site}: {', '.join(unknown)}")
+            expires = now + int(args.expires_days * 86_400_000) if args.expires_days else None
+            token_id, token = tokens.issue(
+                store, args.name, args.role, now, [*args.cell, *args.machine], expires
+            )
+            print(f"token {token_id} for {args.name} ({args.role}); shown this once, keep it safe:")
+            print(token)
+            return 0
+        if args.action == "list":
+            for token_id, name, role, scope, issued, expires, revoked in store.tokens():
+                state = (
+                    f"revoked {iso(revoked)}" if revoked else (f"expires {iso(expires)}" if expires else "")
+                )
+                where = ",".join(scope) or "-"
+                print(f"{token_id}  {name:24} {role:9} {where:30} issued {iso(issued)}  {state}")
+            return 0
+        count = store.revoke_tokens(args.who, now)
+        if not count:
+            print(f"uns: no valid token with id or name {args.who!r}", file=sys.stderr)
+            return 2
+        print(f"revoked {count} token(s) of {args.who}")
+        return 0
+    except tokens.TokenError as exc:
+        print(f"uns: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.api import tokens
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import Reason
@@ -30,22 +32,38 @@ def get_store(request: Request) -> RecordStore:
 
 
 def require_token(
+    request: Request,
     settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The caller's role, from its bearer token (every role may read); 401 without a known token."""
-    given = credentials.credentials.encode() if credentials is not None else b""
-    role = None
-    for name, token in settings.tokens().items():  # compare with every token: no early exit
-        if hmac.compare_digest(given, token.get_secret_value().encode()) and role is None:
-            role = name
-    if credentials is None or role is None:
+    """The caller's role, from its bearer token (every role may read); 401 without a known token.
+    A named token (`uns token issue`) names its user; the tokens from the environment (UNS_API_TOKEN,
+    UNS_API_TOKEN_<ROLE>) are for bootstrap and name only their role. The caller is kept on the
+    request (`get_caller`)."""
+    given = credentials.credentials if credentials is not None else ""
+    caller = None
+    if tokens.looks_named(given):
+        caller = tokens.check(request.app.state.store, given, int(time.time() * 1000))
+    else:
+        role = None
+        for name, token in settings.tokens().items():  # compare with every token: no early exit
+            if hmac.compare_digest(given.encode(), token.get_secret_value().encode()) and role is None:
+                role = name
+        caller = tokens.Caller(f"{role} token", role) if role is not None else None
+    if credentials is None or caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return role
+    request.state.caller = caller
+    return caller.role
+
+
+def get_caller(request: Request, role: Annotated[str, Depends(require_token)]) -> tokens.Caller:
+    """Who is asking (after the token check)."""
+    caller: tokens.Caller = request.state.caller
+    return caller
 
 
 def allow(*roles: str) -> Callable[[str], str]:
@@ -92,3 +110,4 @@ Reasons = Annotated[dict[str, Reason], Depends(get_reasons)]
 Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Commands = Annotated[CommandSender, Depends(get_commands)]
+Who = Annotated[tokens.Caller, Depends(get_caller)]
