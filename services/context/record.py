@@ -184,6 +184,17 @@ CREATE TABLE IF NOT EXISTS dropped_operation (
     dispatched_ms INTEGER,
     dropped_ms  INTEGER NOT NULL
 );
+-- The API's named tokens (services/api/tokens.py): only a hash of each is kept.
+CREATE TABLE IF NOT EXISTS api_token (
+    token_id    TEXT PRIMARY KEY,
+    digest      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    scope       TEXT NOT NULL,  -- JSON list of cells (area/line/cell) and machines an operator may act on
+    issued_ms   INTEGER NOT NULL,
+    expires_ms  INTEGER,
+    revoked_ms  INTEGER
+);
 -- Commands applied, by the id their sender gave them: a repeat gets the first answer, not a second go.
 CREATE TABLE IF NOT EXISTS applied_command (
     command_id  TEXT PRIMARY KEY,
@@ -534,6 +545,52 @@ class _Record:
                 (machine_id, start_ms, end_ms),
             ).fetchall()
         return [PartsMade(machine_id, ts, d, c, j, o, s) for ts, d, c, j, o, s in rows]
+
+    # -- the API's named tokens -------------------------------------------------------------------
+    def add_token(
+        self,
+        token_id: str,
+        digest: str,
+        name: str,
+        role: str,
+        scope: list[str],
+        issued_ms: int,
+        expires_ms: int | None,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO api_token VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (token_id, digest, name, role, json.dumps(scope), issued_ms, expires_ms),
+            )
+
+    def token(self, token_id: str) -> tuple[str, str, str, list[str], int | None, int | None] | None:
+        """(digest, name, role, scope, expires, revoked) of a token id, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, name, role, scope, expires_ms, revoked_ms FROM api_token WHERE token_id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        digest, name, role, scope, expires, revoked = row
+        return digest, name, role, json.loads(scope), expires, revoked
+
+    def tokens(self) -> list[tuple[str, str, str, list[str], int, int | None, int | None]]:
+        """(id, name, role, scope, issued, expires, revoked) of every token, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT token_id, name, role, scope, issued_ms, expires_ms, revoked_ms FROM api_token"
+                " ORDER BY issued_ms, token_id"
+            ).fetchall()
+        return [(i, n, r, json.loads(sc), iss, exp, rev) for i, n, r, sc, iss, exp, rev in rows]
+
+    def revoke_tokens(self, who: str, revoked_ms: int) -> int:
+        """Revoke the token with this id, or every token of this name; how many were revoked."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE api_token SET revoked_ms = ? WHERE (token_id = ? OR name = ?) AND revoked_ms IS NULL",
+                (revoked_ms, who, who),
+            ).rowcount
 
     # -- commands, once ---------------------------------------------------------------------------
     def applied(self, command_id: str) -> str | None:
