@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import codec, context, historian, host, oee, store_forward
+from bench import codec, context, historian, host, oee, store_forward, tokens
 
 if __name__ == "__main__":
     codec.report()
@@ -11,3 +11,4 @@ if __name__ == "__main__":
     oee.report()
     historian.report()
     store_forward.report()
+    tokens.report()
