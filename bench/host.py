@@ -1,4 +1,6 @@
-"""The host's throughput beside a bare paho-mqtt subscriber, on the same broker and messages.
+"""The host's throughput beside a bare paho-mqtt subscriber, on the same broker and messages, and
+the same stream over TLS (publisher and host on the broker's TLS listener, certificates from
+`uns make-certs`) against plain MQTT, by turns, the best of two runs each.
 
 A separate publisher process sends a valid Sparkplug session (NBIRTH, DBIRTHs) and then N DDATA
 messages of 10 metrics each for 10 devices, as fast as it can, QoS 0. Each consumer is measured
@@ -16,16 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.codec import METRICS, samples
-from uns.broker import Mosquitto
-from uns.mqtt import BareCounter, BrokerAddress, MqttClient
+from uns.broker import Mosquitto, ServerTls
+from uns.certs import make_certs
+from uns.mqtt import BareCounter, BrokerAddress, MqttClient, TlsFiles
 from uns.sparkplug.edge import EdgeSession
 from uns.sparkplug.host import HostSession, MetricsUpdate
 
 DEVICES = [f"d{i}" for i in range(10)]
 N = 50_000
+ROUNDS = 2  # of our host plain and over TLS
 
 
-def _publish(host: str, port: int, password: str, n: int) -> None:
+def _publish(host: str, port: int, password: str, n: int, ca: str | None = None) -> None:
     async def main() -> None:
         session = EdgeSession("bench", "edge", dict.fromkeys(DEVICES, METRICS))
         session.new_connection(0)
@@ -39,9 +43,9 @@ def _publish(host: str, port: int, password: str, n: int) -> None:
             def on_disconnected(self, reason: str) -> None: ...
             def on_message(self, topic: str, payload: bytes) -> None: ...
 
-        client = MqttClient(
-            "bench-pub", BrokerAddress(host, port, "bridge", password), Quiet(), asyncio.get_running_loop()
-        )
+        tls = TlsFiles(Path(ca)) if ca is not None else None
+        address = BrokerAddress(host, port, "bridge", password, tls)
+        client = MqttClient("bench-pub", address, Quiet(), asyncio.get_running_loop())
         client.start()
         while not client.connected:
             await asyncio.sleep(0.01)
@@ -56,9 +60,11 @@ def _publish(host: str, port: int, password: str, n: int) -> None:
     asyncio.run(main())
 
 
-def _send(broker: Mosquitto, n: int) -> multiprocessing.process.BaseProcess:
+def _send(broker: Mosquitto, n: int, tls: TlsFiles | None = None) -> multiprocessing.process.BaseProcess:
+    port = broker.address("bridge", tls).port
+    ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else None
     proc = multiprocessing.get_context("spawn").Process(
-        target=_publish, args=("127.0.0.1", broker.port, broker.creds.password("bridge"), n)
+        target=_publish, args=("127.0.0.1", port, broker.creds.password("bridge"), n, ca)
     )
     proc.start()
     return proc
@@ -109,11 +115,14 @@ class _HostBench:
                 self.metrics += len(event.metrics)
 
 
-async def ours(broker: Mosquitto, n: int) -> tuple[float, float, int, _HostBench]:
+async def ours(
+    broker: Mosquitto, n: int, tls: TlsFiles | None = None
+) -> tuple[float, float, int, _HostBench]:
+    """Our host's rate; with `tls`, the publisher and the host both on the TLS listener."""
     bench = _HostBench()
     client = MqttClient(
         "bench-host",
-        BrokerAddress("127.0.0.1", broker.port, "services", broker.creds.password("services")),
+        broker.address("services", tls),
         bench,
         asyncio.get_running_loop(),
         subscriptions=(("spBv1.0/#", 0),),
@@ -122,7 +131,7 @@ async def ours(broker: Mosquitto, n: int) -> tuple[float, float, int, _HostBench
     while not client.connected:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)
-    proc = _send(broker, n)
+    proc = _send(broker, n, tls)
     while proc.is_alive():
         await asyncio.sleep(0.05)
     last, still = -1, 0.0
@@ -137,12 +146,24 @@ async def ours(broker: Mosquitto, n: int) -> tuple[float, float, int, _HostBench
 
 def report() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp) / "mosquitto", "acme")
+        certs = Path(tmp) / "certs"
+        make_certs(certs)
+        broker = Mosquitto(
+            Path(tmp) / "mosquitto",
+            "acme",
+            tls=ServerTls(certs / "ca.crt", certs / "server.crt", certs / "server.key"),
+        )
         broker.start()
         try:
             sent = N + 1 + len(DEVICES)
             bare_rate, bare_count = bare(broker, N)
-            msg_rate, metric_rate, count, b = asyncio.run(ours(broker, N))
+            # plain and TLS by turns, the best of each: the same stream, the same machine's noise
+            plain_runs, tls_runs = [], []
+            for _ in range(ROUNDS):
+                plain_runs.append(asyncio.run(ours(broker, N)))
+                tls_runs.append(asyncio.run(ours(broker, N, TlsFiles(certs / "ca.crt"))))
+            msg_rate, metric_rate, count, b = max(plain_runs, key=lambda r: r[0])
+            tls_rate, _, tls_count, t = max(tls_runs, key=lambda r: r[0])
         finally:
             broker.stop()
     print(f"host throughput, {N:,} DDATA x 10 metrics (+ births) through Mosquitto, one publisher process:")
@@ -152,6 +173,13 @@ def report() -> None:
         f"updates/s   received {count:,}/{sent:,}   seq gaps {b.host.counters['seq_gaps']}"
     )
     print(f"  ratio ours / bare          {msg_rate / bare_rate:>10.2f}")
+    print(
+        f"  our host over TLS (publisher too)        {tls_rate:>10,.0f} msg/s"
+        f"   received {tls_count:,}/{sent:,}   seq gaps {t.host.counters['seq_gaps']}"
+    )
+    print(
+        f"  ratio TLS / plain          {tls_rate / msg_rate:>10.2f}   (best of {ROUNDS} runs each, by turns)"
+    )
     print(
         f"  peak RSS of this process   {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:>10.1f} MiB"
     )

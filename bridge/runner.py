@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from bridge import health
@@ -62,20 +63,26 @@ def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | Mod
 
 async def run_bridge(
     site: Site,
-    address: BrokerAddress,
+    address: BrokerAddress | Mapping[str, BrokerAddress],
     clock: Clock,
     stop: asyncio.Event,
     edge_node_ids: list[str] | None = None,
     buffer_dir: Path | None = None,
     health_interval_s: float = 10.0,
 ) -> None:
-    """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH)."""
+    """Run the bridge's edge nodes until `stop` is set, then leave cleanly (NDEATH). `address` is
+    each edge node's own login (by edge node id: every edge node is its own broker user), or one
+    login for all of them."""
     loop = asyncio.get_running_loop()
     wanted = edge_node_ids or list(site.edge_nodes())
     unknown = sorted(set(wanted) - set(site.edge_nodes()))
     if unknown:
         raise ValueError(f"edge nodes {unknown} are not in the site model ({', '.join(site.edge_nodes())})")
-    nodes = [make_edge_node(site, e, address, clock, buffer_dir) for e in wanted]
+    logins = {e: address if isinstance(address, BrokerAddress) else address.get(e) for e in wanted}
+    without = sorted(e for e, login in logins.items() if login is None)
+    if without:
+        raise ValueError(f"edge nodes {without} have no broker login")
+    nodes = [make_edge_node(site, e, login, clock, buffer_dir) for e, login in logins.items() if login]
     for node in nodes:
         node.start(loop)
     try:

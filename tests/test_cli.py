@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from uns.broker import MOSQUITTO_DIR, render_acl
-from uns.cli import main
+from uns.cli import DEFAULT_SITE, main
+from uns.site import load_site
 
 
 def test_shipped_acl_is_the_rendered_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["broker-acl"]) == 0
     out = capsys.readouterr().out
-    assert out == render_acl("acme") == (MOSQUITTO_DIR / "acl").read_text()
+    assert out == render_acl(load_site(DEFAULT_SITE)) == (MOSQUITTO_DIR / "acl").read_text()
 
 
 def test_check_site_lists_machines(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,9 @@
 tested): it is a Compose file by the Compose Specification's schema; every file it mounts exists or is
 made at start; every service's command, environment variable and port is one the project or the
 image understands; .env.example names every variable and holds no secret; the image installs runtime
-dependencies only. The health checks of the uns services are run here against real things."""
+dependencies only. The health checks of the uns services are run here against real things. The
+broker: only its TLS port is published, every service reaches it over TLS with the plant CA, each
+logs in as its own user (each edge node as itself), and Mosquitto is given every user's password."""
 
 from __future__ import annotations
 
@@ -34,8 +36,19 @@ from services.context.record import RecordStore
 from services.historian.writer import InfluxSettings
 from tests.helpers import address, recorder
 from tests.historian.servers import Influx16
-from uns.broker import PROJECT_ROOT, Mosquitto, free_port, render_acl
+from uns import processes
+from uns.broker import (
+    PROJECT_ROOT,
+    Mosquitto,
+    broker_users,
+    edge_node_users,
+    free_port,
+    password_env,
+    render_acl,
+)
+from uns.certs import make_certs
 from uns.cli import build_parser
+from uns.mqtt import PLAIN_PORT, TLS_PORT
 from uns.site import OpcUaSource, Site, load_site
 
 COMPOSE = PROJECT_ROOT / "compose.yaml"
@@ -166,7 +179,10 @@ class Stack:
         """(source, target) of the service's volumes: `./...` for the project's files, else a volume."""
         found = []
         for entry in self.service(name).get("volumes", []):
-            assert isinstance(entry, str), f"{name}: volumes in the short syntax"
+            if isinstance(entry, dict):  # the long syntax
+                assert entry.get("read_only") is True, f"{name}: {entry}: the project's files are read-only"
+                found.append((str(entry["source"]), PurePosixPath(entry["target"])))
+                continue
             source, target, *_ = entry.split(":")
             found.append((source, PurePosixPath(target)))
         return found
@@ -252,11 +268,22 @@ def test_dot_env_is_ignored_by_git() -> None:
     assert example.returncode == 1, ".env.example is committed"
 
 
-def test_every_mounted_file_exists_or_is_made_at_start(stack: Stack) -> None:
+# Made by `uns make-certs` before the first start (never committed): the plant CA's certificate.
+MADE_BY_MAKE_CERTS = {"./mosquitto/certs/ca.crt"}
+
+
+def test_every_mounted_file_exists_or_is_made_at_start(stack: Stack, tmp_path: Path) -> None:
     volumes = set(stack.compose.get("volumes") or {})
+    made = {f"./mosquitto/certs/{p.name}" for p in make_certs(tmp_path / "certs").files}
+    assert made >= MADE_BY_MAKE_CERTS | {"./mosquitto/certs/server.crt", "./mosquitto/certs/server.key"}
     for name in stack.compose["services"]:
         for source, target in stack.mounts(name):
-            if source.startswith("./"):
+            if source in MADE_BY_MAKE_CERTS:
+                # a file compose must not make a directory of when it is missing: it refuses instead
+                [entry] = [v for v in stack.service(name)["volumes"] if isinstance(v, dict)]
+                assert entry["type"] == "bind"
+                assert entry["bind"]["create_host_path"] is False, name
+            elif source.startswith("./"):
                 assert (PROJECT_ROOT / source).exists(), f"{name}: {source} (mounted at {target})"
             else:
                 assert source in volumes, f"{name}: volume {source} is not declared"
@@ -267,9 +294,14 @@ def test_every_mounted_file_exists_or_is_made_at_start(stack: Stack) -> None:
         "mosquitto"
     )
     assert ("./mosquitto/acl", PurePosixPath("/uns/acl")) in stack.mounts("mosquitto")  # its default source
+    assert ("./mosquitto/certs", PurePosixPath("/uns/certs")) in stack.mounts("mosquitto")  # also
     conf = _conf(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")
     assert conf["password_file"] == "/mosquitto/config/passwd"  # written there by the entrypoint
     assert conf["acl_file"] == "/mosquitto/config/acl"
+    tls = _listeners(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")[TLS_PORT]
+    assert (tls["cafile"], tls["certfile"], tls["keyfile"]) == tuple(
+        f"/mosquitto/config/certs/{n}" for n in ("ca.crt", "server.crt", "server.key")
+    )  # copied there by the entrypoint
     assert mosquitto["command"] == ["/usr/sbin/mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]
     # Grafana finds the dashboards where its provisioning looks for them.
     for provider_file in sorted((PROJECT_ROOT / "grafana" / "provisioning" / "dashboards").glob("*.y*ml")):
@@ -280,9 +312,8 @@ def test_every_mounted_file_exists_or_is_made_at_start(stack: Stack) -> None:
             )
 
 
-def test_the_broker_acl_is_the_one_for_the_sites_enterprise(stack: Stack) -> None:
-    enterprise = stack.site("context").config.enterprise
-    assert (PROJECT_ROOT / "mosquitto" / "acl").read_text() == render_acl(enterprise)
+def test_the_broker_acl_is_the_one_for_the_site(stack: Stack) -> None:
+    assert (PROJECT_ROOT / "mosquitto" / "acl").read_text() == render_acl(stack.site("context"))
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -342,28 +373,43 @@ def test_every_environment_variable_is_one_its_service_reads(stack: Stack) -> No
         for m in site.machines
         if isinstance(m.source, OpcUaSource) and m.source.password_env
     }
+    edge_passwords = {password_env(e.user) for e in edge_node_users(site)}  # the bridge's, per edge node
     uns_reads = (
         _names_the_code_reads()
         | _settings_names(ApiSettings)
         | _settings_names(InfluxSettings)
         | password_envs
+        | edge_passwords
     )
     assert {"UNS_MQTT_USERNAME", "UNS_MQTT_PASSWORD", "UNS_API_TOKEN", "UNS_INFLUX_TOKEN"} <= uns_reads
+    assert set(processes.TLS_VARIABLES) <= uns_reads
     for name in UNS_IMAGE_SERVICES:
         unknown = set(stack.env(name)) - uns_reads
         assert not unknown, f"{name}: the project reads no {sorted(unknown)}"
-    # Each uns service logs in to the broker as its own role.
+    # Each uns service logs in to the broker as its own user: the context service and the API as
+    # their roles, the bridge each edge node as itself (no shared login).
     roles = {n: stack.env(n).get("UNS_MQTT_USERNAME") for n in ("bridge", "context", "api")}
-    assert roles == {"bridge": "bridge", "context": "services", "api": "integration"}
-    for name, role in roles.items():
+    assert roles == {"bridge": None, "context": "services", "api": "api"}
+    for name in ("context", "api"):
+        role = str(roles[name])
         assert stack.raw["services"][name]["environment"]["UNS_MQTT_PASSWORD"].startswith(
-            f"${{UNS_MQTT_{str(role).upper()}_PASSWORD:?"
+            f"${{{password_env(role)}:?"
         ), f"{name}: the password of {role}"
+    bridge_env = stack.raw["services"]["bridge"]["environment"]
+    assert "UNS_MQTT_PASSWORD" not in bridge_env
+    for var in edge_passwords:
+        assert bridge_env[var].startswith(f"${{{var}:?"), f"bridge: {var} from .env"
 
-    script = ENTRYPOINT.read_text()
-    script_reads = set(re.findall(r"\$\{(UNS_[A-Z0-9_]+)", script))
-    passwords = {n for n in script_reads if n.endswith("_PASSWORD")}
-    assert set(stack.env("mosquitto")) == passwords, "Mosquitto gets the passwords its entrypoint needs"
+    # Mosquitto's entrypoint makes a user for every `user` of the ACL, from that user's variable.
+    acl_users = re.findall(r"^user (\S+)$", (PROJECT_ROOT / "mosquitto" / "acl").read_text(), re.MULTILINE)
+    assert tuple(acl_users) == broker_users(site)
+    assert set(stack.env("mosquitto")) == {password_env(u) for u in acl_users}, (
+        "Mosquitto gets the password of every user of its ACL, and nothing else"
+    )
+    for name, service in stack.raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_PASSWORD") and key.startswith("UNS_MQTT_") and key != "UNS_MQTT_PASSWORD":
+                assert value == f"${{{key}:?set {key} in .env}}", f"{name}: {key} is the same in .env"
 
     influx = stack.env("influxdb")
     assert set(influx) <= INFLUX_INIT
@@ -419,10 +465,50 @@ async def test_the_apis_broker_login_may_send_commands_and_read_their_answers(
         sender.stop()
 
 
+def test_the_bridge_logs_each_edge_node_in_as_itself(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uns bridge` with the bridge's environment: one login per edge node, its own user."""
+    site = stack.site("bridge")
+    for key in [k for k in os.environ if k.startswith("UNS_MQTT_")]:
+        monkeypatch.delenv(key)
+    for key, value in stack.env("bridge").items():
+        if key.startswith("UNS_MQTT_") and key != "UNS_MQTT_CA_FILE":  # (a path in the container)
+            monkeypatch.setenv(key, str(value))
+    url = stack.args("bridge").broker.replace("mqtts://", "mqtt://")
+    logins = processes.edge_node_addresses(url, site, list(site.edge_nodes()))
+    assert {e: a.username for e, a in logins.items()} == {
+        e.edge_node_id: e.user for e in edge_node_users(site)
+    }
+    assert len({a.password for a in logins.values()}) == len(logins), "each its own password"
+
+
 # -- ports -----------------------------------------------------------------------------------------
 def _conf(path: Path) -> dict[str, str]:
-    lines = (line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
-    return {parts[0]: parts[1] if len(parts) > 1 else "" for parts in lines if not parts[0].startswith("#")}
+    """The options before the first listener (the broker's own)."""
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(maxsplit=1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if parts[0] == "listener":
+            break
+        found[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return found
+
+
+def _listeners(path: Path) -> dict[int, dict[str, str]]:
+    """Each listener's port, with its address (`listener`) and the options that follow it."""
+    listeners: dict[int, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in path.read_text().splitlines():
+        parts = line.split(maxsplit=1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if parts[0] == "listener":
+            port, *address = parts[1].split()
+            current = listeners[int(port)] = {"listener": address[0] if address else ""}
+        elif current is not None:
+            current[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return listeners
 
 
 def _container_ports(stack: Stack, name: str) -> set[int]:
@@ -430,18 +516,31 @@ def _container_ports(stack: Stack, name: str) -> set[int]:
 
 
 def test_every_port_is_the_one_its_service_listens_on(stack: Stack) -> None:
-    listener = int(_conf(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")["listener"].split()[0])
-    assert _container_ports(stack, "mosquitto") == {listener}
-    assert f"-p {listener} " in stack.service("mosquitto")["healthcheck"]["test"][1]
-    assert f"port = {listener}\n" in healthcheck_code(stack, "bridge")
+    listeners = _listeners(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")
+    assert set(listeners) == {PLAIN_PORT, TLS_PORT}
+    assert listeners[PLAIN_PORT]["listener"] == "127.0.0.1", "plain MQTT on the loopback interface only"
+    assert "cafile" not in listeners[PLAIN_PORT]
+    assert listeners[TLS_PORT]["listener"] == "", "TLS on every interface"
+    assert _container_ports(stack, "mosquitto") == {TLS_PORT}, "only the TLS port is published"
+    assert stack.service("mosquitto")["ports"] == [f"{TLS_PORT}:{TLS_PORT}"]
+    assert f"-h 127.0.0.1 -p {PLAIN_PORT} " in stack.service("mosquitto")["healthcheck"]["test"][1]
+    assert f"port = {TLS_PORT}\n" in healthcheck_code(stack, "bridge")
     for name in ("bridge", "context", "api"):
         broker = urlsplit(stack.args(name).broker)
-        assert (broker.scheme, broker.hostname, broker.port) == ("mqtt", "mosquitto", listener), name
+        assert (broker.scheme, broker.hostname, broker.port) == ("mqtts", "mosquitto", TLS_PORT), name
         assert "mosquitto" in stack.service(name)["depends_on"], f"{name} waits for the broker"
+        ca = stack.env(name)["UNS_MQTT_CA_FILE"]
+        assert ("./mosquitto/certs/ca.crt", PurePosixPath(ca)) in stack.mounts(name), f"{name}: the CA"
+        assert not any("certs" in s and s != "./mosquitto/certs/ca.crt" for s, _ in stack.mounts(name)), (
+            f"{name}: only the CA's certificate, never a key"
+        )
 
     api = stack.args("api")
     assert api.host == "0.0.0.0", "the API takes connections from outside its container"
     assert _container_ports(stack, "api") == {api.port}
+    assert stack.service("api")["ports"] == [f"127.0.0.1:{api.port}:{api.port}"], (
+        "plain HTTP for the Docker host only: a TLS reverse proxy serves the plant"
+    )
     assert f"http://127.0.0.1:{api.port}/" in healthcheck_code(stack, "api")
 
     assert "INFLUXD_HTTP_BIND_ADDRESS" not in stack.env("influxdb")
@@ -496,9 +595,8 @@ def test_context_health_check_wants_recent_connected_health_in_the_record(
 
 
 def test_bridge_health_check_wants_a_connection_to_the_broker(stack: Stack, tmp_path: Path) -> None:
-    listener = int(_conf(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")["listener"].split()[0])
     port = free_port()
-    code = healthcheck_code(stack, "bridge").replace(f"port = {listener}\n", f"port = {port}\n")
+    code = healthcheck_code(stack, "bridge").replace(f"port = {TLS_PORT}\n", f"port = {port}\n")
     with socket.create_server(("127.0.0.1", port)) as server:
         assert _check(code, tmp_path) == 1
         with socket.create_connection(("127.0.0.1", port)) as client:

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from uns.broker import render_acl
+from uns.broker import broker_users, password_env, render_acl
 from uns.site import SiteConfigError, load_site
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "sites" / "example.yaml"
@@ -120,6 +120,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     acl = sub.add_parser("broker-acl", help="print the Mosquitto ACL for a site model")
     acl.add_argument("--site", type=Path, default=DEFAULT_SITE)
+
+    users = sub.add_parser(
+        "broker-users", help="list the site's broker users and the variable with each one's password"
+    )
+    users.add_argument("--site", type=Path, default=DEFAULT_SITE)
+
+    certs = sub.add_parser(
+        "make-certs",
+        help="make the plant CA (once), the broker's TLS certificate and client certificates",
+    )
+    certs.add_argument(
+        "--dir", type=Path, default=Path("mosquitto/certs"), help="where (default mosquitto/certs)"
+    )
+    certs.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help="a host name or IP address clients use for the broker (repeatable; mosquitto, localhost"
+        " and 127.0.0.1 are always in)",
+    )
+    certs.add_argument(
+        "--client", action="append", default=[], help="make a client certificate for this name (repeatable)"
+    )
+    certs.add_argument(
+        "--no-server", action="store_true", help="only client certificates (the server's is kept)"
+    )
+    certs.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="ec (P-256, default) or rsa")
+    certs.add_argument(
+        "--days", type=_positive, default=825, help="validity of the certificates it makes (825)"
+    )
     return p
 
 
@@ -143,7 +173,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         if args.command == "broker-acl":
-            print(render_acl(load_site(args.site).config.enterprise), end="")
+            print(render_acl(load_site(args.site)), end="")
+            return 0
+        if args.command == "broker-users":
+            for user in broker_users(load_site(args.site)):
+                print(f"{user} {password_env(user)}")
+            return 0
+        if args.command == "make-certs":
+            from uns.certs import make_certs
+
+            made = make_certs(
+                args.dir,
+                server_names=args.server_name,
+                clients=args.client,
+                server=not args.no_server,
+                key_type=args.key_type,
+                days=int(args.days),
+            )
+            if not made.ca_created:
+                print(f"uns make-certs: the CA in {args.dir} signs them (kept as it was)")
+            for path in made.files:
+                print(f"wrote {path}")
             return 0
         from uns import processes
 

@@ -40,9 +40,10 @@ from services.context.shifts import ShiftCalendar, calendar_for
 from services.historian.app import HistorianService
 from services.historian.writer import InfluxSettings
 from services.oee.engine import Definition
-from uns.broker import Credentials, Mosquitto, free_port
+from uns.broker import Credentials, Mosquitto, broker_users, edge_node_users, free_port, password_env
 from uns.clock import ScaledClock
 from uns.mqtt import BrokerAddress
+from uns.processes import parse_broker
 from uns.site import Site
 
 logger = logging.getLogger(__name__)
@@ -69,16 +70,16 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _broker_credentials() -> Credentials:
-    missing = [
-        r for r in ("bridge", "services", "viewer") if not os.environ.get(f"UNS_MQTT_{r.upper()}_PASSWORD")
-    ]
+def _broker_credentials(site: Site) -> Credentials:
+    """For --broker: the password of each user the demo logs in as (every user of the site's ACL)."""
+    users = broker_users(site)
+    missing = [password_env(u) for u in users if not os.environ.get(password_env(u))]
     if missing:
-        names = ", ".join(f"UNS_MQTT_{r.upper()}_PASSWORD" for r in missing)
-        raise SystemExit(f"uns demo --broker: set {names} (the passwords of the broker's users)")
-    return Credentials(
-        {r: os.environ[f"UNS_MQTT_{r.upper()}_PASSWORD"] for r in ("bridge", "services", "viewer")}
-    )
+        raise SystemExit(
+            f"uns demo --broker: set {', '.join(missing)} (the passwords of the broker's users:"
+            " `uns broker-users`)"
+        )
+    return Credentials({u: os.environ[password_env(u)] for u in users})
 
 
 async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> None:
@@ -90,14 +91,15 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     mosquitto: Mosquitto | None = None
     if opts.broker is None:
-        mosquitto = Mosquitto(data_dir / "mosquitto", opts.site.config.enterprise, port=opts.mqtt_port)
+        # the site's own ACL (a user per edge node), fresh passwords, plain MQTT on 127.0.0.1 only
+        mosquitto = Mosquitto.for_site(data_dir / "mosquitto", opts.site, port=opts.mqtt_port)
         mosquitto.write_files()
         mosquitto.start()
         base = BrokerAddress("127.0.0.1", mosquitto.port)
         creds = mosquitto.creds
     else:
-        base = BrokerAddress.parse(opts.broker)
-        creds = _broker_credentials()
+        base = parse_broker(opts.broker)  # mqtts:// with UNS_MQTT_CA_FILE, ... for TLS
+        creds = _broker_credentials(opts.site)
     try:
         await _run(opts, base, creds, stop, out)
     finally:
@@ -117,7 +119,7 @@ async def _run(
     store = RecordStore(opts.data_dir / "record.db")
     api_port = opts.api_port or free_port()
     root = f"{site.config.enterprise}/{site.config.site}"
-    sender = CommandSender(base.with_credentials("services", creds.password("services")), root)
+    sender = CommandSender(base.with_credentials("api", creds.password("api")), root)
     server = _Uvicorn(
         uvicorn.Config(
             create_app(
@@ -170,10 +172,14 @@ async def _run(
         context.command("dispatch_update", json.dumps(body).encode(), via="demo")
 
     erp = asyncio.create_task(release(send, plan[len(due) :], clock), name="demo.erp")
+    # each edge node logs in as its own broker user
+    logins = {
+        e.edge_node_id: base.with_credentials(e.user, creds.password(e.user)) for e in edge_node_users(site)
+    }
     bridge = asyncio.create_task(
         run_bridge(
             site,
-            base.with_credentials("bridge", creds.password("bridge")),
+            logins,
             clock,
             bridge_stop,
             buffer_dir=opts.data_dir / "buffer",

@@ -7,6 +7,10 @@ timestamp can change per connection. A handler that fails on one message is coun
 per topic) and the next message goes on: one bad message never costs the rest of its batch. A
 message above the broker's packet limit is refused before paho sees it (paho would send it again at
 every reconnect, and the broker would drop the connection each time).
+
+TLS: an address with `tls` (`mqtts://host:8883`) connects with a context of our own making: the
+broker's certificate must chain to the given CA file (or to the system's CAs without one) and name
+the host connected to; a client certificate and key are presented when given.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -35,37 +42,87 @@ class MqttError(RuntimeError):
     pass
 
 
+class _ClosedOnFailedHandshake(ssl.SSLSocket):
+    """paho leaves the TLS socket of a failed handshake (a refused certificate) open, one per retry."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """What a client needs for TLS: the CA that signed the broker's certificate (None: the system's
+    CAs), and its own certificate and key where the broker asks for one (`require_certificate`)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS: a client certificate needs its key, and a key its certificate")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: TLS 1.2 or later, the broker's certificate verified, its host name checked."""
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file is not None else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.sslsocket_class = _ClosedOnFailedHandshake
+        if self.cert_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
+PLAIN_PORT, TLS_PORT = 1883, 8883
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: TlsFiles | None = None  # None: a plain connection
 
     @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """`mqtt://user:password@host:port` (credentials may also come separately)."""
+    def parse(cls, url: str, tls: TlsFiles | None = None) -> BrokerAddress:
+        """`mqtt://user:password@host:port`, or `mqtts://...` for TLS (port 8883 by default) with the
+        files in `tls` (default: the system's CAs, no client certificate). Credentials may also come
+        separately."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(
-                f"broker URL {_redact(url)!r}: scheme must be mqtt:// (TLS is not supported yet)"
-            )
+        if parts.scheme not in ("mqtt", "tcp", "mqtts"):
+            raise ValueError(f"broker URL {_redact(url)!r}: scheme must be mqtt:// or mqtts:// (TLS)")
         if not parts.hostname:
             raise ValueError(f"broker URL {_redact(url)!r} has no host")
+        secure = parts.scheme == "mqtts"
         try:
-            port = parts.port or 1883
+            port = parts.port or (TLS_PORT if secure else PLAIN_PORT)
         except ValueError as exc:
             raise ValueError(f"broker URL {_redact(url)!r}: {exc}") from exc
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, user, password)
+        return cls(parts.hostname, port, user, password, (tls or TlsFiles()) if secure else None)
 
     def with_credentials(self, username: str | None, password: str | None) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port, username, password)
+        return BrokerAddress(self.host, self.port, username, password, self.tls)
 
     def __str__(self) -> str:  # never shows the password
         user = f"{self.username}@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def _tls(client: paho.Client, address: BrokerAddress) -> None:
+    if address.tls is None:
+        return
+    try:
+        client.tls_set_context(address.tls.context())
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise MqttError(f"TLS for broker {address}: {exc}") from exc
 
 
 def _redact(url: str) -> str:
@@ -143,6 +200,7 @@ class MqttClient:
         )
         if address.username is not None:
             c.username_pw_set(address.username, address.password)
+        _tls(c, address)
         c.reconnect_delay_set(min_delay=1, max_delay=2)  # a broker back is used within ~2 s
         c.max_queued_messages_set(0)
         c.on_pre_connect = self._pre_connect
@@ -177,7 +235,11 @@ class MqttClient:
         self._post(_CONNECTED, None, None)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        logger.warning("MQTT %s: cannot reach broker %s, retrying", self.client_id, self.address)
+        # paho calls this from inside its `except OSError:`: say why (a refused TLS certificate
+        # would otherwise look like a broker that is down)
+        exc = sys.exc_info()[1]
+        why = f": {exc}" if exc is not None else ""
+        logger.warning("MQTT %s: cannot reach broker %s%s, retrying", self.client_id, self.address, why)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
@@ -321,6 +383,7 @@ class BareCounter:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         if address.username is not None:
             c.username_pw_set(address.username, address.password)
+        _tls(c, address)
         c.on_message = self._on_message
         c.on_connect = self._on_connect
         self._client = c

@@ -2,16 +2,20 @@
 plant where they run on different hosts or containers (compose.yaml). `uns demo` runs them all at once.
 
 Broker credentials come from the environment: UNS_MQTT_USERNAME (default: the role's user) and
-UNS_MQTT_PASSWORD; the API token from UNS_API_TOKEN. Nothing secret is taken from the command line.
+UNS_MQTT_PASSWORD; for the bridge, each edge node's own UNS_MQTT_<USER>_PASSWORD (uns/broker.py
+`password_env`). TLS (an `mqtts://` broker URL): UNS_MQTT_CA_FILE, and UNS_MQTT_CERT_FILE with
+UNS_MQTT_KEY_FILE where the broker wants a client certificate. The API token from UNS_API_TOKEN.
+Nothing secret is taken from the command line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -29,22 +33,93 @@ from services.context.shifts import calendar_for
 from services.historian.app import HistorianService, memory_path
 from services.historian.writer import InfluxSettings
 from services.oee.engine import Definition
+from uns.broker import ANY_EDGE_NODE, EdgeNodeUser, password_env
 from uns.clock import ScaledClock, WallClock
-from uns.mqtt import BrokerAddress
+from uns.mqtt import BrokerAddress, TlsFiles
 from uns.site import Site
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(RuntimeError):
     """A setting missing from the environment; the message names it."""
 
 
+TLS_VARIABLES = ("UNS_MQTT_CA_FILE", "UNS_MQTT_CERT_FILE", "UNS_MQTT_KEY_FILE")
+
+
+def tls_files() -> TlsFiles | None:
+    """The client's TLS files from UNS_MQTT_CA_FILE (the plant CA; unset: the system's CAs),
+    UNS_MQTT_CERT_FILE and UNS_MQTT_KEY_FILE (a client certificate, both or neither); None if none
+    is set."""
+    ca = os.environ.get("UNS_MQTT_CA_FILE") or None
+    cert = os.environ.get("UNS_MQTT_CERT_FILE") or None
+    key = os.environ.get("UNS_MQTT_KEY_FILE") or None
+    if ca is None and cert is None and key is None:
+        return None
+    for name, value in zip(TLS_VARIABLES, (ca, cert, key), strict=True):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{name}={value}: no such file")
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "set both UNS_MQTT_CERT_FILE and UNS_MQTT_KEY_FILE (a client certificate and its key)"
+        )
+    return TlsFiles(Path(ca) if ca else None, Path(cert) if cert else None, Path(key) if key else None)
+
+
+def parse_broker(url: str) -> BrokerAddress:
+    """The broker URL, with the TLS files of the environment for `mqtts://`."""
+    tls = tls_files()
+    address = BrokerAddress.parse(url, tls)
+    if tls is not None and address.tls is None:
+        raise ConfigError(
+            f"UNS_MQTT_CA_FILE, _CERT_FILE or _KEY_FILE is set, but the broker {address} is plain MQTT:"
+            " use mqtts://host:8883"
+        )
+    return address
+
+
 def broker_address(url: str, role: str) -> BrokerAddress:
-    address = BrokerAddress.parse(url)
+    address = parse_broker(url)
     user = os.environ.get("UNS_MQTT_USERNAME") or address.username or role
     password = os.environ.get("UNS_MQTT_PASSWORD") or address.password
     if not password:
         raise ConfigError(f"set UNS_MQTT_PASSWORD to the password of MQTT user {user!r}")
     return address.with_credentials(user, password)
+
+
+def edge_node_addresses(url: str, site: Site, edge_nodes: Sequence[str]) -> dict[str, BrokerAddress]:
+    """Each edge node's own login: its user `<group>.<edge node id>` with the password in that
+    user's UNS_MQTT_<USER>_PASSWORD. An edge node without one falls back to one login shared by the
+    process: UNS_MQTT_USERNAME (default `bridge`) and UNS_MQTT_PASSWORD (or the URL's), which only
+    a broker of your own with such a user takes; the site's rendered ACL has none."""
+    address = parse_broker(url)
+    shared_user = os.environ.get("UNS_MQTT_USERNAME") or address.username or ANY_EDGE_NODE
+    shared_password = os.environ.get("UNS_MQTT_PASSWORD") or address.password
+    found: dict[str, BrokerAddress] = {}
+    missing: list[str] = []
+    for edge in edge_nodes:
+        if edge not in site.edge_nodes():
+            continue  # run_bridge names it
+        user = EdgeNodeUser(site.group_id, edge).user
+        own = os.environ.get(password_env(user))
+        if own:
+            found[edge] = address.with_credentials(user, own)
+        elif shared_password:
+            logger.warning(
+                "edge node %s: no %s, so it logs in as %r (UNS_MQTT_USERNAME, UNS_MQTT_PASSWORD)",
+                edge,
+                password_env(user),
+                shared_user,
+            )
+            found[edge] = address.with_credentials(shared_user, shared_password)
+        else:
+            missing.append(password_env(user))
+    if missing:
+        raise ConfigError(
+            f"set {', '.join(missing)}: the password of each edge node's MQTT user (`uns broker-users`)"
+        )
+    return found
 
 
 async def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -61,8 +136,8 @@ async def sim(site: Site, speed: float, seed: int, truth: Path | None) -> None:
 
 
 async def bridge(site: Site, url: str, edge_nodes: list[str] | None, buffer_dir: Path) -> None:
-    address = broker_address(url, "bridge")
-    await _until_signal(lambda stop: run_bridge(site, address, WallClock(), stop, edge_nodes, buffer_dir))
+    addresses = edge_node_addresses(url, site, edge_nodes or list(site.edge_nodes()))
+    await _until_signal(lambda stop: run_bridge(site, addresses, WallClock(), stop, edge_nodes, buffer_dir))
 
 
 async def context(site: Site, url: str, record: Path) -> None:
@@ -117,7 +192,7 @@ def api(record: Path, host: str, port: int, site: Site | None = None, broker: st
             if site is None:
                 raise ConfigError("uns api --broker needs --site (the enterprise and site name the topics)")
             root = f"{site.config.enterprise}/{site.config.site}"
-            sender = CommandSender(broker_address(broker, "services"), root, settings.command_timeout_s)
+            sender = CommandSender(broker_address(broker, "api"), root, settings.command_timeout_s)
         definition = (
             Definition.from_config(site.config.oee, reasons, site.config.downtime.rules)
             if site is not None and reasons
