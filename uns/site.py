@@ -486,6 +486,22 @@ class PartConfig(_Strict):
     ideal_cycle_s: Annotated[float, Field(gt=0, le=7 * 86400)]
 
 
+class IdealCycleConfig(_Strict):
+    """The third source of the ideal cycle time, after the dispatch list and the part master: the
+    best cycle the machine showed on the same part (and operation) over a window (docs/oee.md)."""
+
+    best_observed_days: Annotated[float, Field(ge=0, le=366)] = 30.0  # 0: off
+    best_observed_percentile: Annotated[float, Field(ge=0, le=50)] = 10.0  # of the cycles (0: the fastest)
+    best_observed_min_cycles: Annotated[int, Field(ge=1, le=100_000)] = 5  # fewer: no ideal
+
+
+class StartupRejectsConfig(_Strict):
+    """Which rejects are startup rejects (six big losses): those reported while the operation had
+    made no more than `first_parts` parts, or before it had made a good one (docs/oee.md)."""
+
+    first_parts: Annotated[int, Field(ge=0, le=100_000)] = 1
+
+
 class OeeConfig(_Strict):
     """How OEE is computed here (services/oee/, docs/oee.md); every result names `version`."""
 
@@ -494,6 +510,16 @@ class OeeConfig(_Strict):
     micro_stops: Literal["performance", "availability"] = "performance"
     planned: list[_Code] = []  # more reason codes out of planned production time (besides the tree's)
     parts: list[PartConfig] = []
+    ideal_cycle: IdealCycleConfig = IdealCycleConfig()
+    startup_rejects: StartupRejectsConfig = StartupRejectsConfig()
+
+    @model_validator(mode="after")
+    def _one_ideal_a_part(self) -> OeeConfig:
+        numbers = [p.part_number for p in self.parts]
+        twice = sorted({n for n in numbers if numbers.count(n) > 1})
+        if twice:
+            raise ValueError(f"part numbers given twice in oee.parts: {', '.join(twice)}")
+        return self
 
 
 class SiteConfig(_Strict):

@@ -58,12 +58,9 @@ CREATE TABLE IF NOT EXISTS state_interval (
 );
 CREATE INDEX IF NOT EXISTS state_interval_end ON state_interval (machine_id, end_ms);
 -- OEE (services/oee/), without reading the wide rows: a machine's time by shift, state and reason in
--- the order it is summed; its time outside shifts by when; an operation's running time between its
--- part counts (the best observed cycle)
+-- the order it is summed, and an operation's running time between its part counts (its cycles)
 CREATE INDEX IF NOT EXISTS state_interval_shift
     ON state_interval (machine_id, shift, state, reason, end_ms, start_ms, job, operation);
-CREATE INDEX IF NOT EXISTS state_interval_time
-    ON state_interval (machine_id, end_ms, start_ms, shift, state, reason, job, operation);
 CREATE INDEX IF NOT EXISTS state_interval_operation
     ON state_interval (machine_id, job, operation, state, start_ms, end_ms);
 CREATE TABLE IF NOT EXISTS signal_event (
@@ -92,7 +89,6 @@ CREATE TABLE IF NOT EXISTS part_count (
     PRIMARY KEY (machine_id, ts_ms, counter)
 );
 CREATE INDEX IF NOT EXISTS part_count_shift ON part_count (machine_id, shift, job, operation, ts_ms, delta);
-CREATE INDEX IF NOT EXISTS part_count_time ON part_count (machine_id, ts_ms, delta, shift, job, operation);
 CREATE INDEX IF NOT EXISTS part_count_operation ON part_count (machine_id, job, operation, ts_ms, delta);
 CREATE TABLE IF NOT EXISTS dispatch_version (
     version     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -645,15 +641,13 @@ class _Record:
         return [(ts, name, json.loads(value) if value is not None else None) for ts, name, value in rows]
 
 
-def _ints(joined: str) -> list[int]:
-    return list(map(int, joined.split(",")))
-
-
-def _in_order(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows by their first value (a grouped concatenation keeps the index's order; this makes sure)."""
-    out = list(rows)
-    firsts = [r[0] for r in out]
-    return out if firsts == sorted(firsts) else sorted(out)
+def _pairs(firsts: str | None, seconds: str | None) -> list[tuple[int, int]]:
+    """Two grouped concatenations of numbers as pairs, in the order of the first (the index's)."""
+    if firsts is None or seconds is None:
+        return []
+    a, b = list(map(int, firsts.split(","))), list(map(int, seconds.split(",")))
+    out = list(zip(a, b, strict=True))
+    return out if a == sorted(a) else sorted(out)
 
 
 def _shift_days(start_ms: int, end_ms: int) -> tuple[str, str]:
@@ -973,41 +967,6 @@ class RecordStore(_Record):
             )
             _revised(db, machine_id, ts_ms)
 
-    def time_totals(
-        self, machine_id: str, start_ms: int, end_ms: int, *, running_outside: bool, by_start: bool
-    ) -> list[tuple[str | None, str | None, str | None, str, str | None, int, int | None]]:
-        """Closed record time of a machine in [start, end), clipped: (shift, job, operation, state,
-        reason, ms, start) summed by shift, job, operation, state and reason. Outside every shift
-        (shift NULL) only running time with `running_outside`, and with `by_start` one row a piece
-        (with its start, for its local day)."""
-        with self._lock:
-            return list(
-                self._db.execute(
-                    "SELECT shift, job, operation, state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"
-                    " CASE WHEN shift IS NULL AND ?4 THEN max(start_ms, ?1) END"
-                    " FROM state_interval WHERE machine_id = ?3 AND end_ms > ?1 AND start_ms < ?2"
-                    " AND (shift IS NOT NULL OR state = 'running' OR NOT ?5)"
-                    " GROUP BY shift, job, operation, state, reason,"
-                    " CASE WHEN shift IS NULL AND ?4 THEN max(start_ms, ?1) END",
-                    (start_ms, end_ms, machine_id, by_start, running_outside),
-                )
-            )
-
-    def part_totals(
-        self, machine_id: str, start_ms: int, end_ms: int, *, by_start: bool
-    ) -> list[tuple[str | None, str | None, str | None, int, int | None]]:
-        """Parts made by a machine in [start, end): (shift, job, operation, parts, when) summed by
-        shift, job and operation; outside every shift, with `by_start`, one row a count (for its day)."""
-        with self._lock:
-            return list(
-                self._db.execute(
-                    "SELECT shift, job, operation, sum(delta), CASE WHEN shift IS NULL AND ?4 THEN ts_ms END"
-                    " FROM part_count WHERE machine_id = ?3 AND ts_ms >= ?1 AND ts_ms < ?2"
-                    " GROUP BY shift, job, operation, CASE WHEN shift IS NULL AND ?4 THEN ts_ms END",
-                    (start_ms, end_ms, machine_id, by_start),
-                )
-            )
-
     def rejects(
         self, machine_id: str, start_ms: int, end_ms: int
     ) -> list[tuple[int, str | None, str | None, str | None, int]]:
@@ -1072,7 +1031,7 @@ class RecordStore(_Record):
         )
         outside = (
             f"SELECT machine_id, NULL, {op}, state, reason, {clipped}, {piece}"  # noqa: S608
-            " FROM state_interval INDEXED BY state_interval_time"
+            " FROM state_interval INDEXED BY state_interval_end"
             f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND shift IS NULL"
             + (" AND state = 'running'" if running_outside else "")
             + f" GROUP BY machine_id, {group_op}state, reason, {piece}"
@@ -1098,8 +1057,8 @@ class RecordStore(_Record):
         when = "CASE WHEN ?3 THEN ts_ms END"
         outside = (
             f"SELECT machine_id, NULL, job, operation, sum(delta), {when}"  # noqa: S608
-            " FROM part_count INDEXED BY part_count_time"
-            f" WHERE machine_id IN ({among}) AND ts_ms >= ?1 AND ts_ms < ?2 AND shift IS NULL"
+            " FROM part_count"  # by machine and time (the primary key), not by shift: `+shift`
+            f" WHERE machine_id IN ({among}) AND ts_ms >= ?1 AND ts_ms < ?2 AND +shift IS NULL"
             f" GROUP BY machine_id, job, operation, {when}"
         )
         args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
@@ -1139,15 +1098,24 @@ class RecordStore(_Record):
 
     def operation_cycles(
         self, operations: Iterable[tuple[str, str, str]]
-    ) -> dict[tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int, str]]]]:
-        """For each (machine, job, operation): its part counts (when, parts) and its closed running
-        and comms_loss intervals (start, end, state), each in time order: what its cycles are made of.
-        (One row an operation, its numbers joined: tens of thousands of rows cost more to fetch.)"""
-        out: dict[tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int, str]]]] = {}
+    ) -> dict[
+        tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]
+    ]:
+        """For each (machine, job, operation): its part counts (when, parts), its closed running
+        intervals and its comms_loss intervals (start, end), each in time order: what its cycles are
+        made of. (One row an operation, its numbers joined: tens of thousands of rows cost more to fetch.)"""
+        out: dict[
+            tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]
+        ] = {}
         jobs: dict[str, set[str]] = {}
         for m, j, o in operations:
-            out[m, j, o] = ([], [])
+            out[m, j, o] = ([], [], [])
             jobs.setdefault(m, set()).add(j)
+        joined = ", ".join(
+            f"group_concat(CASE WHEN state = '{st}' THEN {col} END)"
+            for st in ("running", "comms_loss")
+            for col in ("start_ms", "end_ms")
+        )
         with self._lock:
             for m, of_machine in jobs.items():
                 listed = sorted(of_machine)
@@ -1161,8 +1129,7 @@ class RecordStore(_Record):
                         (m, *chunk),
                     ).fetchall()
                     spans = self._db.execute(
-                        "SELECT job, operation, group_concat(start_ms), group_concat(end_ms),"  # noqa: S608
-                        " group_concat(state = 'running')"
+                        f"SELECT job, operation, {joined}"  # noqa: S608
                         " FROM state_interval INDEXED BY state_interval_operation"
                         f" WHERE machine_id = ? AND job IN ({among}) AND state IN ('running', 'comms_loss')"
                         " GROUP BY job, operation",
@@ -1170,13 +1137,11 @@ class RecordStore(_Record):
                     ).fetchall()
                     for j, o, ts, deltas in counts:
                         if (m, j, o) in out:
-                            out[m, j, o][0].extend(_in_order(zip(_ints(ts), _ints(deltas), strict=True)))
-                    for j, o, starts, ends, running in spans:
+                            out[m, j, o][0].extend(_pairs(ts, deltas))
+                    for j, o, run_from, run_to, lost_from, lost_to in spans:
                         if (m, j, o) in out:
-                            states = ["running" if r == "1" else "comms_loss" for r in running.split(",")]
-                            out[m, j, o][1].extend(
-                                _in_order(zip(_ints(starts), _ints(ends), states, strict=True))
-                            )
+                            out[m, j, o][1].extend(_pairs(run_from, run_to))
+                            out[m, j, o][2].extend(_pairs(lost_from, lost_to))
         return out
 
     def change_marks(self) -> tuple[int, int, int]:

@@ -29,6 +29,7 @@ from services.context.state import MachineState
 from services.historian.lines import Encoder, line, machine_tags, retraction
 from services.historian.memory import Cursor, Memory
 from services.oee.engine import Definition
+from services.oee.observed import ObservedCycles
 from services.oee.report import oee
 from uns.site import Site
 
@@ -83,6 +84,7 @@ class Historian:
         self.memory = memory
         self.calendar = calendar
         self.encoder = Encoder(taxonomy, definition)
+        self.cycles = ObservedCycles(store)  # the best observed cycles, kept between minutes
         self.definition = definition
         self.now_ms = now_ms
         self.page = page
@@ -279,6 +281,7 @@ class Historian:
             timezone=self.site.config.timezone,
             now_ms=now,
             by_reason=True,
+            cycles=self.cycles,
         )
         out: list[str] = []
         for key, tally in sorted(tallies.items(), key=lambda kv: str(kv[0])):

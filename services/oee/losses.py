@@ -6,8 +6,9 @@ recovery after them, tooling, unplanned maintenance) are breakdowns; performance
 (micro-stops) are small stops; planned reasons are no loss. Other stops (waiting on inspection,
 quality holds, material, people, no work, unclassified) are availability losses outside the six:
 `other_stops`. Reduced speed comes from the OEE arithmetic (run time less micro-stops less the ideal
-time of the parts), production rejects are the scrap and rework reported; startup rejects are not
-told apart yet.
+time of the parts); the rejects are the scrap and rework reported, startup rejects those of an
+operation's first parts (`Tally.startup_rejected`: services/oee/report.py tells them apart), the rest
+production rejects.
 """
 
 from __future__ import annotations
