@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -110,6 +111,17 @@ class OpcUaSource(_Strict):
     # the name of the environment variable that holds the password: secrets never go in the file
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     security: OpcUaSecurity | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _port(cls, endpoint: str) -> str:
+        try:
+            port = urlsplit(endpoint).port
+        except ValueError:
+            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535") from None
+        if port == 0:
+            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
+        return endpoint
 
     @model_validator(mode="after")
     def _credentials(self) -> OpcUaSource:
@@ -667,10 +679,38 @@ def _dotted(loc: Loc) -> str:
     return out or "(top level)"
 
 
+MAX_NODES = 200_000  # a site model of a few hundred machines is a few tens of thousands
+
+
+def _expanded_size(node: yaml.Node | None, seen: dict[int, int]) -> int:
+    """How many nodes the document has once its aliases are expanded (computed without expanding:
+    an alias bomb, a few lines that expand to billions, is caught before anything walks it)."""
+    if node is None:
+        return 0
+    known = seen.get(id(node))
+    if known is not None:
+        return known
+    seen[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(v, seen) for v in node.value)
+    seen[id(node)] = min(size, 10 * MAX_NODES)
+    return seen[id(node)]
+
+
 def parse_site(text: str, filename: str = "<site>") -> Site:
     """Validate a site model given as YAML text; errors name `filename`, the line and the field."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if _expanded_size(root, {}) > MAX_NODES:
+            raise SiteConfigError(
+                [
+                    f"{filename}:1: the site model expands to more than {MAX_NODES:,} values through its"
+                    " aliases (*name): refused (is it an alias bomb?)"
+                ]
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -747,9 +787,16 @@ def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
 def load_site(path: str | Path) -> Site:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SiteConfigError([f"{path}: cannot read the site model: {exc.strerror}"]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SiteConfigError(
+            [f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}): save the site model as UTF-8"]
+        ) from exc
     site = parse_site(text, str(path))
     return Site(site.config, tuple(_relative_to(m, path.parent) for m in site.machines), path)
 

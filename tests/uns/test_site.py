@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,32 @@ def test_shifts_load_and_overlaps_bad_times_and_zones_are_refused() -> None:
     assert "shifts.pattern[0].days[1]" in p
     [p] = problems(GOOD.replace("site: dayton\n", "site: dayton\ntimezone: Mars/Olympus\n"))
     assert p.startswith("plant.yaml:3: timezone: unknown time zone 'Mars/Olympus'")
+
+
+def test_an_alias_bomb_is_refused_at_once() -> None:
+    """A few lines whose aliases expand to a billion values (it used to hang check-site)."""
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    for n, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[n]
+        bomb += f"{name}: &{name} [{','.join(['*' + prev] * 9)}]\n"
+    started = time.monotonic()
+    with pytest.raises(SiteConfigError, match=r"bomb.yaml:1: .*aliases .*refused"):
+        parse_site(GOOD + bomb, "bomb.yaml")
+    assert time.monotonic() - started < 5
+    # the example's own anchors and aliases are fine
+    assert parse_site(GOOD.replace("source:", "source: &src", 1)).machines
+
+
+def test_a_site_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    site = tmp_path / "plant.yaml"
+    site.write_bytes((GOOD + "# Mühle\n").encode("latin-1"))
+    with pytest.raises(SiteConfigError, match=rf"{site}:\d+: not UTF-8 text \(byte 0xfc\)"):
+        load_site(site)
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_an_endpoint_port_out_of_range_is_refused(port: str) -> None:
+    with pytest.raises(
+        SiteConfigError, match=r"<site>:\d+: .*endpoint.*port must be a number from 1 to 65535"
+    ):
+        parse_site(GOOD.replace("127.0.0.1:4840", f"127.0.0.1:{port}"))
