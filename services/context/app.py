@@ -38,6 +38,7 @@ from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
 from uns.site import Machine, Signal, Site
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
+from uns.sparkplug.host import Event as HostEvent
 from uns.sparkplug.payload import Metric, Quality
 from uns.sparkplug.topic import state_topic
 
@@ -204,14 +205,17 @@ class ContextService:
             self.command(topic.rpartition("/")[2], payload, via="mqtt")
             self._schedule_flush()
             return
-        for event in self.host.handle(topic, payload, time.monotonic()):
+        self._host_events(self.host.handle(topic, payload, time.monotonic()))
+        self._schedule_flush()
+
+    def _host_events(self, events: list[HostEvent]) -> None:
+        for event in events:
             if isinstance(event, MetricsUpdate):
                 self._update(event)
             elif isinstance(event, Death):
                 self._death(event)
             elif isinstance(event, RebirthRequest) and self._client is not None:
                 self._client.publish(*event.command(self.clock.now_ms()), qos=0)
-        self._schedule_flush()
 
     # -- events -------------------------------------------------------------------------------
     def _machine(self, group: str, edge: str, device: str) -> Machine | None:
@@ -441,6 +445,8 @@ class ContextService:
         root = f"{self.site.config.enterprise}/{self.site.config.site}/_health"
         while True:
             await asyncio.sleep(interval_s)
+            # held data released, conflicts that went quiet ended, without waiting for a message
+            self._host_events(self.host.tick(time.monotonic()))
             self._refresh_stops()
             now = self.clock.now_ms()
             scopes: dict[str, dict[str, bool | int | float | None]] = {

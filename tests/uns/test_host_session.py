@@ -83,12 +83,16 @@ def test_data_before_birth_asks_for_rebirth() -> None:
 def test_ndeath_with_matching_bdseq_kills_node_and_devices_stale_will_is_ignored() -> None:
     edge, host, _ = born()
     old_will = edge.death(0)
-    edge.new_connection(10)  # the node reconnected
-    for topic, payload in edge.births(11):
-        host.handle(topic, payload, 1.0)
+    edge.new_connection(10)  # the node reconnected before the broker sent the old Will
+    events = [e for m in edge.births(11) for e in host.handle(*m, now=1.0)]
+    # a new bdSeq while the old session has not died: held until no sign of the old one comes
+    assert events == [Death("g", "e", None, 11, ("m1",))]
+    assert host.on_probation("g", "e")
     assert host.handle(*old_will, now=2.0) == []
     assert host.counters["stale_deaths"] == 1
-    [death] = host.handle(*edge.death(20), now=3.0)
+    *released, death = host.handle(*edge.death(20), now=12.0)  # after the hold
+    assert [e.device_id for e in released if isinstance(e, MetricsUpdate)] == [None, "m1"]
+    assert len(released) == 2
     assert death == Death("g", "e", None, 20, ("m1",))
     assert not host.is_online("g", "e")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -206,7 +207,8 @@ def typed_value(where: str, datatype: DataType, value: bool | int | float | str 
     return value
 
 
-def _metric_from_pb(index: int, m: pb.SpbMetric) -> Metric:
+def _metric_from_pb(index: int, m: pb.SpbMetric, untimed: Collection[str] | None, payload_ms: int) -> Metric:
+    # `untimed`: the names that may come without a timestamp (they take the payload's); None: any
     # The per-message hot path of the host: the error text is only built when there is an error.
     name = m.name if m.HasField("name") else None
     alias = m.alias if m.HasField("alias") else None
@@ -216,8 +218,11 @@ def _metric_from_pb(index: int, m: pb.SpbMetric) -> Metric:
 
     if name is None and alias is None:
         raise PayloadError(f"{where()}: has neither a name nor an alias")
+    timestamp = m.timestamp
     if not m.HasField("timestamp"):
-        raise PayloadError(f"{where()}: has no timestamp")
+        if untimed is not None and (name is None or name not in untimed):
+            raise PayloadError(f"{where()}: has no timestamp")
+        timestamp = payload_ms
     datatype: DataType | None = None
     code = m.datatype
     if code:
@@ -239,17 +244,38 @@ def _metric_from_pb(index: int, m: pb.SpbMetric) -> Metric:
         value = getattr(m, which)
         if datatype is not None:
             value = typed_value(where(), datatype, value)
-    return Metric(name, alias, m.timestamp, datatype, value, m.is_historical, m.is_transient, quality)
+    return Metric(name, alias, timestamp, datatype, value, m.is_historical, m.is_transient, quality)
 
 
-def decode(data: bytes) -> Payload:
-    """Parse a payload. Raises PayloadError for bytes that are not a valid Sparkplug payload."""
+def _parse(data: bytes) -> pb.SpbPayload:
     msg = pb.SpbPayload()
     try:
         msg.ParseFromString(data)
     except DecodeError as exc:
         raise PayloadError(f"not a Sparkplug B protobuf payload ({len(data)} bytes): {exc}") from exc
+    return msg
+
+
+def decode(data: bytes, *, untimed: Collection[str] = ()) -> Payload:
+    """Parse a payload. Raises PayloadError for bytes that are not a valid Sparkplug payload.
+
+    The payload and every metric must carry a timestamp (births and data: the specification asks
+    for them), except the metrics named in `untimed`, which then take the payload's: an NBIRTH's
+    `bdSeq` and `Node Control/...` metrics as Eclipse Tahu's JavaScript client builds them.
+    """
+    msg = _parse(data)
     if not msg.HasField("timestamp"):
         raise PayloadError("payload has no timestamp")
-    metrics = tuple(_metric_from_pb(i, m) for i, m in enumerate(msg.metrics))
-    return Payload(msg.timestamp, metrics, msg.seq if msg.HasField("seq") else None)
+    ts = msg.timestamp
+    metrics = tuple(_metric_from_pb(i, m, untimed, ts) for i, m in enumerate(msg.metrics))
+    return Payload(ts, metrics, msg.seq if msg.HasField("seq") else None)
+
+
+def decode_untimed(data: bytes) -> Payload:
+    """Parse a payload that needs no timestamps: an NDEATH (the specification requires none in a
+    death; Eclipse Tahu's JavaScript client sends its `bdSeq` without one) or a command. A missing
+    payload timestamp reads as 0, a missing metric timestamp as the payload's."""
+    msg = _parse(data)
+    ts = msg.timestamp
+    metrics = tuple(_metric_from_pb(i, m, None, ts) for i, m in enumerate(msg.metrics))
+    return Payload(ts, metrics, msg.seq if msg.HasField("seq") else None)
