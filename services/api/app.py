@@ -1,7 +1,9 @@
 """The FastAPI application. Every route needs a bearer token; writes check the token's role
 (admin, viewer, operator, planner, quality: services/api/deps.py). OpenAPI is at /openapi.json.
 
-Writes are commands to the context service over MQTT (`commands`); without it the API only reads."""
+Writes are commands to the context service over MQTT (`commands`); without it the API only reads.
+Every error answer has one model (services/api/errors.py), declared route by route in the OpenAPI
+document; request bodies are bounded (services/api/limits.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import counts, dispatch, downtime, floor, holds, losses, machines, metrics, oee
+from services.api import counts, dispatch, downtime, errors, floor, holds, losses, machines, metrics, oee
 from services.api import reasons as reason_tree
 from services.api.deps import require_token
+from services.api.limits import BodyLimit
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import DEFAULT_REASONS, Reason
@@ -64,8 +67,22 @@ def create_app(
     app.state.oee = oee_definition or Definition.from_config(OeeConfig(), app.state.reasons)
     app.state.timezone = timezone
     app.state.clock = clock or (lambda: int(time.time() * 1000))
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for module in (machines, floor, downtime, oee, losses, reason_tree, counts, dispatch, holds, metrics):
-        app.include_router(module.router, dependencies=[Depends(require_token)])
+        app.include_router(
+            module.router, dependencies=[Depends(require_token)], responses=errors.responses(401)
+        )
+
+    made = app.openapi
+
+    def document() -> dict[str, Any]:
+        """The OpenAPI document with the one error model only (services/api/errors.py)."""
+        if app.openapi_schema is None:
+            app.openapi_schema = errors.clean_openapi(made())
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def openapi() -> dict[str, Any]:

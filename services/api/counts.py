@@ -6,10 +6,12 @@ from collections import defaultdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from services.api.deps import Settings, Store
+from services.api.errors import responses
 from services.api.machines import check_window
+from services.api.when import When
 from uns.clock import iso
 
 router = APIRouter(prefix="/api/v1/counts", tags=["counts"])
@@ -32,12 +34,17 @@ class CountsOut(BaseModel):
     rows: list[CountRow]
 
 
-@router.get("", response_model=CountsOut, summary="Part counts by machine, shift, job and operation")
+@router.get(
+    "",
+    response_model=CountsOut,
+    summary="Part counts by machine, shift, job and operation",
+    responses=responses(422),
+)
 def counts(
     store: Store,
     settings: Settings,
-    start: Annotated[AwareDatetime, Query(description="window start, ISO-8601 with offset")],
-    end: Annotated[AwareDatetime, Query(description="window end, ISO-8601 with offset")],
+    start: Annotated[When, Query(description="window start, ISO-8601 with offset")],
+    end: Annotated[When, Query(description="window end, ISO-8601 with offset")],
 ) -> CountsOut:
     """Counts by when the part was made (or reported), in [start, end)."""
     start_ms, end_ms = check_window(start, end, settings.max_interval_days)

@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import tokens
+from services.api.errors import ApiError
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import Reason
@@ -51,9 +52,10 @@ def require_token(
                 role = name
         caller = tokens.Caller(f"{role} token", role) if role is not None else None
     if credentials is None or caller is None:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
             "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+            ["header", "Authorization"],
             headers={"WWW-Authenticate": "Bearer"},
         )
     request.state.caller = caller
@@ -71,9 +73,10 @@ def allow(*roles: str) -> Callable[[str], str]:
 
     def check(role: Annotated[str, Depends(require_token)]) -> str:
         if role != "admin" and role not in roles:
-            raise HTTPException(
+            raise ApiError(
                 status.HTTP_403_FORBIDDEN,
                 f"the {role} role may not do this (allowed: admin, {', '.join(roles)})",
+                ["header", "Authorization"],
             )
         return role
 
@@ -83,7 +86,7 @@ def allow(*roles: str) -> Callable[[str], str]:
 def get_commands(request: Request) -> CommandSender:
     sender: CommandSender | None = request.app.state.commands
     if sender is None:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_503_SERVICE_UNAVAILABLE, "this API is not connected to the broker: it only reads"
         )
     return sender

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import Commands, Store, allow
+from services.api import csv_import
+from services.api.deps import Commands, Settings, Store, allow
+from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
-from services.context.commands import CommandError, Person, PlannedOperation, operations_from_csv
+from services.api.when import When
+from services.context.commands import Person, PlannedOperation
 from uns.clock import iso
 
 router = APIRouter(tags=["dispatch"])
@@ -23,7 +26,7 @@ class DispatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     operations: list[PlannedOperation]
     by: Person | None = None
-    at: Annotated[AwareDatetime | None, Field(description=_RELEASED)] = None
+    at: Annotated[When | None, Field(description=_RELEASED)] = None
 
 
 class OperationUpdateIn(BaseModel):
@@ -31,7 +34,7 @@ class OperationUpdateIn(BaseModel):
     operation: PlannedOperation
     cancel: bool = False
     by: Person | None = None
-    at: Annotated[AwareDatetime | None, Field(description=_RELEASED)] = None
+    at: Annotated[When | None, Field(description=_RELEASED)] = None
 
 
 def _body(model: BaseModel, role: str) -> dict[str, Any]:
@@ -40,23 +43,57 @@ def _body(model: BaseModel, role: str) -> dict[str, Any]:
     return body
 
 
-@router.put("/api/v1/dispatch/machines/{machine_id}", summary="Replace the planned work of one machine")
+def _check_rows(count: int, max_rows: int) -> None:
+    if count > max_rows:
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the list has {count} operations; at most {max_rows} per request (UNS_MAX_ROWS): "
+            "send the dispatch list of one machine or cell at a time",
+            ["body", "operations"],
+        )
+
+
+@router.put(
+    "/api/v1/dispatch/machines/{machine_id}",
+    summary="Replace the planned work of one machine",
+    responses=responses(*WRITE),
+)
 async def dispatch_machine(
-    machine_id: str, body: DispatchIn, commands: Commands, role: Annotated[str, _PLANNERS]
+    machine_id: str,
+    body: DispatchIn,
+    commands: Commands,
+    settings: Settings,
+    role: Annotated[str, _PLANNERS],
 ) -> dict[str, Any]:
     """Operations on the list that are not started yet are replaced; started ones keep their actuals.
-    Answers with the new dispatch version."""
+    Answers with the new dispatch version. At most UNS_MAX_ROWS operations (413 beyond)."""
+    _check_rows(len(body.operations), settings.max_rows)
     return await forward(commands, "dispatch", {**_body(body, role), "machine": machine_id})
 
 
-@router.put("/api/v1/dispatch/cells/{area}/{line}/{cell}", summary="Replace the planned work of one cell")
+@router.put(
+    "/api/v1/dispatch/cells/{area}/{line}/{cell}",
+    summary="Replace the planned work of one cell",
+    responses=responses(*WRITE),
+)
 async def dispatch_cell(
-    area: str, line: str, cell: str, body: DispatchIn, commands: Commands, role: Annotated[str, _PLANNERS]
+    area: str,
+    line: str,
+    cell: str,
+    body: DispatchIn,
+    commands: Commands,
+    settings: Settings,
+    role: Annotated[str, _PLANNERS],
 ) -> dict[str, Any]:
+    _check_rows(len(body.operations), settings.max_rows)
     return await forward(commands, "dispatch", {**_body(body, role), "cell": f"{area}/{line}/{cell}"})
 
 
-@router.post("/api/v1/dispatch/operations", summary="Add, change or cancel one planned operation")
+@router.post(
+    "/api/v1/dispatch/operations",
+    summary="Add, change or cancel one planned operation",
+    responses=responses(*WRITE),
+)
 async def dispatch_operation(
     body: OperationUpdateIn, commands: Commands, role: Annotated[str, _PLANNERS]
 ) -> dict[str, Any]:
@@ -66,22 +103,30 @@ async def dispatch_operation(
 @router.post(
     "/api/v1/dispatch/csv",
     summary="Replace the planned work of a machine or cell from a CSV file",
-    openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses=responses(*WRITE, 415),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "UTF-8 (a byte order mark is dropped), or the charset the Content-Type"
+            " declares (`text/csv; charset=windows-1252`); lines end in LF, CR LF or CR",
+        }
+    },
 )
 async def dispatch_csv(
+    request: Request,
     commands: Commands,
+    settings: Settings,
     role: Annotated[str, _PLANNERS],
-    csv_text: Annotated[str, Body(media_type="text/csv")],
     machine: Annotated[str | None, Query()] = None,
     cell: Annotated[str | None, Query(description="area/line/cell")] = None,
     by: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Columns: job, operation, machine, program, quantity (required), part_number, ideal_cycle_s,
-    planned_start, planned_end, sequence. Errors name the CSV line and column."""
-    try:
-        operations = operations_from_csv(csv_text)
-    except CommandError as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+    planned_start, planned_end, sequence. Errors name the CSV line and column (every bad line, up to
+    20); at most UNS_MAX_ROWS operations (413 beyond). services/api/csv_import.py has the rules."""
+    text = csv_import.decode(await request.body(), request.headers.get("content-type"))
+    operations = csv_import.operations(text, settings.max_rows)
     body: dict[str, Any] = {
         "operations": [o.model_dump(mode="json", exclude_none=True) for o in operations],
         "by": by or f"api:{role}",
@@ -116,7 +161,12 @@ class OperationOut(BaseModel):
     interruptions: int  # stops (not running) while it ran, and pauses
 
 
-@router.get("/api/v1/operations", response_model=list[OperationOut], summary="Planned against actual")
+@router.get(
+    "/api/v1/operations",
+    response_model=list[OperationOut],
+    summary="Planned against actual",
+    responses=responses(404),
+)
 def operations(
     store: Store,
     _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],
@@ -126,10 +176,12 @@ def operations(
     """Every dispatched operation (of a machine, of a job) with its status, actual start and end, parts
     made, good, scrap and rework, and where its time went."""
     if machine is not None and store.current_state(machine) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} in the site model")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, f"no machine {machine!r} in the site model", ["query", "machine"]
+        )
     found = store.operations(machine, job)
     if job is not None and not found:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job!r} in the dispatch list")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"no job {job!r} in the dispatch list", ["query", "job"])
     out = []
     for o in found:
         by_state, by_reason, stops = store.operation_time(o.job, o.operation)

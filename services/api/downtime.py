@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import AwareDatetime, BaseModel
+from fastapi import APIRouter, Query, status
+from pydantic import BaseModel
 
 from services.api.deps import Calendar, Reasons, Settings, Store
+from services.api.errors import ApiError, responses
 from services.api.machines import check_window
+from services.api.when import When
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -32,14 +34,19 @@ class DowntimeOut(BaseModel):
     rows: list[DowntimeRow]
 
 
-@router.get("", response_model=DowntimeOut, summary="Stopped time by machine, shift and reason")
+@router.get(
+    "",
+    response_model=DowntimeOut,
+    summary="Stopped time by machine, shift and reason",
+    responses=responses(404, 422),
+)
 def downtime(
     store: Store,
     settings: Settings,
     calendar: Calendar,
     taxonomy: Reasons,
-    start: Annotated[AwareDatetime, Query(description="window start, ISO-8601 with offset")],
-    end: Annotated[AwareDatetime, Query(description="window end, ISO-8601 with offset")],
+    start: Annotated[When, Query(description="window start, ISO-8601 with offset")],
+    end: Annotated[When, Query(description="window end, ISO-8601 with offset")],
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
 ) -> DowntimeOut:
     """Closed intervals that were not running, clipped to the window, cut at shift boundaries, summed
@@ -51,7 +58,9 @@ def downtime(
     wanted = machine or sorted(known)
     unknown = sorted(set(wanted) - known)
     if unknown:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model", ["query", "machine"]
+        )
     totals: dict[tuple[str, str | None, MachineState, str | None], list[float]] = defaultdict(
         lambda: [0.0, 0]
     )

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import Commands, Store, allow
+from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
+from services.api.when import When
 from services.context.commands import Code, Person
 from uns.clock import iso
 
@@ -20,7 +22,7 @@ router = APIRouter(prefix="/api/v1/machines", tags=["shop floor"])
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: Person | None = None
-    at: AwareDatetime | None = None  # when it happened; default: now
+    at: When | None = None  # when it happened; default: now
 
 
 class OperationActionIn(_In):
@@ -36,7 +38,7 @@ class OperatorIn(_In):
 
 class ReasonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    stop_at: AwareDatetime = Field(description="any moment of the stop")
+    stop_at: When = Field(description="any moment of the stop")
     reason: Code
     by: Person
     note: Annotated[str, Field(max_length=500)] = ""
@@ -55,7 +57,11 @@ def _body(machine_id: str, model: BaseModel, role: str) -> dict[str, Any]:
     return {**body, "machine": machine_id}
 
 
-@router.post("/{machine_id}/operation", summary="Start, pause, resume, complete or confirm an operation")
+@router.post(
+    "/{machine_id}/operation",
+    summary="Start, pause, resume, complete or confirm an operation",
+    responses=responses(*WRITE),
+)
 async def operation(
     machine_id: str,
     body: OperationActionIn,
@@ -65,14 +71,16 @@ async def operation(
     return await forward(commands, "operation", _body(machine_id, body, role))
 
 
-@router.post("/{machine_id}/operator", summary="An operator logs in or out")
+@router.post("/{machine_id}/operator", summary="An operator logs in or out", responses=responses(*WRITE))
 async def operator(
     machine_id: str, body: OperatorIn, commands: Commands, role: Annotated[str, Depends(allow("operator"))]
 ) -> dict[str, Any]:
     return await forward(commands, "operator", _body(machine_id, body, role))
 
 
-@router.post("/{machine_id}/reasons", summary="Set or correct why a machine stood")
+@router.post(
+    "/{machine_id}/reasons", summary="Set or correct why a machine stood", responses=responses(*WRITE)
+)
 async def reason(
     machine_id: str,
     body: ReasonIn,
@@ -84,7 +92,11 @@ async def reason(
     return await forward(commands, "reason", _body(machine_id, body, role))
 
 
-@router.post("/{machine_id}/parts", summary="Report scrap, rework or good parts")
+@router.post(
+    "/{machine_id}/parts",
+    summary="Report scrap, rework or good parts",
+    responses=responses(403, 404, 413, 422, 503),  # nothing about parts conflicts (no 409)
+)
 async def parts(
     machine_id: str,
     body: PartsIn,
@@ -104,14 +116,21 @@ class AuditOut(BaseModel):
     note: str
 
 
-@router.get("/{machine_id}/reasons/audit", response_model=list[AuditOut], summary="Every reason change")
+@router.get(
+    "/{machine_id}/reasons/audit",
+    response_model=list[AuditOut],
+    summary="Every reason change",
+    responses=responses(404),
+)
 def audit(
     machine_id: str,
     store: Store,
     _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],
 ) -> list[AuditOut]:
     if store.current_state(machine_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model", ["path", "machine_id"]
+        )
     return [
         AuditOut(stop_start=iso(run), old=old, new=new, by=by, via=via, changed=iso(changed), note=note)
         for run, old, new, by, via, changed, note in store.reason_audit(machine_id)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import Commands, Store, allow
+from services.api.errors import WRITE, responses
 from services.api.sender import forward
+from services.api.when import When
 from services.context.commands import Code, Person
 from uns.clock import iso
 
@@ -24,10 +26,14 @@ class HoldIn(BaseModel):
     operation: Code | None = None
     note: Annotated[str, Field(max_length=500)] = ""
     by: Person | None = None
-    at: AwareDatetime | None = None
+    at: When | None = None
 
 
-@router.post("", summary="Open or close a quality hold on a machine, a job or one operation")
+@router.post(
+    "",
+    summary="Open or close a quality hold on a machine, a job or one operation",
+    responses=responses(*WRITE),
+)
 async def hold(
     body: HoldIn, commands: Commands, role: Annotated[str, Depends(allow("quality"))]
 ) -> dict[str, Any]:
@@ -48,7 +54,7 @@ class HoldOut(BaseModel):
     jobs_blocked: list[str]  # "job/operation" the held machines were on while stopped
 
 
-@router.get("", response_model=list[HoldOut], summary="Holds and what they blocked")
+@router.get("", response_model=list[HoldOut], summary="Holds and what they blocked", responses=responses(422))
 def holds(
     store: Store,
     _: Annotated[str, Depends(allow("viewer", "operator", "planner", "quality"))],

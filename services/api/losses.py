@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from services.api.deps import Calendar, OeeDefinition, Reasons, Settings, Store
-from services.api.oee import Group, ordered, window
+from services.api.errors import responses
+from services.api.oee import Group, observed_cycles, ordered, window
+from services.api.when import When
 from services.oee.engine import Tally
 from services.oee.losses import BIG_LOSSES, OTHER, big_loss
 from services.oee.report import oee
@@ -32,7 +34,8 @@ class LossRow(BaseModel):
     planned_stops_s: float
     big_losses: dict[str, float | int | None] = Field(
         description="seconds (rejects: parts); reduced_speed None without ideal cycle times;"
-        " startup_rejects not told apart yet (None)",
+        " startup_rejects: scrap and rework of an operation's first parts (the site's"
+        " oee.startup_rejects.first_parts), or before it made a good one; production_rejects: the rest",
         examples=[{"breakdowns": 1860.0, "setup_adjustments": 2400.0, "small_stops": 310.0}],
     )
 
@@ -47,7 +50,12 @@ class LossesOut(BaseModel):
     total: LossRow
 
 
-@router.get("", response_model=LossesOut, summary="Stopped time by reason (Pareto) and the six big losses")
+@router.get(
+    "",
+    response_model=LossesOut,
+    summary="Stopped time by reason (Pareto) and the six big losses",
+    responses=responses(404, 422),
+)
 def get_losses(
     request: Request,
     store: Store,
@@ -55,8 +63,8 @@ def get_losses(
     calendar: Calendar,
     definition: OeeDefinition,
     taxonomy: Reasons,
-    start: Annotated[AwareDatetime | None, Query(description="default: the current shift's start")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="default: now")] = None,
+    start: Annotated[When | None, Query(description="default: the current shift's start")] = None,
+    end: Annotated[When | None, Query(description="default: now")] = None,
     group_by: Annotated[
         list[Group] | None, Query(description="group by these (repeatable); default: machine")
     ] = None,
@@ -66,7 +74,20 @@ def get_losses(
     start_ms, end_ms, now_ms = window(request, store, settings, calendar, start, end, machine)
     by = tuple(dict.fromkeys(group_by or ["machine"]))
     zone: str = request.app.state.timezone
-    tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms, by_reason=True)
+    cycles = observed_cycles(request, store)
+    tallies = oee(
+        store,
+        calendar,
+        definition,
+        start_ms,
+        end_ms,
+        by,
+        machine,
+        zone,
+        now_ms,
+        by_reason=True,
+        cycles=cycles,
+    )
 
     def row(group: dict[str, str | None], t: Tally) -> LossRow:
         losses = {
@@ -77,7 +98,7 @@ def get_losses(
         stopped = sum(losses.values())
         cumulative = 0.0
         reasons = []
-        for code, seconds in sorted(losses.items(), key=lambda kv: -kv[1]):
+        for code, seconds in sorted(losses.items(), key=lambda kv: (-kv[1], kv[0])):  # ties by code
             cumulative += seconds
             reasons.append(
                 ReasonLoss(
@@ -96,8 +117,8 @@ def get_losses(
                 big[kind] = round(float(big[kind] or 0.0) + seconds, 3)
         speed = t.reduced_speed_s
         big["reduced_speed"] = None if speed is None else round(speed, 3)
-        big["startup_rejects"] = None
-        big["production_rejects"] = t.rejected
+        big["startup_rejects"] = t.startup_rejected
+        big["production_rejects"] = t.production_rejected
         planned = sum(
             s for code, s in (t.stops_s or {}).items() if big_loss(code, taxonomy, definition) is None
         )

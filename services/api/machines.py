@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import AwareDatetime, BaseModel
+from fastapi import APIRouter, Query, status
+from pydantic import BaseModel
 
 from services.api.deps import Calendar, Settings, Store
+from services.api.errors import ApiError, responses
+from services.api.when import When
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -55,9 +57,13 @@ def _ms(dt: datetime) -> int:
 def check_window(start: datetime, end: datetime, max_days: int) -> tuple[int, int]:
     """A query's window in UTC ms; 422 when it is backwards or too long."""
     if end <= start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start")
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start", ["query", "end"])
     if end - start > timedelta(days=max_days):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"window is longer than {max_days} days")
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"window is longer than {max_days} days",
+            ["query", "start"],
+        )
     return _ms(start), _ms(end)
 
 
@@ -78,15 +84,18 @@ def list_machines(store: Store) -> list[MachineOut]:
 
 
 @router.get(
-    "/{machine_id}/intervals", response_model=IntervalsOut, summary="State intervals in a time window"
+    "/{machine_id}/intervals",
+    response_model=IntervalsOut,
+    summary="State intervals in a time window",
+    responses=responses(404, 422),
 )
 def machine_intervals(
     machine_id: str,
     store: Store,
     settings: Settings,
     calendar: Calendar,
-    start: Annotated[AwareDatetime, Query(description="window start, ISO-8601 with offset")],
-    end: Annotated[AwareDatetime, Query(description="window end, ISO-8601 with offset")],
+    start: Annotated[When, Query(description="window start, ISO-8601 with offset")],
+    end: Annotated[When, Query(description="window end, ISO-8601 with offset")],
 ) -> IntervalsOut:
     """Intervals overlapping [start, end), in time order and not clipped; the current one has no end.
 
@@ -95,7 +104,9 @@ def machine_intervals(
     operation, operator, reason and evidence it has now. Pieces of one stop share `stop_start`."""
     current = store.current_state(machine_id)
     if current is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model", ["path", "machine_id"]
+        )
     start_ms, end_ms = check_window(start, end, settings.max_interval_days)
     out: list[IntervalOut] = []
     for i in store.intervals(machine_id, start_ms, end_ms):

@@ -17,6 +17,9 @@ class ApiSettings(BaseSettings):
     api_token_quality: SecretStr | None = Field(default=None, min_length=16)
     max_interval_days: int = Field(default=31, ge=1, le=366)
     command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # bounded writes: a larger body, or a dispatch list with more operations, is answered 413
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    max_rows: int = Field(default=2_000, ge=1, le=10_000)  # operations in one dispatch request
 
     def tokens(self) -> dict[str, SecretStr]:
         """Role -> token, for the roles that have one."""
