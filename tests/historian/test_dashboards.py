@@ -25,7 +25,7 @@ from uns.cli import DEFAULT_SITE
 from uns.demo import DemoOptions, run_demo
 from uns.site import parse_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # a demo, a historian, InfluxDB
 
 
 def every_day_site() -> str:
