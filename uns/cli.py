@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--truth", type=Path, default=None, help="write the ground truth here on exit")
 
-    bridge = sub.add_parser("bridge", help="run the OPC UA -> Sparkplug bridge (UNS_MQTT_PASSWORD)")
+    bridge = sub.add_parser(
+        "bridge",
+        help="run the bridges (a login per edge node: UNS_MQTT_<USER>_PASSWORD)",
+    )
     bridge.add_argument("--site", type=Path, default=DEFAULT_SITE)
     bridge.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     bridge.add_argument(
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--buffer-dir", type=Path, default=Path("var/buffer"), help="store-and-forward files")
 
     context = sub.add_parser(
-        "context", help="run the Sparkplug host that keeps the record (UNS_MQTT_PASSWORD)"
+        "context",
+        help="run the Sparkplug host that keeps the record (UNS_MQTT_PASSWORD)",
     )
     context.add_argument("--site", type=Path, default=DEFAULT_SITE)
     context.add_argument("--broker", default="mqtt://127.0.0.1:1883")
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--broker",
         default=None,
-        help="mqtt://host:port: take writes (dispatch, holds...) as commands",
+        help="mqtt://host:port or mqtts://host:8883 (UNS_MQTT_CA_FILE): take writes as commands",
     )
 
     historian = sub.add_parser(
