@@ -239,6 +239,11 @@ def without_zeros(field: str) -> dm.DataTransformerConfig:
     )
 
 
+def stopped_seconds(*where: str, group_by: str) -> str:
+    """Stopped seconds from `loss`, summed by `group_by` (the loss panels' query)."""
+    return select('sum("seconds") AS "seconds"', "loss", *where, group_by=group_by)
+
+
 def bars(
     title: str,
     description: str,
@@ -897,12 +902,7 @@ def loss_pareto(defaults: SiteDefaults) -> dm.Dashboard:
             "reason",
             horizontal=True,
         )
-        .with_target(
-            InfluxQL(
-                "A",
-                select('sum("seconds") AS "seconds"', "loss", "\"planned\" = 'false'", group_by='"reason"'),
-            )
-        )
+        .with_target(InfluxQL("A", stopped_seconds("\"planned\" = 'false'", group_by='"reason"')))
         .with_transformation(drop_time())
         .with_transformation(without_zeros("seconds"))
         .with_transformation(largest_first("seconds"))
@@ -915,12 +915,7 @@ def loss_pareto(defaults: SiteDefaults) -> dm.Dashboard:
             "reason",
             horizontal=True,
         )
-        .with_target(
-            InfluxQL(
-                "A",
-                select('sum("seconds") AS "seconds"', "loss", "\"planned\" = 'true'", group_by='"reason"'),
-            )
-        )
+        .with_target(InfluxQL("A", stopped_seconds("\"planned\" = 'true'", group_by='"reason"')))
         .with_transformation(drop_time())
         .with_transformation(without_zeros("seconds"))
         .with_transformation(largest_first("seconds"))
@@ -935,12 +930,7 @@ def loss_pareto(defaults: SiteDefaults) -> dm.Dashboard:
             "big_loss",
             horizontal=True,
         )
-        .with_target(
-            InfluxQL(
-                "A",
-                select('sum("seconds") AS "seconds"', "loss", "\"planned\" = 'false'", group_by='"big_loss"'),
-            )
-        )
+        .with_target(InfluxQL("A", stopped_seconds("\"planned\" = 'false'", group_by='"big_loss"')))
         .with_transformation(drop_time())
         .with_transformation(without_zeros("seconds"))
         .with_transformation(largest_first("seconds"))
