@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) mosquitto servers $(GRAFANA_NODE) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 bench: $(STAMP) mosquitto servers
 	$(PY) -m bench
