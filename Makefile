@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_ARGS ?= --speed 30
 
-.PHONY: demo test lint bench proto mosquitto servers dashboards clean
+.PHONY: demo test lint bench proto mosquitto servers chromium dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@# Debian's python3 needs python3-venv for this; install it when the first try fails
@@ -36,6 +36,14 @@ servers:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq victoria-metrics influxdb; \
 	fi
 
+# The floor view's and the review's pages are tested in Debian's Chromium, driven by playwright
+# (which is told where it is: it downloads no browser of its own).
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing Chromium from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
+	fi
+
 GRAFANA_NODE := grafana/node_modules/.package-lock.json
 # TypeScript and @grafana/schema, to check the dashboards against Grafana's own types (tests/test_grafana.py)
 $(GRAFANA_NODE): grafana/package.json grafana/package-lock.json
@@ -56,7 +64,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) mosquitto servers $(GRAFANA_NODE) lint
+test: $(STAMP) mosquitto servers chromium $(GRAFANA_NODE) lint
 	$(PY) -m pytest -q -n 3
 
 bench: $(STAMP) mosquitto servers

@@ -1,5 +1,6 @@
 """The FastAPI application. Every route needs a bearer token; writes check the token's role
-(admin, viewer, operator, planner, quality: services/api/deps.py). OpenAPI is at /openapi.json.
+(admin, viewer, operator, planner, quality: services/api/deps.py). The OpenAPI document
+(/openapi.json) and Swagger UI (/docs) are open: they describe the API and hold no data.
 
 Writes are commands to the context service over MQTT (`commands`); without it the API only reads.
 Every error answer has one model (services/api/errors.py), declared route by route in the OpenAPI
@@ -15,7 +16,22 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.api import counts, dispatch, downtime, errors, floor, holds, losses, machines, metrics, oee
+from services.api import (
+    counts,
+    dispatch,
+    downtime,
+    errors,
+    exports,
+    floor,
+    holds,
+    losses,
+    machines,
+    metrics,
+    oee,
+    pages,
+    planner,
+    review,
+)
 from services.api import reasons as reason_tree
 from services.api.deps import require_token
 from services.api.limits import BodyLimit
@@ -55,9 +71,8 @@ def create_app(
         title="Shop-floor UNS API",
         version="1",
         summary="Machine states and intervals from the shop-floor record",
-        docs_url=None,
+        docs_url="/docs",  # Swagger UI and the document need no token: they hold no data
         redoc_url=None,
-        openapi_url=None,  # served below, behind the token like everything else
     )
     app.state.settings = settings
     app.state.store = store
@@ -69,10 +84,26 @@ def create_app(
     app.state.clock = clock or (lambda: int(time.time() * 1000))
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (machines, floor, downtime, oee, losses, reason_tree, counts, dispatch, holds, metrics):
+    readers_and_writers = (
+        machines,
+        floor,
+        downtime,
+        oee,
+        losses,
+        review,
+        planner,
+        exports,
+        reason_tree,
+        counts,
+        dispatch,
+        holds,
+        metrics,
+    )
+    for module in readers_and_writers:
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.responses(401)
         )
+    app.include_router(pages.router)  # pages check their own display link or token (services/api/pages.py)
 
     made = app.openapi
 
@@ -83,9 +114,5 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]
-
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
-    def openapi() -> dict[str, Any]:
-        return app.openapi()
 
     return app

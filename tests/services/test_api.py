@@ -45,7 +45,6 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     "path",
     [
         "/api/v1/machines",
-        "/openapi.json",
         "/metrics",
         "/api/v1/machines/vf2-01/intervals?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z",
     ],
@@ -55,6 +54,14 @@ def test_every_route_needs_the_token(client: TestClient, path: str, headers: dic
     response = client.get(path, headers=headers)
     assert response.status_code == 401
     assert "bearer token" in response.json()["detail"]
+
+
+def test_the_document_and_swagger_ui_need_no_token(client: TestClient) -> None:
+    """A newcomer opens /docs in a browser: the API's description holds no data."""
+    assert client.get("/openapi.json").json()["info"]["title"] == "Shop-floor UNS API"
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger-ui" in docs.text
 
 
 def test_machines_with_state_and_since(client: TestClient) -> None:
