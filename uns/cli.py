@@ -106,7 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(dest="action", required=True)
     issue = token_sub.add_parser("issue", help="a new token for a person or a system (printed once)")
     issue.add_argument("name", help="who it is for: a person's name or badge, or a system (erp, qms)")
-    issue.add_argument("--role", required=True, choices=["viewer", "operator", "planner", "quality", "admin"])
+    issue.add_argument(
+        "--role",
+        required=True,
+        choices=["viewer", "operator", "planner", "quality", "admin", "display"],
+        help="display: a wall display's link, which opens the floor view and nothing else",
+    )
+    issue.add_argument(
+        "--api-url", default="http://127.0.0.1:8000", help="where the API answers, for the printed links"
+    )
     issue.add_argument("--cell", action="append", default=[], help="an operator's cell, area/line/cell")
     issue.add_argument("--machine", action="append", default=[], help="an operator's machine")
     issue.add_argument("--expires-days", type=_positive, default=None, help="valid for this many days")
@@ -267,6 +275,8 @@ def _token(args: argparse.Namespace) -> int:
             )
             print(f"token {token_id} for {args.name} ({args.role}); shown this once, keep it safe:")
             print(token)
+            if args.role == tokens.DISPLAY:
+                print(f"floor view: {args.api_url.rstrip('/')}/floor?key={token}")
             return 0
         if args.action == "list":
             for token_id, name, role, scope, issued, expires, revoked in store.tokens():

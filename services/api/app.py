@@ -103,7 +103,9 @@ def create_app(
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.responses(401)
         )
-    app.include_router(pages.router)  # pages check their own display link or token (services/api/pages.py)
+    # pages a person opens in a browser take their key from the link (deps.page_caller)
+    app.include_router(pages.router)
+    app.include_router(review.page)
 
     made = app.openapi
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, status
+from fastapi import Depends, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import tokens
@@ -42,6 +42,25 @@ def require_token(
     UNS_API_TOKEN_<ROLE>) are for bootstrap and name only their role. The caller is kept on the
     request (`get_caller`)."""
     given = credentials.credentials if credentials is not None else ""
+    caller = _caller(request, settings, given)
+    if credentials is None or caller is None:
+        raise ApiError(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+            ["header", "Authorization"],
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if caller.role == tokens.DISPLAY:
+        raise ApiError(
+            status.HTTP_403_FORBIDDEN,
+            "a display link opens the floor view only (/floor?key=...), not the API",
+            ["header", "Authorization"],
+        )
+    request.state.caller = caller
+    return caller.role
+
+
+def _caller(request: Request, settings: ApiSettings, given: str) -> tokens.Caller | None:
     caller = None
     if tokens.looks_named(given):
         caller = tokens.check(request.app.state.store, given, int(time.time() * 1000))
@@ -51,15 +70,32 @@ def require_token(
             if hmac.compare_digest(given.encode(), token.get_secret_value().encode()) and role is None:
                 role = name
         caller = tokens.Caller(f"{role} token", role) if role is not None else None
-    if credentials is None or caller is None:
+    return caller
+
+
+def page_caller(
+    request: Request,
+    settings: Annotated[ApiSettings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    key: Annotated[
+        str | None,
+        Query(description="a display link's key or any API token (a browser cannot send a header)"),
+    ] = None,
+) -> tokens.Caller:
+    """Who opens a page (the floor view, the operator screen, the printable review): the `key` in
+    the page's link (a display token from `uns token issue --role display`, or any named or bootstrap
+    token), else a bearer header. 401 naming `key` without a valid one."""
+    given = key if key is not None else (credentials.credentials if credentials is not None else "")
+    caller = _caller(request, settings, given) if given else None
+    if caller is None:
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-            ["header", "Authorization"],
-            headers={"WWW-Authenticate": "Bearer"},
+            "missing, malformed, revoked or expired link key: open the link `uns token issue --role "
+            "display` printed, or add ?key=<token>",
+            ["query", "key"],
         )
     request.state.caller = caller
-    return caller.role
+    return caller
 
 
 def get_caller(request: Request, role: Annotated[str, Depends(require_token)]) -> tokens.Caller:
@@ -114,3 +150,4 @@ Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Commands = Annotated[CommandSender, Depends(get_commands)]
 Who = Annotated[tokens.Caller, Depends(get_caller)]
+PageCaller = Annotated[tokens.Caller, Depends(page_caller)]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from services.context.record import RecordStore
 
-ROLES = ("viewer", "operator", "planner", "quality", "admin")
+ROLES = ("viewer", "operator", "planner", "quality", "admin", "display")
+DISPLAY = "display"  # a wall display's link: opens the floor view and nothing else (services/api/deps.py)
 _FORM = re.compile(r"^uns_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 
