@@ -119,6 +119,35 @@ def allow(*roles: str) -> Callable[[str], str]:
     return check
 
 
+def author(caller: tokens.Caller, given: str | None) -> str:
+    """Who the record names for a write. A named token's user is the author: the body's `by` cannot
+    change that, only add who it was for (a system's token entering for a person:
+    `J. Ortiz (token mes)`). A bootstrap token names its role unless the body names a person."""
+    if caller.token_id is None:
+        return given or f"api:{caller.role}"
+    if given is None or given == caller.name:
+        return caller.name
+    suffix = f" (token {caller.name})"
+    return given[: max(1, 64 - len(suffix))] + suffix
+
+
+def acting_on(store: RecordStore, caller: tokens.Caller, machine_id: str) -> None:
+    """403 when an operator's token is limited to cells or machines and this machine is not one of
+    them. An unknown machine passes here: the context service answers 404 for it."""
+    if not caller.scope:
+        return
+    current = store.current_state(machine_id)
+    if current is None:
+        return
+    cell = "/".join(current.path.split("/")[2:5])  # area/line/cell of enterprise/site/area/line/cell/...
+    if not caller.may_act_on(machine_id, cell):
+        raise ApiError(
+            status.HTTP_403_FORBIDDEN,
+            f"{caller.name} may act on {', '.join(caller.scope)} only, not {machine_id} (cell {cell})",
+            ["path", "machine_id"],
+        )
+
+
 def get_commands(request: Request) -> CommandSender:
     sender: CommandSender | None = request.app.state.commands
     if sender is None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api import csv_import
-from services.api.deps import Commands, Settings, Store, allow
+from services.api.deps import Commands, Settings, Store, Who, allow, author
 from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
 from services.api.when import When
@@ -37,9 +37,9 @@ class OperationUpdateIn(BaseModel):
     at: Annotated[When | None, Field(description=_RELEASED)] = None
 
 
-def _body(model: BaseModel, role: str) -> dict[str, Any]:
+def _body(model: BaseModel, who: Who) -> dict[str, Any]:
     body = model.model_dump(mode="json", exclude_none=True)
-    body.setdefault("by", f"api:{role}")
+    body["by"] = author(who, body.get("by"))
     return body
 
 
@@ -57,53 +57,45 @@ def _check_rows(count: int, max_rows: int) -> None:
     "/api/v1/dispatch/machines/{machine_id}",
     summary="Replace the planned work of one machine",
     responses=responses(*WRITE),
+    dependencies=[_PLANNERS],
 )
 async def dispatch_machine(
-    machine_id: str,
-    body: DispatchIn,
-    commands: Commands,
-    settings: Settings,
-    role: Annotated[str, _PLANNERS],
+    machine_id: str, body: DispatchIn, settings: Settings, who: Who, commands: Commands
 ) -> dict[str, Any]:
     """Operations on the list that are not started yet are replaced; started ones keep their actuals.
     Answers with the new dispatch version. At most UNS_MAX_ROWS operations (413 beyond)."""
     _check_rows(len(body.operations), settings.max_rows)
-    return await forward(commands, "dispatch", {**_body(body, role), "machine": machine_id})
+    return await forward(commands, "dispatch", {**_body(body, who), "machine": machine_id})
 
 
 @router.put(
     "/api/v1/dispatch/cells/{area}/{line}/{cell}",
     summary="Replace the planned work of one cell",
     responses=responses(*WRITE),
+    dependencies=[_PLANNERS],
 )
 async def dispatch_cell(
-    area: str,
-    line: str,
-    cell: str,
-    body: DispatchIn,
-    commands: Commands,
-    settings: Settings,
-    role: Annotated[str, _PLANNERS],
+    area: str, line: str, cell: str, body: DispatchIn, settings: Settings, who: Who, commands: Commands
 ) -> dict[str, Any]:
     _check_rows(len(body.operations), settings.max_rows)
-    return await forward(commands, "dispatch", {**_body(body, role), "cell": f"{area}/{line}/{cell}"})
+    return await forward(commands, "dispatch", {**_body(body, who), "cell": f"{area}/{line}/{cell}"})
 
 
 @router.post(
     "/api/v1/dispatch/operations",
     summary="Add, change or cancel one planned operation",
     responses=responses(*WRITE),
+    dependencies=[_PLANNERS],
 )
-async def dispatch_operation(
-    body: OperationUpdateIn, commands: Commands, role: Annotated[str, _PLANNERS]
-) -> dict[str, Any]:
-    return await forward(commands, "dispatch_update", _body(body, role))
+async def dispatch_operation(body: OperationUpdateIn, who: Who, commands: Commands) -> dict[str, Any]:
+    return await forward(commands, "dispatch_update", _body(body, who))
 
 
 @router.post(
     "/api/v1/dispatch/csv",
     summary="Replace the planned work of a machine or cell from a CSV file",
     responses=responses(*WRITE, 415),
+    dependencies=[_PLANNERS],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -115,9 +107,9 @@ async def dispatch_operation(
 )
 async def dispatch_csv(
     request: Request,
-    commands: Commands,
     settings: Settings,
-    role: Annotated[str, _PLANNERS],
+    who: Who,
+    commands: Commands,
     machine: Annotated[str | None, Query()] = None,
     cell: Annotated[str | None, Query(description="area/line/cell")] = None,
     by: Annotated[str | None, Query(max_length=64)] = None,
@@ -129,7 +121,7 @@ async def dispatch_csv(
     operations = csv_import.operations(text, settings.max_rows)
     body: dict[str, Any] = {
         "operations": [o.model_dump(mode="json", exclude_none=True) for o in operations],
-        "by": by or f"api:{role}",
+        "by": author(who, by),
     }
     if machine is not None:
         body["machine"] = machine

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import Commands, Store, allow
+from services.api.deps import Commands, Store, Who, acting_on, allow, author
 from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
 from services.api.when import When
@@ -51,9 +51,12 @@ class PartsIn(_In):
     operation: Code | None = None
 
 
-def _body(machine_id: str, model: BaseModel, role: str) -> dict[str, Any]:
+def _body(store: Store, who: Who, machine_id: str, model: BaseModel) -> dict[str, Any]:
+    """The command for the context service, after the operator's cells are checked; `by` names the
+    token's user (deps.author)."""
+    acting_on(store, who, machine_id)
     body = model.model_dump(mode="json", exclude_none=True)
-    body.setdefault("by", f"api:{role}")
+    body["by"] = author(who, body.get("by"))
     return {**body, "machine": machine_id}
 
 
@@ -61,49 +64,49 @@ def _body(machine_id: str, model: BaseModel, role: str) -> dict[str, Any]:
     "/{machine_id}/operation",
     summary="Start, pause, resume, complete or confirm an operation",
     responses=responses(*WRITE),
+    dependencies=[Depends(allow("operator", "planner"))],
 )
 async def operation(
-    machine_id: str,
-    body: OperationActionIn,
-    commands: Commands,
-    role: Annotated[str, Depends(allow("operator", "planner"))],
+    machine_id: str, body: OperationActionIn, store: Store, who: Who, commands: Commands
 ) -> dict[str, Any]:
-    return await forward(commands, "operation", _body(machine_id, body, role))
-
-
-@router.post("/{machine_id}/operator", summary="An operator logs in or out", responses=responses(*WRITE))
-async def operator(
-    machine_id: str, body: OperatorIn, commands: Commands, role: Annotated[str, Depends(allow("operator"))]
-) -> dict[str, Any]:
-    return await forward(commands, "operator", _body(machine_id, body, role))
+    return await forward(commands, "operation", _body(store, who, machine_id, body))
 
 
 @router.post(
-    "/{machine_id}/reasons", summary="Set or correct why a machine stood", responses=responses(*WRITE)
+    "/{machine_id}/operator",
+    summary="An operator logs in or out",
+    responses=responses(*WRITE),
+    dependencies=[Depends(allow("operator"))],
+)
+async def operator(
+    machine_id: str, body: OperatorIn, store: Store, who: Who, commands: Commands
+) -> dict[str, Any]:
+    return await forward(commands, "operator", _body(store, who, machine_id, body))
+
+
+@router.post(
+    "/{machine_id}/reasons",
+    summary="Set or correct why a machine stood",
+    responses=responses(*WRITE),
+    dependencies=[Depends(allow("operator", "quality"))],
 )
 async def reason(
-    machine_id: str,
-    body: ReasonIn,
-    commands: Commands,
-    role: Annotated[str, Depends(allow("operator", "quality"))],
+    machine_id: str, body: ReasonIn, store: Store, who: Who, commands: Commands
 ) -> dict[str, Any]:
     """The stop going on at `stop_at` (all of it) gets the reason, within the site's window after the
-    stop ended (downtime.reason_window_hours); the change is kept with who, when, old and new."""
-    return await forward(commands, "reason", _body(machine_id, body, role))
+    stop ended (downtime.reason_window_hours); the change is kept with who, when, old and new. With a
+    named token the audit names its user (`by` adds whom it was for)."""
+    return await forward(commands, "reason", _body(store, who, machine_id, body))
 
 
 @router.post(
     "/{machine_id}/parts",
     summary="Report scrap, rework or good parts",
     responses=responses(403, 404, 413, 422, 503),  # nothing about parts conflicts (no 409)
+    dependencies=[Depends(allow("operator", "quality"))],
 )
-async def parts(
-    machine_id: str,
-    body: PartsIn,
-    commands: Commands,
-    role: Annotated[str, Depends(allow("operator", "quality"))],
-) -> dict[str, Any]:
-    return await forward(commands, "parts", _body(machine_id, body, role))
+async def parts(machine_id: str, body: PartsIn, store: Store, who: Who, commands: Commands) -> dict[str, Any]:
+    return await forward(commands, "parts", _body(store, who, machine_id, body))
 
 
 class AuditOut(BaseModel):

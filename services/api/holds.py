@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import Commands, Store, allow
+from services.api.deps import Commands, Store, Who, allow, author
 from services.api.errors import WRITE, responses
 from services.api.sender import forward
 from services.api.when import When
@@ -33,12 +33,11 @@ class HoldIn(BaseModel):
     "",
     summary="Open or close a quality hold on a machine, a job or one operation",
     responses=responses(*WRITE),
+    dependencies=[Depends(allow("quality"))],
 )
-async def hold(
-    body: HoldIn, commands: Commands, role: Annotated[str, Depends(allow("quality"))]
-) -> dict[str, Any]:
+async def hold(body: HoldIn, who: Who, commands: Commands) -> dict[str, Any]:
     payload = body.model_dump(mode="json", exclude_none=True)
-    payload.setdefault("by", f"api:{role}")
+    payload["by"] = author(who, payload.get("by"))
     return await forward(commands, "hold", payload)
 
 
