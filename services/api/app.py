@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from services.api import (
     counts,
@@ -71,7 +75,7 @@ def create_app(
         title="Shop-floor UNS API",
         version="1",
         summary="Machine states and intervals from the shop-floor record",
-        docs_url="/docs",  # Swagger UI and the document need no token: they hold no data
+        docs_url=None,  # served below from the API itself (the plant may have no internet)
         redoc_url=None,
     )
     app.state.settings = settings
@@ -105,6 +109,7 @@ def create_app(
         )
     # pages a person opens in a browser take their key from the link (deps.page_caller)
     app.include_router(pages.router)
+    _swagger_ui(app)
     app.include_router(review.page)
 
     made = app.openapi
@@ -118,3 +123,22 @@ def create_app(
     app.openapi = document  # type: ignore[method-assign]
 
     return app
+
+
+def _swagger_ui(app: FastAPI) -> None:
+    """Swagger UI at /docs with its scripts from the API itself: FastAPI's own page loads them from a
+    CDN, which a plant network often cannot reach. The files are Swagger UI 5 as fastapi-offline
+    packages them (OpenAPI 3.1, which this document is, needs 5). Open without a token: the page and
+    the document describe the API and hold no data; "Authorize" takes a token for trying calls."""
+    static = importlib.resources.files("fastapi_offline") / "static"
+    app.mount("/docs/static", StaticFiles(directory=str(static)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title}: Swagger UI",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+        )
