@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api import csv_import
+from services.api.answers import DispatchAnswer, DispatchUpdateAnswer
 from services.api.deps import Commands, Settings, Store, Who, allow, author
 from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
@@ -56,6 +57,7 @@ def _check_rows(count: int, max_rows: int) -> None:
 @router.put(
     "/api/v1/dispatch/machines/{machine_id}",
     summary="Replace the planned work of one machine",
+    response_model=DispatchAnswer,
     responses=responses(*WRITE),
     dependencies=[_PLANNERS],
 )
@@ -71,6 +73,7 @@ async def dispatch_machine(
 @router.put(
     "/api/v1/dispatch/cells/{area}/{line}/{cell}",
     summary="Replace the planned work of one cell",
+    response_model=DispatchAnswer,
     responses=responses(*WRITE),
     dependencies=[_PLANNERS],
 )
@@ -84,6 +87,7 @@ async def dispatch_cell(
 @router.post(
     "/api/v1/dispatch/operations",
     summary="Add, change or cancel one planned operation",
+    response_model=DispatchUpdateAnswer,
     responses=responses(*WRITE),
     dependencies=[_PLANNERS],
 )
@@ -94,6 +98,7 @@ async def dispatch_operation(body: OperationUpdateIn, who: Who, commands: Comman
 @router.post(
     "/api/v1/dispatch/csv",
     summary="Replace the planned work of a machine or cell from a CSV file",
+    response_model=DispatchAnswer,
     responses=responses(*WRITE, 415),
     dependencies=[_PLANNERS],
     openapi_extra={

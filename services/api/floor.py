@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api.answers import OperationAnswer, OperatorAnswer, PartsAnswer, ReasonAnswer
 from services.api.deps import Commands, Store, Who, acting_on, allow, author
 from services.api.errors import WRITE, ApiError, responses
 from services.api.sender import forward
@@ -63,6 +64,7 @@ def _body(store: Store, who: Who, machine_id: str, model: BaseModel) -> dict[str
 @router.post(
     "/{machine_id}/operation",
     summary="Start, pause, resume, complete or confirm an operation",
+    response_model=OperationAnswer,
     responses=responses(*WRITE),
     dependencies=[Depends(allow("operator", "planner"))],
 )
@@ -75,6 +77,7 @@ async def operation(
 @router.post(
     "/{machine_id}/operator",
     summary="An operator logs in or out",
+    response_model=OperatorAnswer,
     responses=responses(*WRITE),
     dependencies=[Depends(allow("operator"))],
 )
@@ -87,6 +90,7 @@ async def operator(
 @router.post(
     "/{machine_id}/reasons",
     summary="Set or correct why a machine stood",
+    response_model=ReasonAnswer,
     responses=responses(*WRITE),
     dependencies=[Depends(allow("operator", "quality"))],
 )
@@ -102,6 +106,7 @@ async def reason(
 @router.post(
     "/{machine_id}/parts",
     summary="Report scrap, rework or good parts",
+    response_model=PartsAnswer,
     responses=responses(403, 404, 413, 422, 503),  # nothing about parts conflicts (no 409)
     dependencies=[Depends(allow("operator", "quality"))],
 )

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api.answers import HoldAnswer
 from services.api.deps import Commands, Store, Who, allow, author
 from services.api.errors import WRITE, responses
 from services.api.sender import forward
@@ -32,6 +33,7 @@ class HoldIn(BaseModel):
 @router.post(
     "",
     summary="Open or close a quality hold on a machine, a job or one operation",
+    response_model=HoldAnswer,
     responses=responses(*WRITE),
     dependencies=[Depends(allow("quality"))],
 )

@@ -53,6 +53,16 @@ BODIES: dict[str, dict[str, Any]] = {
     "/holds": {"action": "open", "hold": "H1", "machine": "vf2-01"},
     "/dispatch/operations": {"operation": PLANNED},
 }
+AT = "2026-11-21T22:30:00.000Z"
+ANSWERS: dict[str, dict[str, Any]] = {  # what the context service answers (services/api/answers.py)
+    "operation": {"events": [{"job": "J1", "operation": "10", "action": "start", "at": AT}]},
+    "operator": {"machine": "vf2-01", "operator": "Ann Smith", "previous": None},
+    "reason": {"machine": "vf2-01", "stop_start": AT, "old": None, "new": "setup"},
+    "parts": {"machine": "vf2-01", "job": None, "operation": None, "shift": None},
+    "hold": {"hold": "H1", "machines": ["vf2-01"]},
+    "dispatch": {"version": 2, "operations": 1, "dropped": []},
+    "dispatch_update": {"version": 3, "cancelled": False},
+}
 PATH_VALUES = {"machine_id": "vf2-01", "area": "machining", "line": "mills", "cell": "cell-1"}
 
 
@@ -71,7 +81,7 @@ class Recorder(CommandSender):
 
     async def send(self, kind: str, body: dict[str, Any]) -> CommandResult:
         self.sent.append((kind, body))
-        return CommandResult(id="x", ok=True, detail={"applied": kind})
+        return CommandResult(id="x", ok=True, detail=ANSWERS[kind])
 
 
 World = tuple[TestClient, Recorder, dict[str, str]]  # the API, what it sent, a token per role
