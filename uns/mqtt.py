@@ -191,7 +191,8 @@ class MqttClient:
         self.refused_publishes = 0  # too big for the broker: never sent
         self.handler_errors = 0  # messages the handler failed on (each logged, once per topic)
         self._failed_topics: set[str] = set()
-        self.max_payload = max_packet - _HEADROOM
+        self._max_packet = max_packet
+        self.max_payload = max_packet - _HEADROOM  # and what the broker's CONNACK says, once connected
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -230,6 +231,9 @@ class MqttClient:
                 "MQTT %s: broker %s refused the connection: %s", self.client_id, self.address, reason
             )
             return
+        broker_max = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        if isinstance(broker_max, int):  # the broker's own limit (MQTT 5 CONNACK), whatever we were told
+            self.max_payload = min(self._max_packet, broker_max) - _HEADROOM
         if self._subscriptions:
             client.subscribe(list(self._subscriptions))
         self._post(_CONNECTED, None, None)

@@ -82,6 +82,28 @@ async def test_one_bad_message_costs_no_other(mosquitto: Mosquitto, caplog: pyte
     assert late.messages == []
 
 
+async def test_the_packet_limit_is_the_brokers_own_from_its_connack(mosquitto: Mosquitto) -> None:
+    """Told 10 MB, the client takes the broker's 1 MiB (mosquitto.conf max_packet_size) once connected."""
+    handler = Picky()
+    handler.client = MqttClient(
+        "told-too-much",
+        address(mosquitto, "integration"),
+        handler,
+        asyncio.get_running_loop(),
+        max_packet=10_000_000,
+    )
+    track(handler.client)
+    handler.client.start()
+    for _ in range(100):
+        if handler.client.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert handler.client.connected
+    assert 1_040_000 < handler.client.max_payload < 1_048_576
+    assert not handler.client.publish("acme/dayton/_command/dispatch", b"x" * 1_048_576, 1)
+    assert handler.client.refused_publishes == 1
+
+
 async def test_a_payload_above_the_packet_limit_is_refused_before_it_is_sent(
     mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
