@@ -199,7 +199,11 @@ def api(record: Path, host: str, port: int, site: Site | None = None, broker: st
             else None
         )
         zone = site.config.timezone if site is not None else "UTC"
-        app = create_app(settings, store, calendar, reasons, sender, definition, zone)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        window = site.config.downtime.reason_window_hours if site is not None else None
+        app = create_app(
+            settings, store, calendar, reasons, sender, definition, zone, reason_window_hours=window
+        )
+        # an open floor view's stream would hold a shutdown for up to a minute: 5 s, then it is cut
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         store.close()

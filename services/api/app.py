@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -35,6 +37,7 @@ from services.api import (
     pages,
     planner,
     review,
+    stops,
 )
 from services.api import reasons as reason_tree
 from services.api.deps import require_token
@@ -57,8 +60,12 @@ def create_app(
     oee_definition: Definition | None = None,
     timezone: str = "UTC",
     clock: Callable[[], int] | None = None,
+    reason_window_hours: float | None = None,
 ) -> FastAPI:
-    """`clock`: now in UTC ms (the wall clock; the demo's scaled clock), for reports up to now."""
+    """`clock`: now in UTC ms (the wall clock; the demo's scaled clock), for reports up to now.
+    `reason_window_hours`: the site model's downtime.reason_window_hours (the operator screen lists
+    the stops still open to a reason)."""
+    hide_link_keys()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -86,12 +93,14 @@ def create_app(
     app.state.oee = oee_definition or Definition.from_config(OeeConfig(), app.state.reasons)
     app.state.timezone = timezone
     app.state.clock = clock or (lambda: int(time.time() * 1000))
+    app.state.reason_window_hours = reason_window_hours
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     readers_and_writers = (
         machines,
         floor,
         downtime,
+        stops,
         oee,
         losses,
         review,
@@ -123,6 +132,23 @@ def create_app(
     app.openapi = document  # type: ignore[method-assign]
 
     return app
+
+
+class _LinkKeys(logging.Filter):
+    """Pages take their token in the link (`?key=`): the access log shows `key=...` instead."""
+
+    _KEY = re.compile(r"(?<=[?&]key=)[^&\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._KEY.sub("...", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def hide_link_keys() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _LinkKeys) for f in access.filters):
+        access.addFilter(_LinkKeys())
 
 
 def _swagger_ui(app: FastAPI) -> None:

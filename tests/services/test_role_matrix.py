@@ -63,7 +63,13 @@ ANSWERS: dict[str, dict[str, Any]] = {  # what the context service answers (serv
     "dispatch": {"version": 2, "operations": 1, "dropped": []},
     "dispatch_update": {"version": 3, "cancelled": False},
 }
-PATH_VALUES = {"machine_id": "vf2-01", "area": "machining", "line": "mills", "cell": "cell-1"}
+PATH_VALUES = {
+    "machine_id": "vf2-01",
+    "area": "machining",
+    "line": "mills",
+    "cell": "cell-1",
+    "kind": "intervals",
+}
 
 
 class Recorder(CommandSender):
