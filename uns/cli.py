@@ -50,10 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--api-port", type=_port, default=None, help="port for the API (default: a free one)")
     demo.add_argument(
-        "--data-dir", type=Path, default=Path("var/demo"), help="record, broker files (var/demo)"
+        "--data-dir",
+        type=Path,
+        default=Path("var/demo"),
+        help="the record, the banner (banner.txt), the broker's files (default var/demo)",
     )
     demo.add_argument(
         "--truth", type=Path, default=None, help="write the simulator's ground truth here on exit"
+    )
+    demo.add_argument(
+        "--keep-record",
+        action="store_true",
+        help="go on with the data dir's record (default: a fresh one; the previous run's goes to"
+        " <data dir>/previous/)",
     )
 
     sim = sub.add_parser("sim", help="serve the simulated machines of a site model (OPC UA, Modbus)")
@@ -130,6 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-site", help="validate a site model and list its machines")
     check.add_argument("site", type=Path)
 
+    probe = sub.add_parser(
+        "probe",
+        help="connect to a machine, list what it offers, print a site-model entry for it",
+        description="Exit 0: a complete machine entry; 1: connected, but required signals were not"
+        " recognised (the entry says which); 2: could not connect (the cause is printed).",
+    )
+    probe.add_argument(
+        "endpoint",
+        help="opc.tcp://host:port[/path], modbus://host:port[?unit=N] (or modbus+tcp://),"
+        " http://agent:port (MTConnect: not yet)",
+    )
+    probe.add_argument("--id", dest="machine_id", default=None, help="the machine id for the entry")
+    probe.add_argument("--timeout", type=_positive, default=4.0, help="seconds to wait for answers (4)")
+    ua_opts = probe.add_argument_group("OPC UA (as in the site model's source)")
+    ua_opts.add_argument("--username", default=None)
+    ua_opts.add_argument("--password-env", default=None, help="the variable that holds the password")
+    ua_opts.add_argument("--certificate", type=Path, default=None, help="our application certificate")
+    ua_opts.add_argument("--private-key", type=Path, default=None)
+    ua_opts.add_argument("--server-certificate", type=Path, default=None)
+    ua_opts.add_argument("--mode", choices=["Sign", "SignAndEncrypt"], default="SignAndEncrypt")
+    ua_opts.add_argument("--depth", type=int, default=5, help="levels below Objects to browse (5)")
+    ua_opts.add_argument("--max-nodes", type=int, default=2000, help="nodes to browse at most (2000)")
+    mb_opts = probe.add_argument_group("Modbus")
+    mb_opts.add_argument("--unit", type=int, default=None, help="unit (device) id (default ?unit=, else 1)")
+    mb_opts.add_argument("--start", type=int, default=0, help="first address to read (0)")
+    mb_opts.add_argument("--count", type=int, default=16, help="addresses to read per table (16)")
+
     acl = sub.add_parser("broker-acl", help="print the Mosquitto ACL for a site model")
     acl.add_argument("--site", type=Path, default=DEFAULT_SITE)
 
@@ -184,6 +220,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _token(args)
+        if args.command == "probe":
+            from uns import probe
+
+            return probe.main(
+                probe.ProbeOptions(
+                    args.endpoint,
+                    args.machine_id,
+                    args.timeout,
+                    args.username,
+                    args.password_env,
+                    args.certificate,
+                    args.private_key,
+                    args.server_certificate,
+                    args.mode,
+                    args.depth,
+                    args.max_nodes,
+                    args.unit,
+                    args.start,
+                    args.count,
+                )
+            )
         if args.command == "broker-acl":
             print(render_acl(load_site(args.site)), end="")
             return 0
@@ -239,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             args.mqtt_port,
             args.api_port,
             args.truth,
+            keep_record=args.keep_record,
         )
         asyncio.run(run_demo(opts))
         return 0
@@ -275,8 +333,14 @@ def _token(args: argparse.Namespace) -> int:
             )
             print(f"token {token_id} for {args.name} ({args.role}); shown this once, keep it safe:")
             print(token)
+            base = args.api_url.rstrip("/")
             if args.role == tokens.DISPLAY:
-                print(f"floor view: {args.api_url.rstrip('/')}/floor?key={token}")
+                print(f"floor view: {base}/floor?key={token}")
+            elif args.role in ("operator", "quality", "admin"):  # who may give stops a reason
+                scope = {*args.cell, *args.machine}
+                for m in site.machines:
+                    if not scope or m.id in scope or "/".join(str(m.path).split("/")[2:5]) in scope:
+                        print(f"operator screen for {m.id}: {base}/operator/{m.id}?key={token}")
             return 0
         if args.action == "list":
             for token_id, name, role, scope, issued, expires, revoked in store.tokens():

@@ -93,6 +93,16 @@ def test_uns_token_issues_lists_and_revokes(tmp_path: Path) -> None:
     assert issued.returncode == 0, issued.stderr
     token = issued.stdout.splitlines()[1]
     assert token.startswith("uns_")
+    links = issued.stdout.splitlines()[2:]  # her cell's machines' operator screens (docs/floor-view.md)
+    assert links == [
+        f"operator screen for {m}: http://127.0.0.1:8000/operator/{m}?key={token}"
+        for m in ("vf2-01", "vf2-02")
+    ]
+    wall = uns("issue", "hall TV", "--role", "display", "--api-url", "http://uns.plant:8000/")
+    assert (
+        wall.stdout.splitlines()[2]
+        == f"floor view: http://uns.plant:8000/floor?key={wall.stdout.splitlines()[1]}"
+    )
     listed = uns("list")
     assert "Ann Smith" in listed.stdout
     assert "machining/mills/cell-1" in listed.stdout
