@@ -12,9 +12,11 @@ reconnects with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -23,8 +25,16 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from bridge.reader import MachineReader, ReaderOptions
-from bridge.registers import Read, changed, plan_reads, raw_value, signal_value
+from bridge.reader import MachineReader, ReaderError, ReaderOptions
+from bridge.registers import (
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    Read,
+    changed,
+    plan_reads,
+    raw_value,
+    signal_value,
+)
 from uns.site import Machine, ModbusSource, PollGroup, Signal, Table
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
@@ -53,6 +63,10 @@ class ModbusReader(MachineReader):
         self._plans = {name: plan_reads(group.signals) for name, group in source.poll_groups.items()}
         self._last: dict[Signal, tuple[object, int | None]] = {}
 
+    @property
+    def timeout_s(self) -> float:
+        return self.source.timeout_ms / 1000
+
     async def _session(self) -> None:
         src = self.source
         client = AsyncModbusTcpClient(
@@ -60,7 +74,9 @@ class ModbusReader(MachineReader):
         )
         try:
             if not await client.connect():
-                raise ConnectionError("cannot connect")
+                raise ConnectionError("cannot connect") from await _why_not(
+                    src.host, src.port, self.timeout_s
+                )
             self.counters["connects"] += 1
             self._last = {}
             first: list[Sample] = []
@@ -97,6 +113,11 @@ class ModbusReader(MachineReader):
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at = max(next_at + interval, loop.time())  # a slow device skips ticks, never bunches them
             samples = await self._poll(client, name)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (in pymodbus) drops a cancellation that comes as the answer
+                # does; without this check the loop would go on, and the bridge never stop
+                raise asyncio.CancelledError
             if samples:
                 self._on_samples(samples)
 
@@ -152,6 +173,120 @@ class ModbusReader(MachineReader):
         if read.table.is_bits:
             return list(response.bits[: read.count])
         return list(response.registers)
+
+
+async def _why_not(host: str, port: int, timeout_s: float) -> BaseException | None:
+    """Why a TCP connection fails (pymodbus only says that it did): the error of a plain try."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError) as exc:
+        return exc
+    writer.close()
+    return None
+
+
+# -- reading a device's tables as they are (uns probe) ----------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TableDump:
+    """What `read_tables` found: address -> value, and why a part of a table could not be read."""
+
+    holding: dict[int, int] = field(default_factory=dict)
+    input: dict[int, int] = field(default_factory=dict)
+    coil: dict[int, bool] = field(default_factory=dict)
+    discrete_input: dict[int, bool] = field(default_factory=dict)
+    errors: dict[Table, str] = field(default_factory=dict)
+
+
+_EXCEPTION_CODES = {
+    1: "(illegal function: the device has no such table)",
+    2: "(illegal data address: the device has no such address)",
+    3: "(illegal data value)",
+    4: "(server device failure; a gateway's for a unit id it does not have)",
+    6: "(device busy)",
+    10: "(gateway path unavailable: check the unit id)",
+    11: "(gateway target device failed to respond: check the unit id)",
+}
+
+
+class _RefusedError(ReadFailedError):
+    """The device answered with an exception response (an address it does not have, say)."""
+
+
+async def read_tables(
+    host: str, port: int, device_id: int, start: int, count: int, timeout_s: float
+) -> TableDump:
+    """Read `count` addresses from `start` of each of the four tables. A block the device refuses
+    (an exception response) is read address by address, to find which addresses exist.
+    ConnectionError (with the cause) when the device cannot be reached or answers nothing."""
+    client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+    dump = TableDump()
+    answered = False
+
+    async def read(table: Table, address: int, n: int) -> dict[int, Any]:
+        nonlocal answered
+        try:
+            values = await _read_block(client, table, address, n, device_id)
+        except _RefusedError:
+            answered = True
+            raise
+        except ReadFailedError as exc:
+            if not client.connected:
+                raise ConnectionError(f"connection lost ({exc})") from exc
+            raise
+        answered = True
+        return values
+
+    try:
+        if not await client.connect():
+            raise ConnectionError("cannot connect") from await _why_not(host, port, timeout_s)
+        for table, into in (
+            (Table.HOLDING, dump.holding),
+            (Table.INPUT, dump.input),
+            (Table.COIL, dump.coil),
+            (Table.DISCRETE_INPUT, dump.discrete_input),
+        ):
+            step = MAX_BITS_PER_READ if table.is_bits else MAX_REGISTERS_PER_READ
+            for first in range(start, start + count, step):
+                n = min(step, start + count - first)
+                try:
+                    into.update(await read(table, first, n))
+                except _RefusedError as exc:
+                    dump.errors.setdefault(table, str(exc))
+                    for address in range(first, first + n) if n > 1 else ():
+                        with contextlib.suppress(ReadFailedError):
+                            into.update(await read(table, address, 1))
+                except ReadFailedError as exc:  # no answer: the next table may have one
+                    dump.errors.setdefault(table, str(exc))
+        if not answered:
+            raise ReaderError(
+                f"the device answers no request within {timeout_s:g} s ({dump.errors.get(Table.HOLDING)}):"
+                f" check the device (unit) id, {device_id} here, and that the address is the device's"
+            )
+    finally:
+        client.close()
+    return dump
+
+
+async def _read_block(
+    client: AsyncModbusTcpClient, table: Table, address: int, count: int, device_id: int
+) -> dict[int, Any]:
+    fn = {
+        Table.COIL: client.read_coils,
+        Table.DISCRETE_INPUT: client.read_discrete_inputs,
+        Table.HOLDING: client.read_holding_registers,
+        Table.INPUT: client.read_input_registers,
+    }[table]
+    where = f"{table} {address}..{address + count - 1}"
+    try:
+        response = await fn(address, count=count, device_id=device_id)
+    except ModbusException as exc:
+        raise ReadFailedError(f"reading {where}: {exc}") from exc
+    if response.isError():
+        code = getattr(response, "exception_code", None)
+        meaning = _EXCEPTION_CODES.get(code, "") if isinstance(code, int) else ""
+        raise _RefusedError(f"reading {where}: the device answered exception {code} {meaning}".rstrip())
+    values = list(response.bits[:count]) if table.is_bits else list(response.registers)
+    return {address + i: v for i, v in enumerate(values)}
 
 
 # -- the simulator's side ------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from bridge import health
 from bridge.buffer import DiskBuffer
 from bridge.edge_node import EdgeNode
 from bridge.modbus import ModbusReader
+from bridge.mtconnect import MtConnectReader
 from bridge.opcua import OpcUaReader
 from bridge.signals import metric_defs
 from uns.clock import Clock
 from uns.mqtt import BrokerAddress
-from uns.site import Machine, ModbusSource, Site
+from uns.site import Machine, ModbusSource, MtConnectSource, Site
 from uns.sparkplug.edge import EdgeSession, Sample
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def make_edge_node(
     return EdgeNode(session, address, clock, primary_host_id=site.host_id, buffer=buffer)
 
 
-def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | ModbusReader:
+def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | ModbusReader | MtConnectReader:
     def online(samples: list[Sample]) -> None:
         logger.info("machine %s online", machine.id)
         node.device_online(machine.id, samples)
@@ -49,6 +50,15 @@ def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | Mod
 
     if isinstance(machine.source, ModbusSource):
         return ModbusReader(
+            machine,
+            machine.source,
+            on_online=online,
+            on_samples=data,
+            on_offline=offline,
+            now_ms=clock.now_ms,
+        )
+    if isinstance(machine.source, MtConnectSource):
+        return MtConnectReader(
             machine,
             machine.source,
             on_online=online,

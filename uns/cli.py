@@ -337,9 +337,9 @@ def _token(args: argparse.Namespace) -> int:
             if args.role == tokens.DISPLAY:
                 print(f"floor view: {base}/floor?key={token}")
             elif args.role in ("operator", "quality", "admin"):  # who may give stops a reason
-                scope = {*args.cell, *args.machine}
+                limits = {*args.cell, *args.machine}
                 for m in site.machines:
-                    if not scope or m.id in scope or "/".join(str(m.path).split("/")[2:5]) in scope:
+                    if not limits or m.id in limits or "/".join(str(m.path).split("/")[2:5]) in limits:
                         print(f"operator screen for {m.id}: {base}/operator/{m.id}?key={token}")
             return 0
         if args.action == "list":

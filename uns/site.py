@@ -171,7 +171,7 @@ _TEXT_SIGNALS = frozenset({Signal.EXECUTION, Signal.MODE, Signal.PROGRAM, Signal
 _NUMBER_SIGNALS = frozenset(
     {Signal.PART_COUNT, Signal.ALARM_CODE, Signal.SPINDLE_SPEED, Signal.SPINDLE_LOAD, Signal.FEED_OVERRIDE}
 )
-_PROTOCOLS = frozenset({"opcua", "modbus"})
+_PROTOCOLS = frozenset({"opcua", "modbus", "mtconnect"})
 
 
 class ModbusSignal(BaseModel):
@@ -294,11 +294,98 @@ def _check_overlaps(signals: dict[Signal, ModbusSignal]) -> None:
             taken.setdefault((spec.table, address), []).append((signal, spec.bit))
 
 
+# The signals an MTConnect source reports unless it lists its own: every one the bridge finds by data
+# item type (docs/mtconnect.md); single_block and optional_stop (CONTROLLER_MODE_OVERRIDE) when listed.
+MTCONNECT_SIGNALS = (
+    Signal.EXECUTION,
+    Signal.MODE,
+    Signal.PROGRAM,
+    Signal.PART_COUNT,
+    Signal.ALARM_CODE,
+    Signal.ALARM_TEXT,
+    Signal.ESTOP,
+    Signal.SPINDLE_SPEED,
+    Signal.SPINDLE_LOAD,
+    Signal.FEED_OVERRIDE,
+)
+
+
+class MtConnectSource(_Strict):
+    """An MTConnect agent's REST interface (probe, current, sample), read by bridge/mtconnect.py.
+
+    Signals are found in the agent's probe by data item type and sub-type; `data_items` names the
+    data item of a signal by its id instead (for alarm_code: one or more CONDITION data items, whose
+    faults give alarm_code and alarm_text)."""
+
+    protocol: Literal["mtconnect"]
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    device: Annotated[str, Field(min_length=1)] | None = None  # name or uuid; None: the agent's only one
+    signals: Annotated[list[Signal], Field(min_length=1)] = Field(
+        default_factory=lambda: list(MTCONNECT_SIGNALS)
+    )
+    data_items: dict[
+        Signal, Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]]
+    ] = {}
+    format: Literal["xml", "json"] = "xml"
+    stream: bool = True  # one long `sample` request the agent streams (interval), or polls
+    interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 100  # streaming interval, or poll period
+    heartbeat_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000  # the agent's heartbeat while quiet
+    count: Annotated[int, Field(ge=1, le=100_000)] = 1000  # observations per sample document at most
+    timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5000
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _signal_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Signal(v) if v in Signal._value2member_map_ else v for v in value]
+        return value
+
+    _signal_names = field_validator("data_items", mode="before")(staticmethod(_signal_keys))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _port(cls, endpoint: str) -> str:
+        try:
+            port = urlsplit(endpoint).port
+        except ValueError:
+            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535") from None
+        if port == 0:
+            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
+        return endpoint
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MtConnectSource:
+        twice = sorted({s.value for s in self.signals if self.signals.count(s) > 1})
+        if twice:
+            raise ValueError(f"signals listed twice: {', '.join(twice)}")
+        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(self.signals))
+        if missing:
+            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        unlisted = sorted(s.value for s in self.data_items if s not in self.signals)
+        if unlisted:
+            raise ValueError(f"data_items for signals that are not in 'signals': {', '.join(unlisted)}")
+        if Signal.ALARM_TEXT in self.data_items:
+            raise ValueError(
+                "data_items: alarm_text comes with alarm_code's CONDITION data items (their text):"
+                " map alarm_code"
+            )
+        for signal, ids in self.data_items.items():
+            if isinstance(ids, list) and signal is not Signal.ALARM_CODE:
+                raise ValueError(f"data_items.{signal}: one data item id (only alarm_code takes a list)")
+            if isinstance(ids, list) and not ids:
+                raise ValueError(f"data_items.{signal}: give at least one data item id")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).hostname or ""
+
+
 class MachineConfig(_Strict):
     id: Annotated[str, _segment("machine id")]
     name: str = ""
     edge_node: Annotated[str, _sparkplug_id("edge node id")] | None = None
-    source: Annotated[OpcUaSource | ModbusSource, Field(discriminator="protocol")]
+    source: Annotated[OpcUaSource | ModbusSource | MtConnectSource, Field(discriminator="protocol")]
 
 
 class CellConfig(_Strict):
@@ -560,12 +647,14 @@ class Machine:
     name: str
     path: Isa95Path
     edge_node: str
-    source: OpcUaSource | ModbusSource
+    source: OpcUaSource | ModbusSource | MtConnectSource
 
     @property
     def where(self) -> str:
         """Where the machine's signals are read from, for logs and listings."""
         s = self.source
+        if isinstance(s, MtConnectSource):
+            return s.endpoint + (f" (device {s.device})" if s.device else "")
         return s.endpoint if isinstance(s, OpcUaSource) else f"modbus://{s.host}:{s.port}/{s.device_id}"
 
     @property
@@ -605,9 +694,12 @@ class Site:
     def with_ports(self, ports: dict[str, int]) -> Site:
         """The same site with some machines on other loopback ports (the demo and tests pick free ones)."""
 
-        def moved(m: Machine) -> OpcUaSource | ModbusSource:
+        def moved(m: Machine) -> OpcUaSource | ModbusSource | MtConnectSource:
             if m.id not in ports:
                 return m.source
+            if isinstance(m.source, MtConnectSource):
+                path = urlsplit(m.source.endpoint).path.rstrip("/")
+                return m.source.model_copy(update={"endpoint": f"http://127.0.0.1:{ports[m.id]}{path}"})
             if isinstance(m.source, ModbusSource):
                 return m.source.model_copy(update={"host": "127.0.0.1", "port": ports[m.id]})
             return m.source.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{ports[m.id]}/uns/{m.id}"})

@@ -1,9 +1,11 @@
 """The job-shop simulator: one real server per machine, driven by the machine's seeded scenario.
 
 A machine whose site-model source is OPC UA gets a CNC controller as an asyncua server; one whose
-source is Modbus gets an older CNC behind a PLC as a pymodbus server. Values are written when event
-time reaches them, paced by the clock (`--speed` runs faster than real time); OPC UA keeps the
-scenario's time as the source timestamp. On stop it can write its ground truth as JSON.
+source is Modbus gets an older CNC behind a PLC as a pymodbus server; one whose source is MTConnect
+gets an MTConnect agent in front of its controller (bridge/sim/mtconnect_agent.py). Values are
+written when event time reaches them, paced by the clock (`--speed` runs faster than real time);
+OPC UA and MTConnect keep the scenario's time as the source timestamp. On stop it can write its
+ground truth as JSON.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from bridge.modbus import LegacyModbusServer
 from bridge.opcua import CncOpcUaServer
+from bridge.sim.mtconnect_agent import MtConnectAgent
 from bridge.sim.scenario import Change, MachineScenario
 from uns.clock import ScaledClock, iso
-from uns.site import Machine, ModbusSource
+from uns.site import Machine, ModbusSource, MtConnectSource
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,11 @@ def make_server(machine: Machine, scenario: MachineScenario) -> SimulatedMachine
         # start the 16-bit counter close to the top, so the demo shows a rollover early on
         offset = 65536 - 8 - scenario.initial_part_count % 65536
         return LegacyModbusServer(machine.id, machine.source.host, machine.source.port, counter_offset=offset)
+    if isinstance(machine.source, MtConnectSource):
+        # an MTConnect agent in front of the controller (with its default buffer of 4096 observations)
+        url = urlsplit(machine.source.endpoint)
+        device = machine.source.device or machine.id
+        return MtConnectAgent(machine.id, url.hostname or "127.0.0.1", url.port or 80, device=device)
     return CncOpcUaServer(machine.id, machine.source.endpoint)
 
 
