@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEMO_ARGS ?= --speed 30
+DEMO_ARGS ?=
 
 .PHONY: demo test lint bench proto mosquitto servers chromium dashboards clean
 
@@ -57,7 +57,7 @@ dashboards: $(STAMP)
 	$(PY) -m grafana.generate
 
 demo: $(STAMP) mosquitto
-	$(VENV)/bin/uns demo $(DEMO_ARGS)
+	$(VENV)/bin/uns demo --speed 30 $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
