@@ -130,7 +130,10 @@ async def run_simulator(
         if ready is not None:
             ready.set()
         logger.info(
-            "simulator: %d CNC machines serving OPC UA (seed %d, speed %gx)", len(servers), seed, clock.speed
+            "simulator: %d CNC machines serving OPC UA or MTConnect (seed %d, speed %gx)",
+            len(servers),
+            seed,
+            clock.speed,
         )
         tasks = [
             asyncio.create_task(drive(server, c, clock), name=f"sim[{server.machine_id}].drive")
