@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import codec, context, historian, host, oee, store_forward, tokens
+from bench import api_latency, codec, context, exports, historian, host, mtconnect, oee, store_forward, tokens
 
 if __name__ == "__main__":
     codec.report()
@@ -12,3 +12,6 @@ if __name__ == "__main__":
     historian.report()
     store_forward.report()
     tokens.report()
+    exports.report()
+    mtconnect.report()
+    api_latency.report()

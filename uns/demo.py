@@ -252,7 +252,8 @@ async def _run(
     )
     sim_stop, bridge_stop, sim_ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
     print(
-        f"uns demo: starting {len(site.machines)} simulated machines (OPC UA, MTConnect and Modbus servers)...",
+        f"uns demo: starting {len(site.machines)} simulated machines"
+        " (OPC UA, MTConnect and Modbus servers)...",
         file=out,
         flush=True,
     )

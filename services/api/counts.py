@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
-from services.api.deps import Settings, Store
+from services.api.deps import Calendar, Settings, Store
 from services.api.errors import responses
-from services.api.machines import check_window
-from services.api.when import When
+from services.api.oee import END, START
+from services.api.when import Range, When, resolve
 from uns.clock import iso
 
 router = APIRouter(prefix="/api/v1/counts", tags=["counts"])
@@ -22,15 +22,20 @@ class CountRow(BaseModel):
     shift: str | None
     job: str | None
     operation: str | None
-    made: int  # from the machine's counter (resets and rollovers handled)
-    scrap: int  # reported by operators, the QMS or inspection
+    made: int = Field(
+        description="parts made: the increments of the machine's counter (resets and rollovers"
+        " handled), not the counter's value"
+    )
+    scrap: int = Field(description="reported by operators, the QMS or inspection")
     rework: int
-    good: int  # made - scrap - rework (never below 0)
+    good: int = Field(description="made - scrap - rework (never below 0)")
 
 
 class CountsOut(BaseModel):
     start: str
     end: str
+    timezone: str = Field(examples=["America/New_York"])
+    range: Range = Field(description="the window in UTC and local time, and what was filled in")
     rows: list[CountRow]
 
 
@@ -41,13 +46,17 @@ class CountsOut(BaseModel):
     responses=responses(422),
 )
 def counts(
+    request: Request,
     store: Store,
     settings: Settings,
-    start: Annotated[When, Query(description="window start, ISO-8601 with offset")],
-    end: Annotated[When, Query(description="window end, ISO-8601 with offset")],
+    calendar: Calendar,
+    start: Annotated[When | None, START] = None,
+    end: Annotated[When | None, END] = None,
 ) -> CountsOut:
-    """Counts by when the part was made (or reported), in [start, end)."""
-    start_ms, end_ms = check_window(start, end, settings.max_interval_days)
+    """Counts by when the part was made (or reported), in [start, end); without them the current
+    shift (or production day) up to now (`range` says which)."""
+    w = resolve(request, store, settings.max_interval_days, calendar, start, end)
+    start_ms, end_ms = w.start_ms, w.end_ms
     totals: dict[tuple[str, str | None, str | None, str | None], dict[str, int]] = defaultdict(
         lambda: defaultdict(int)
     )
@@ -66,4 +75,4 @@ def counts(
         )
         for (m, s, j, o), t in sorted(totals.items(), key=lambda kv: tuple(x or "" for x in kv[0]))
     ]
-    return CountsOut(start=iso(start_ms), end=iso(end_ms), rows=rows)
+    return CountsOut(start=iso(start_ms), end=iso(end_ms), timezone=w.zone, range=w.range(), rows=rows)

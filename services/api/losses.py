@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from services.api.deps import Calendar, OeeDefinition, Reasons, Settings, Store
 from services.api.errors import responses
-from services.api.oee import Group, observed_cycles, ordered, window
-from services.api.when import When
+from services.api.oee import END, START, Group, observed_cycles, ordered, window
+from services.api.when import Range, When, hm
 from services.oee.engine import Tally
 from services.oee.losses import BIG_LOSSES, OTHER, big_loss
 from services.oee.report import oee
@@ -23,6 +23,7 @@ class ReasonLoss(BaseModel):
     reason: str
     name: str
     seconds: float
+    hm: str = Field(description="seconds as h:mm", examples=["1:05"])
     share: float = Field(description="of the group's stopped time (planned stops left out)")
     cumulative: float = Field(description="Pareto: this and the reasons above it")
     big_loss: str | None = Field(description="which of the six big losses (None: planned)")
@@ -44,6 +45,7 @@ class LossesOut(BaseModel):
     start: str
     end: str
     timezone: str
+    range: Range = Field(description="the window in UTC and local time, and what was filled in")
     definition_version: str
     group_by: list[str]
     rows: list[LossRow]
@@ -63,17 +65,17 @@ def get_losses(
     calendar: Calendar,
     definition: OeeDefinition,
     taxonomy: Reasons,
-    start: Annotated[When | None, Query(description="default: the current shift's start")] = None,
-    end: Annotated[When | None, Query(description="default: now")] = None,
+    start: Annotated[When | None, START] = None,
+    end: Annotated[When | None, END] = None,
     group_by: Annotated[
         list[Group] | None, Query(description="group by these (repeatable); default: machine")
     ] = None,
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
 ) -> LossesOut:
     """The same time and counts as `/api/v1/oee`, by reason: shift against shift is `group_by=shift`."""
-    start_ms, end_ms, now_ms = window(request, store, settings, calendar, start, end, machine)
+    w = window(request, store, settings, calendar, start, end, machine)
+    start_ms, end_ms, now_ms, zone = w.start_ms, w.end_ms, w.now_ms, w.zone
     by = tuple(dict.fromkeys(group_by or ["machine"]))
-    zone: str = request.app.state.timezone
     cycles = observed_cycles(request, store)
     tallies = oee(
         store,
@@ -105,6 +107,7 @@ def get_losses(
                     reason=code,
                     name=taxonomy[code].name if code in taxonomy else code,
                     seconds=round(seconds, 3),
+                    hm=hm(seconds),
                     share=round(seconds / stopped, 4) if stopped else 0.0,
                     cumulative=round(cumulative / stopped, 4) if stopped else 0.0,
                     big_loss=big_loss(code, taxonomy, definition),
@@ -129,6 +132,7 @@ def get_losses(
         start=iso(start_ms),
         end=iso(end_ms),
         timezone=zone,
+        range=w.range(),
         definition_version=definition.version,
         group_by=list(by),
         rows=rows,

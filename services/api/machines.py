@@ -1,16 +1,28 @@
-"""`/api/v1/machines`: each machine's current state, and its state intervals over a window."""
+"""`/api/v1/machines`: each machine's current state and the parts it made this shift, and its state
+intervals over a window. Times in UTC with the site's local time beside them."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, Field
 
 from services.api.deps import Calendar, Settings, Store
 from services.api.errors import ApiError, responses
-from services.api.when import When
+from services.api.when import (
+    CURRENT_SHIFT,
+    Range,
+    When,
+    hm,
+    local,
+    local_date,
+    local_or_none,
+    midnight,
+    resolve,
+    site_zone,
+)
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -18,13 +30,49 @@ router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
 
 class MachineOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": "vf2-01",
+                    "name": "Haas VF-2 (1)",
+                    "path": "acme/dayton/machining/mills/cell-1/vf2-01",
+                    "state": "running",
+                    "since": "2026-11-18T19:42:10.000Z",
+                    "since_local": "2026-11-18T14:42:10-05:00",
+                    "updated": "2026-11-18T19:50:02.000Z",
+                    "updated_local": "2026-11-18T14:50:02-05:00",
+                    "shift": "2026-11-18/second",
+                    "parts_made": 37,
+                    "parts_good": 36,
+                    "parts_since": "2026-11-18T19:00:00.000Z",
+                    "parts_since_local": "2026-11-18T14:00:00-05:00",
+                    "controller_counter": 48211,
+                }
+            ]
+        }
+    }
+
     id: str
     name: str
     path: str
     state: MachineState
     since: str | None
+    since_local: str | None = Field(description="`since` in the site's local time")
     updated: str | None
-    part_count: int | None
+    updated_local: str | None
+    shift: str | None = Field(description="the shift now (`<production date>/<name>`); None: outside shifts")
+    parts_made: int = Field(
+        description="parts made since `parts_since` (the current shift's start, else the production"
+        " day's): the counter's increments, resets and rollovers handled"
+    )
+    parts_good: int = Field(description="parts_made less the scrap and rework reported since then")
+    parts_since: str
+    parts_since_local: str
+    controller_counter: int | None = Field(
+        description="the controller's own part counter as last read: a raw value (it may have been"
+        " reset or have wrapped), not a count of parts"
+    )
 
 
 class IntervalOut(BaseModel):
@@ -32,6 +80,9 @@ class IntervalOut(BaseModel):
     end: str | None
     state: MachineState
     duration_s: float | None
+    duration_hm: str | None = None  # duration_s as h:mm
+    start_local: str | None = None  # start in the site's local time
+    end_local: str | None = None
     shift: str | None = None  # "<production date>/<shift name>", None outside every shift
     reason: str | None = None  # why the machine stood: docs/reasons.md
     reason_source: str | None = None  # operator, hold, rule or default
@@ -47,6 +98,8 @@ class IntervalsOut(BaseModel):
     machine: str
     start: str
     end: str
+    timezone: str
+    range: Range = Field(description="the window in UTC and local time, and what was filled in")
     intervals: list[IntervalOut]
 
 
@@ -55,7 +108,8 @@ def _ms(dt: datetime) -> int:
 
 
 def check_window(start: datetime, end: datetime, max_days: int) -> tuple[int, int]:
-    """A query's window in UTC ms; 422 when it is backwards or too long."""
+    """A query's window in UTC ms; 422 when it is backwards or too long (with defaults:
+    services/api/when.py `resolve`)."""
     if end <= start:
         raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start", ["query", "end"])
     if end - start > timedelta(days=max_days):
@@ -67,8 +121,18 @@ def check_window(start: datetime, end: datetime, max_days: int) -> tuple[int, in
     return _ms(start), _ms(end)
 
 
-@router.get("", response_model=list[MachineOut], summary="Every machine's current state and since when")
-def list_machines(store: Store) -> list[MachineOut]:
+@router.get(
+    "",
+    response_model=list[MachineOut],
+    summary="Every machine's current state, since when, and the parts it made this shift",
+)
+def list_machines(request: Request, store: Store, calendar: Calendar) -> list[MachineOut]:
+    states = store.current_states()
+    zone = site_zone(request)
+    now_ms = max([request.app.state.clock(), *(c.updated_ms or 0 for c in states)])
+    shift = calendar.shift_at(now_ms) if calendar is not None else None
+    since_ms = shift.start_ms if shift is not None else midnight(local_date(now_ms, zone), zone)
+    made = store.made_by_machine([c.machine_id for c in states], since_ms, now_ms + 1)
     return [
         MachineOut(
             id=c.machine_id,
@@ -76,10 +140,17 @@ def list_machines(store: Store) -> list[MachineOut]:
             path=c.path,
             state=c.state,
             since=iso(c.since_ms) if c.since_ms is not None else None,
+            since_local=local_or_none(c.since_ms, zone),
             updated=iso(c.updated_ms) if c.updated_ms is not None else None,
-            part_count=c.counter,
+            updated_local=local_or_none(c.updated_ms, zone),
+            shift=shift.key if shift is not None else None,
+            parts_made=made[c.machine_id][0],
+            parts_good=max(made[c.machine_id][0] - made[c.machine_id][1], 0),
+            parts_since=iso(since_ms),
+            parts_since_local=local(since_ms, zone),
+            controller_counter=c.counter,
         )
-        for c in store.current_states()
+        for c in states
     ]
 
 
@@ -90,12 +161,23 @@ def list_machines(store: Store) -> list[MachineOut]:
     responses=responses(404, 422),
 )
 def machine_intervals(
+    request: Request,
     machine_id: str,
     store: Store,
     settings: Settings,
     calendar: Calendar,
-    start: Annotated[When, Query(description="window start, ISO-8601 with offset")],
-    end: Annotated[When, Query(description="window end, ISO-8601 with offset")],
+    start: Annotated[
+        When | None,
+        Query(
+            description="window start, ISO-8601 with offset; default: the current shift's start (the"
+            " current production day's, between shifts or without a shift calendar)",
+            examples=["2026-11-18T14:00:00-05:00"],
+        ),
+    ] = None,
+    end: Annotated[
+        When | None,
+        Query(description="window end; default: now", examples=["2026-11-18T22:00:00-05:00"]),
+    ] = None,
 ) -> IntervalsOut:
     """Intervals overlapping [start, end), in time order and not clipped; the current one has no end.
 
@@ -107,7 +189,8 @@ def machine_intervals(
         raise ApiError(
             status.HTTP_404_NOT_FOUND, f"no machine {machine_id!r} in the site model", ["path", "machine_id"]
         )
-    start_ms, end_ms = check_window(start, end, settings.max_interval_days)
+    w = resolve(request, store, settings.max_interval_days, calendar, start, end, prefer=CURRENT_SHIFT)
+    start_ms, end_ms, zone = w.start_ms, w.end_ms, w.zone
     out: list[IntervalOut] = []
     for i in store.intervals(machine_id, start_ms, end_ms):
         pieces = calendar.split(i.start_ms, i.end_ms) if calendar else [(i.start_ms, i.end_ms, None)]
@@ -117,6 +200,9 @@ def machine_intervals(
                 end=iso(b),
                 state=i.state,
                 duration_s=(b - a) / 1000,
+                duration_hm=hm((b - a) / 1000),
+                start_local=local(a, zone),
+                end_local=local(b, zone),
                 shift=shift.key if shift else None,
                 reason=i.reason,
                 reason_source=i.source,
@@ -140,6 +226,7 @@ def machine_intervals(
                 end=None,
                 state=current.state,
                 duration_s=None,
+                start_local=local(current.since_ms, zone),
                 shift=shift.key if shift else None,
                 reason=piece.get("reason"),
                 reason_source=piece.get("reason_source"),
@@ -151,4 +238,11 @@ def machine_intervals(
                 hold=piece.get("hold"),
             )
         )
-    return IntervalsOut(machine=machine_id, start=iso(start_ms), end=iso(end_ms), intervals=out)
+    return IntervalsOut(
+        machine=machine_id,
+        start=iso(start_ms),
+        end=iso(end_ms),
+        timezone=zone,
+        range=w.range(),
+        intervals=out,
+    )

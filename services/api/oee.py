@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from services.api.deps import Calendar, OeeDefinition, Settings, Store
 from services.api.errors import ApiError, responses
 from services.api.settings import ApiSettings
-from services.api.when import When
+from services.api.when import Range, When, Window, hm, resolve
 from services.context.record import RecordStore
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import NONE, Tally
@@ -22,7 +22,12 @@ from uns.clock import iso
 router = APIRouter(prefix="/api/v1/oee", tags=["oee"])
 
 Group = Literal["machine", "shift", "day", "job", "operation", "cell", "line", "area", "site"]
-DEFAULT_HOURS = 8  # without a shift calendar: the last eight hours
+START = Query(
+    description="window start, ISO-8601 with offset; default: the current shift's start (the current"
+    " production day's, between shifts or without a shift calendar)",
+    examples=["2026-11-18T14:00:00-05:00"],
+)
+END = Query(description="window end; default: now", examples=["2026-11-18T22:00:00-05:00"])
 
 
 class IdealCycleOut(BaseModel):
@@ -41,7 +46,9 @@ class IdealCycleOut(BaseModel):
 class OeeRow(BaseModel):
     group: dict[str, str | None] = Field(examples=[{"machine": "vf2-01", "shift": "2026-11-18/second"}])
     planned_s: float = Field(description="planned production time: in shifts, less planned stops")
+    planned_hm: str = Field(description="planned_s as h:mm", examples=["7:30"])
     run_s: float = Field(description="planned production time less availability losses")
+    run_hm: str = Field(description="run_s as h:mm", examples=["6:12"])
     planned_stop_s: float
     availability_loss_s: float
     performance_stop_s: float = Field(description="micro-stops: inside run time, a performance loss")
@@ -68,6 +75,7 @@ class OeeOut(BaseModel):
     start: str
     end: str
     timezone: str
+    range: Range = Field(description="the window in UTC and local time, and what was filled in")
     definition_version: str = Field(description="the site model's `oee.version` that produced these")
     group_by: list[str]
     rows: list[OeeRow]
@@ -81,7 +89,9 @@ def _row(group: dict[str, str | None], t: Tally) -> OeeRow:
     return OeeRow(
         group=group,
         planned_s=round(t.planned_s, 3),
+        planned_hm=hm(t.planned_s),
         run_s=round(t.run_s, 3),
+        run_hm=hm(t.run_s),
         planned_stop_s=round(t.planned_stop_s, 3),
         availability_loss_s=round(t.availability_loss_s, 3),
         performance_stop_s=round(t.performance_stop_s, 3),
@@ -137,33 +147,22 @@ def window(
     start: datetime | None,
     end: datetime | None,
     machine: list[str] | None,
-) -> tuple[int, int, int]:
-    """A report's window in UTC ms, and now: by default the current shift (between shifts the last
-    one, without a calendar the last 8 h) up to now; 404 for unknown machines, 422 for a bad window."""
-    states = store.current_states()
-    unknown = sorted(set(machine or []) - {c.machine_id for c in states})
+) -> Window:
+    """A report's window (services/api/when.py: by default the current shift, else the current
+    production day, up to now); 404 for unknown machines, 422 for a bad window."""
+    known_machines(store, machine)
+    return resolve(request, store, settings.max_interval_days, calendar, start, end)
+
+
+def known_machines(store: RecordStore, machine: list[str] | None) -> list[str]:
+    """The machines asked for (all, without `machine=`); 404 naming `machine` for unknown ones."""
+    known = [c.machine_id for c in store.current_states()]
+    unknown = sorted(set(machine or []) - set(known))
     if unknown:
         raise ApiError(
             status.HTTP_404_NOT_FOUND, f"no machines {unknown} in the site model", ["query", "machine"]
         )
-    latest = max((c.updated_ms or 0 for c in states), default=0)
-    now_ms = max(request.app.state.clock(), latest)  # a standing machine stands until now
-    end_ms = int(end.timestamp() * 1000) if end is not None else now_ms
-    if start is not None:
-        start_ms = int(start.timestamp() * 1000)
-    else:  # the current shift, or the last one that ended; without a calendar the last 8 h
-        shifts = calendar.shifts(end_ms - 86_400_000, end_ms) if calendar is not None else []
-        began = [s.start_ms for s in shifts if s.start_ms < end_ms]
-        start_ms = max(began) if began else end_ms - DEFAULT_HOURS * 3_600_000
-    if end_ms <= start_ms:
-        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "end must be after start", ["query", "end"])
-    if end_ms - start_ms > settings.max_interval_days * 86_400_000:
-        raise ApiError(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"window is longer than {settings.max_interval_days} days",
-            ["query", "start"],
-        )
-    return start_ms, end_ms, now_ms
+    return list(dict.fromkeys(machine)) if machine else sorted(known)
 
 
 @router.get(
@@ -178,14 +177,8 @@ def get_oee(
     settings: Settings,
     calendar: Calendar,
     definition: OeeDefinition,
-    start: Annotated[
-        When | None,
-        Query(description="window start, ISO-8601 with offset; default: the current shift's start"),
-    ] = None,
-    end: Annotated[
-        When | None,
-        Query(description="window end; default: the record's latest event time (now)"),
-    ] = None,
+    start: Annotated[When | None, START] = None,
+    end: Annotated[When | None, END] = None,
     group_by: Annotated[
         list[Group] | None, Query(description="group by these (repeatable); default: machine")
     ] = None,
@@ -193,9 +186,10 @@ def get_oee(
 ) -> OeeOut:
     """Closed record intervals and the open one, clipped to the window and cut at shift boundaries;
     parts made, scrap and rework reported in it. Rows and the total are summed from times and counts."""
-    start_ms, end_ms, now_ms = window(request, store, settings, calendar, start, end, machine)
+    w = window(request, store, settings, calendar, start, end, machine)
+    start_ms, end_ms, now_ms = w.start_ms, w.end_ms, w.now_ms
     by = tuple(dict.fromkeys(group_by or ["machine"]))
-    zone: str = request.app.state.timezone
+    zone = w.zone
     cycles = observed_cycles(request, store)
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms, cycles=cycles)
     rows = [_row(group, t) for group, t in ordered(tallies)]
@@ -204,6 +198,7 @@ def get_oee(
         start=iso(start_ms),
         end=iso(end_ms),
         timezone=zone,
+        range=w.range(),
         definition_version=definition.version,
         group_by=list(by),
         rows=rows,

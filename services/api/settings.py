@@ -16,6 +16,8 @@ class ApiSettings(BaseSettings):
     api_token_planner: SecretStr | None = Field(default=None, min_length=16)
     api_token_quality: SecretStr | None = Field(default=None, min_length=16)
     max_interval_days: int = Field(default=31, ge=1, le=366)
+    # exports (services/api/exports.py) are streamed: a year of the record is one request
+    max_export_days: int = Field(default=366, ge=1, le=3660)
     command_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # bounded writes: a larger body, or a dispatch list with more operations, is answered 413
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)

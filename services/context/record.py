@@ -1193,6 +1193,138 @@ class RecordStore(_Record):
                 by_reason[reason or "none"] = by_reason.get(reason or "none", 0.0) + total / 1000
         return by_state, by_reason, int(stops) + int(pauses)
 
+    # reports (services/api/review.py, planner.py) ------------------------------------------------
+    def made_by_machine(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        """Parts made (the counter's increments) and rejected (scrap, fail and rework reported) by each
+        of the machines in [start, end), read by machine and time (the primary key)."""
+        ids = list(machines)
+        among = ", ".join("?" * len(ids))
+        out = dict.fromkeys(ids, (0, 0))
+        with self._lock:
+            made = self._db.execute(
+                f"SELECT machine_id, sum(delta) FROM part_count WHERE machine_id IN ({among})"  # noqa: S608
+                " AND ts_ms >= ? AND ts_ms < ? GROUP BY machine_id",
+                (*ids, start_ms, end_ms),
+            ).fetchall()
+            rejected = self._db.execute(
+                f"SELECT machine_id, sum(quantity) FROM quality_count WHERE machine_id IN ({among})"  # noqa: S608
+                " AND ts_ms >= ? AND ts_ms < ? AND result IN ('scrap', 'fail', 'rework') GROUP BY machine_id",
+                (*ids, start_ms, end_ms),
+            ).fetchall()
+        for m, n in made:
+            out[m] = (int(n), 0)
+        for m, n in rejected:
+            out[m] = (out[m][0], int(n))
+        return out
+
+    def stops_with_reason(
+        self, machines: Iterable[str], reason: str, start_ms: int, end_ms: int
+    ) -> list[tuple[str, int, int, int, str, str | None, str | None, str | None]]:
+        """Closed pieces of stops with this reason overlapping [start, end) on the machines, not
+        clipped: (machine, start, end, the stop's start, state, shift, job, operation), by machine
+        and time."""
+        ids = list(machines)
+        among = ", ".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT machine_id, start_ms, end_ms, coalesce(stop_start_ms, run_start_ms, start_ms),"  # noqa: S608
+                " state, shift, job, operation FROM state_interval INDEXED BY state_interval_end"
+                f" WHERE machine_id IN ({among}) AND end_ms > ? AND start_ms < ? AND reason = ?"
+                " AND state != 'running' ORDER BY machine_id, start_ms",
+                (*ids, start_ms, end_ms, reason),
+            ).fetchall()
+        return [(m, a, b, stop, state, shift, job, op) for m, a, b, stop, state, shift, job, op in rows]
+
+    def stopped_by_shift(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> tuple[
+        list[tuple[str, str | None, str, str | None, int, int, int]],
+        list[tuple[str, int, int, str, str | None, int]],
+    ]:
+        """Stopped (not running) closed time of the machines in [start, end), clipped, for the
+        downtime report: (machine, shift, state, reason, ms, stops, first piece's start) summed by
+        machine, shift, state and reason, a stop counted in the piece that holds its start (or the
+        window's start, for a stop that began before it), for the machines whose record names the
+        shifts in the window (a piece without one is outside every shift, as OEE counts it); and the
+        pieces of the other machines (a record written without a shift calendar), for the caller to
+        cut at shifts: (machine, start, end, state, reason, the stop's start), in time order."""
+        ids = list(machines)
+        day_from, day_to = _shift_days(start_ms, end_ms)
+        stop = "coalesce(stop_start_ms, run_start_ms, start_ms)"
+        with self._lock:
+            keyed = [
+                m
+                for m in ids
+                if self._db.execute(
+                    "SELECT 1 FROM state_interval INDEXED BY state_interval_shift WHERE machine_id = ?"
+                    " AND shift >= ? AND shift < ? AND end_ms > ? AND start_ms < ? LIMIT 1",
+                    (m, day_from, day_to, start_ms, end_ms),
+                ).fetchone()
+            ]
+            other = [m for m in ids if m not in set(keyed)]
+            summed = []
+            if keyed:
+                among = ", ".join(f"?{3 + n}" for n in range(len(keyed)))
+                summed = self._db.execute(
+                    "SELECT machine_id, shift, state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"  # noqa: S608
+                    f" sum(max({stop}, ?1) >= start_ms AND max({stop}, ?1) < end_ms), min(max(start_ms, ?1))"
+                    " FROM state_interval INDEXED BY state_interval_shift"
+                    f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND state != 'running'"
+                    " GROUP BY machine_id, shift, state, reason",
+                    (start_ms, end_ms, *keyed),
+                ).fetchall()
+            pieces = []
+            if other:
+                among = ", ".join(f"?{3 + n}" for n in range(len(other)))
+                pieces = self._db.execute(
+                    f"SELECT machine_id, start_ms, end_ms, state, reason, {stop} FROM state_interval"  # noqa: S608
+                    f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND state != 'running'"
+                    " ORDER BY machine_id, start_ms",
+                    (start_ms, end_ms, *other),
+                ).fetchall()
+        return summed, pieces
+
+    def report_operations(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, job: str | None = None
+    ) -> list[Operation]:
+        """The operations of the machines (of one job) that are open (planned, active, paused) or were
+        planned or worked in [start, end), with their parts made, scrap and rework (read for these
+        operations only, by machine, job and operation)."""
+        ids = list(machines)
+        among = ", ".join("?" * len(ids))
+        of_job = " AND o.job = ?" if job is not None else ""
+        made = (
+            "coalesce((SELECT sum(p.delta) FROM part_count p INDEXED BY part_count_operation"
+            " WHERE p.machine_id = o.machine_id AND p.job = o.job AND p.operation = o.operation), 0)"
+        )
+        rejected = (
+            "coalesce((SELECT sum(q.quantity) FROM quality_count q WHERE q.job = o.job"
+            " AND q.operation = o.operation AND q.result IN ({})), 0)"
+        )
+        scrap, rework = rejected.format("'scrap', 'fail'"), rejected.format("'rework'")
+        sql = (  # built from constants; the values are bound
+            "SELECT o.job, o.operation, o.machine_id, o.program, o.quantity, o.sequence, o.part_number,"  # noqa: S608
+            " o.ideal_cycle_ms, o.planned_start_ms, o.planned_end_ms, o.status, o.actual_start_ms,"
+            f" o.actual_end_ms, o.dispatched_ms, {made}, {scrap}, {rework}"
+            f" FROM operation o WHERE o.machine_id IN ({among}){of_job}"
+            " AND (o.status IN ('planned', 'active', 'paused')"
+            "  OR (o.planned_start_ms < ? AND o.planned_end_ms >= ?)"
+            "  OR (o.actual_start_ms < ? AND coalesce(o.actual_end_ms, ?) >= ?))"
+            " ORDER BY o.machine_id, o.sequence, o.job, o.operation"
+        )
+        args = (*ids, *([job] if job is not None else []), end_ms, start_ms, end_ms, end_ms, start_ms)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out = []
+        for row in rows:
+            op = Operation(*row[:10])
+            op.status, op.actual_start_ms, op.actual_end_ms, op.dispatched_ms = row[10:14]
+            op.made, op.scrap, op.rework = row[14:]
+            out.append(op)
+        return out
+
     def held(self, hold_id: str) -> tuple[dict[str, float], list[str]]:
         """Seconds each machine stood under a hold, and the job/operations it held up."""
         with self._lock:
@@ -1205,3 +1337,177 @@ class RecordStore(_Record):
         for machine_id, _, _, total in rows:
             machines[machine_id] = machines.get(machine_id, 0.0) + total / 1000
         return machines, sorted({f"{j}/{o}" for _, j, o, _ in rows if j is not None})
+
+    # exports (services/api/exports.py) ------------------------------------------------------------
+    # Each export reads the record a page at a time (keyset pagination where an index serves it, a
+    # cursor read with fetchmany where none does), from a read-only connection of its own in one read
+    # transaction: one consistent record however long the export takes, and the writer's lock is never
+    # held while the API sends. Nothing of a range is ever held whole.
+    @contextlib.contextmanager
+    def _export_snapshot(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+        try:
+            db.execute("BEGIN")  # WAL: the snapshot is taken at the first read and kept until the end
+            yield db
+        finally:
+            db.close()
+
+    def export_intervals(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[Interval]]:
+        """Closed intervals that overlap [start, end), whole (not clipped), with their context and the
+        story where the record keeps one; by machine in the order given, then by start."""
+        sql = (
+            f"SELECT {_INTERVAL_COLUMNS}, story FROM state_interval"  # noqa: S608 (constants)
+            " WHERE machine_id = ? AND start_ms > ? AND start_ms < ? AND end_ms > ? ORDER BY start_ms LIMIT ?"
+        )
+        with self._export_snapshot() as db:
+            for machine_id in machines:
+                first = db.execute(  # a machine's intervals do not overlap: the first to end begins first
+                    "SELECT start_ms FROM state_interval INDEXED BY state_interval_end"
+                    " WHERE machine_id = ? AND end_ms > ? ORDER BY end_ms LIMIT 1",
+                    (machine_id, start_ms),
+                ).fetchone()
+                after = None if first is None else first[0] - 1
+                while after is not None:
+                    rows = db.execute(sql, (machine_id, after, end_ms, start_ms, page)).fetchall()
+                    after = rows[-1][1] if len(rows) == page else None
+                    out = [self._exported(row) for row in rows]
+                    del rows  # one page at a time: not this one's rows while the next is read
+                    if out:
+                        yield out
+                    del out
+
+    @staticmethod
+    def _exported(row: tuple[Any, ...]) -> Interval:
+        m, s, e, st, reason, source, job, op, shift, who, hold, run, evidence, stop, story = row
+        told = Story.from_json(json.loads(story)) if story else None
+        return Interval(
+            m, s, e, MachineState(st), reason, source, job, op, shift, who, hold, run, evidence, stop, told
+        )
+
+    def export_counts(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[
+        list[
+            tuple[str, int, str, int, int | None, str | None, str | None, str | None, str | None, str | None]
+        ]
+    ]:
+        """Part counts and quality reports in [start, end): (machine, when, kind, quantity, counter,
+        job, operation, shift, by, via). Kind `made` is a part count (with the machine's counter; by
+        and via NULL); the others are reports as they were made (scrap, rework, good, pass, fail; no
+        counter). By machine id, then time (a count before a report at the same moment)."""
+        import heapq
+
+        ids = sorted(set(machines))
+        among = ", ".join("?" * len(ids))
+        made_sql = (
+            "SELECT machine_id, ts_ms, 'made', delta, counter, job, operation, shift, NULL, NULL"
+            " FROM part_count WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ?"
+            " AND ts_ms >= ? AND (ts_ms > ? OR counter > ?) ORDER BY ts_ms, counter LIMIT ?"
+        )
+        reports_sql = (  # no index by machine and time: one sorted read, fetched a page at a time
+            "SELECT machine_id, ts_ms, result, quantity, NULL, job, operation, shift, by, via"  # noqa: S608
+            f" FROM quality_count WHERE machine_id IN ({among}) AND ts_ms >= ? AND ts_ms < ?"
+            " ORDER BY machine_id, ts_ms, seq"
+        )
+
+        def made(db: sqlite3.Connection) -> Iterator[Any]:
+            for machine_id in ids:
+                last: tuple[int, int] | None = (start_ms - 1, 0)
+                while last is not None:
+                    args = (machine_id, start_ms, end_ms, last[0], last[0], last[1], page)
+                    rows = db.execute(made_sql, args).fetchall()
+                    yield from rows
+                    last = (rows[-1][1], rows[-1][4]) if len(rows) == page else None
+
+        def reports(db: sqlite3.Connection) -> Iterator[Any]:
+            cursor = db.execute(reports_sql, (*ids, start_ms, end_ms))
+            while rows := cursor.fetchmany(page):
+                yield from rows
+
+        with self._export_snapshot() as db:
+            out = []
+            for row in heapq.merge(made(db), reports(db), key=lambda r: (r[0], r[1])):  # stable: made first
+                out.append(row)
+                if len(out) == page:
+                    yield out
+                    out = []
+            if out:
+                yield out
+
+    def export_operations(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Dispatched operations that ran in [start, end) (their actual start to end, or to now while
+        they run, overlaps it) or, not started, were planned in it: (machine, job, operation, part
+        number, program, sequence, quantity, ideal cycle ms, status, planned start, planned end,
+        dispatched, actual start, actual end, parts made, parts made in the range, scrap, rework),
+        by job and operation. Parts made count the operation's part counts on its machine; scrap
+        (with `fail`) and rework the quality reports of the operation."""
+        ids = sorted(set(machines))
+        made = (
+            "(SELECT coalesce(sum(p.delta), 0) FROM part_count p INDEXED BY part_count_operation"
+            " WHERE p.machine_id = o.machine_id AND p.job = o.job AND p.operation = o.operation"
+        )
+        # ?1 start, ?2 end, ?3 page, ?4 and ?5 the last job and operation of the page before, ?6... machines
+        base = (  # built from constants; the values are bound
+            "SELECT o.machine_id, o.job, o.operation, o.part_number, o.program, o.sequence, o.quantity,"  # noqa: S608
+            " o.ideal_cycle_ms, o.status, o.planned_start_ms, o.planned_end_ms, o.dispatched_ms,"
+            f" o.actual_start_ms, o.actual_end_ms, {made}), {made} AND p.ts_ms >= ?1 AND p.ts_ms < ?2)"
+            f" FROM operation o WHERE o.machine_id IN ({', '.join(f'?{6 + n}' for n in range(len(ids)))})"
+            " AND ((o.actual_start_ms < ?2 AND coalesce(o.actual_end_ms, ?1 + 1) > ?1)"
+            " OR (o.actual_start_ms IS NULL AND o.planned_start_ms < ?2"
+            " AND coalesce(o.planned_end_ms, o.planned_start_ms + 1) > ?1))"
+        )
+        first_sql = f"{base} ORDER BY o.job, o.operation LIMIT ?3"
+        after = "AND o.job >= ?4 AND (o.job > ?4 OR o.operation > ?5)"  # keyset: after the page before
+        next_sql = f"{base} {after} ORDER BY o.job, o.operation LIMIT ?3"
+        with self._export_snapshot() as db:
+            last: tuple[str, str] | None = None
+            while True:
+                sql, (job, op) = (first_sql, (None, None)) if last is None else (next_sql, last)
+                rows = db.execute(sql, (start_ms, end_ms, page, job, op, *ids)).fetchall()
+                if not rows:
+                    return
+                rejected = {
+                    (j, o, kind): quantity
+                    for j, o, kind, quantity in db.execute(
+                        "SELECT job, operation, CASE result WHEN 'fail' THEN 'scrap' ELSE result END,"
+                        " sum(quantity) FROM quality_count WHERE job >= ? AND job <= ?"
+                        " AND result IN ('scrap', 'fail', 'rework') GROUP BY 1, 2, 3",
+                        (rows[0][1], rows[-1][1]),
+                    )
+                }
+                yield [
+                    (
+                        *row,
+                        rejected.get((row[1], row[2], "scrap"), 0),
+                        rejected.get((row[1], row[2], "rework"), 0),
+                    )
+                    for row in rows
+                ]
+                if len(rows) < page:
+                    return
+                last = (rows[-1][1], rows[-1][2])
+
+    def export_reason_audit(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[tuple[int, str, int, str | None, str, str | None, str, int, str]]]:
+        """Every reason change made in [start, end) (by when it was made): (seq, machine, stop start,
+        old, new, by, via, when, note), in the order they were made."""
+        ids = sorted(set(machines))
+        sql = (  # built from constants; the values are bound
+            "SELECT seq, machine_id, run_start_ms, old_reason, new_reason, by, via, changed_ms, note"  # noqa: S608
+            f" FROM reason_audit WHERE seq > ? AND changed_ms >= ? AND changed_ms < ?"
+            f" AND machine_id IN ({', '.join('?' * len(ids))}) ORDER BY seq LIMIT ?"
+        )
+        with self._export_snapshot() as db:
+            after: int | None = 0
+            while after is not None:
+                rows = db.execute(sql, (after, start_ms, end_ms, *ids, page)).fetchall()
+                if rows:
+                    yield rows
+                after = rows[-1][0] if len(rows) == page else None
