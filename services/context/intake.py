@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 FUTURE_MS = 60_000  # `at` may be this far ahead of the service's clock (clocks differ a little)
 
 
+FUTURE_SLACK_MS = 60_000  # a stop_at this far ahead of our clock is a clock out of step, not the future
+
+
 class Intake:
     def __init__(self, service: ContextService) -> None:
         self.service = service
@@ -247,6 +250,11 @@ class Intake:
                 f"reason: unknown reason code {cmd.reason!r} (known: {', '.join(sorted(taxonomy))})", 404
             )
         t = ms(cmd.stop_at)
+        if t > now + FUTURE_SLACK_MS:
+            raise CommandError(
+                f"reason: stop_at {iso(t)} is in the future (now {iso(now)}); give a moment of the stop",
+                422,
+            )
         service = self.service
         tracker = service.trackers[machine_id]
         if tracker.since_ms is not None and t >= tracker.since_ms:

@@ -319,6 +319,11 @@ def test_reasons_outside_the_window_or_for_running_time_or_unknown_are_refused(s
         409,
         f"reason: vf2-01 was running at {when(5)}; only stops take a reason",
     )
+    ahead = shop.command("reason", machine="vf2-01", stop_at=when(50), reason="starved", by="ann")
+    assert (ahead.status, ahead.error) == (
+        422,
+        f"reason: stop_at {when(50)} is in the future (now {when(41)}); give a moment of the stop",
+    )
     unknown = shop.command("reason", machine="vf2-01", stop_at=when(20), reason="coffee", by="ann")
     assert unknown.status == 404
     assert (unknown.error or "").startswith("reason: unknown reason code 'coffee' (known: blocked, ")
@@ -335,7 +340,7 @@ def test_reasons_outside_the_window_or_for_running_time_or_unknown_are_refused(s
         refused = shop.service.command(kind, payload, via="test")
         assert not refused.ok
         assert refused.error
-    assert shop.service.host.counters["commands_refused"] == 10
+    assert shop.service.host.counters["commands_refused"] == 11
     # nothing else was lost: the record is as it was, and the next good command works
     assert [row(i) for i in shop.intervals()] == before
     shop.ok("reason", machine="vf2-01", stop_at=when(20), reason="starved", by="ann")
