@@ -16,7 +16,7 @@ from services.api.deps import Settings, Store
 from services.api.errors import ApiError, responses
 from services.context.reasons import DEFAULT_REASON, Reason
 from services.context.record import CurrentState, RecordStore
-from services.context.state import Interval, MachineState
+from services.context.state import MachineState
 from uns.clock import iso, parse_iso
 from uns.site import DowntimeConfig
 
@@ -98,13 +98,6 @@ class _Stop:
         return None if self.going_on else self.last_ms
 
 
-def _key(i: Interval) -> int:
-    """The start of the stop a piece belongs to (as the context service finds it)."""
-    if i.stop_start_ms is not None:
-        return i.stop_start_ms
-    return i.run_start_ms if i.run_start_ms is not None else i.start_ms
-
-
 def stops_of(
     store: RecordStore,
     current: CurrentState,
@@ -116,14 +109,14 @@ def stops_of(
     machine_id = current.machine_id
     since = now_ms - window_ms
     pieces = store.intervals(machine_id, since, now_ms + 1)
-    earliest = min((_key(i) for i in pieces if i.state not in _NOT_STOPS), default=since)
+    earliest = min((i.stop_of for i in pieces if i.state not in _NOT_STOPS), default=since)
     if earliest < since:  # a stop that began before the window: all of it
         pieces = store.intervals(machine_id, max(earliest, now_ms - max_days * 86_400_000), now_ms + 1)
     stops: dict[int, _Stop] = {}
     for i in pieces:
         if i.state in _NOT_STOPS:
             continue
-        k = _key(i)
+        k = i.stop_of
         stop = stops.setdefault(k, _Stop(k))
         stop.add(i.state, i.start_ms, i.end_ms, now_ms, i.reason, i.source, (i.job, i.operation, i.operator))
     if current.state not in _NOT_STOPS and current.since_ms is not None:  # the open interval

@@ -363,11 +363,7 @@ class Intake:
 def _stop_end(service: ContextService, machine_id: str, stop: int, end: int, now: int) -> int:
     """Where a stop that began at `stop` ended: follow its pieces to the last (`now` if it goes on)."""
     while True:
-        more = [
-            i
-            for i in service.store.intervals(machine_id, end, end + 1)
-            if (i.stop_start_ms if i.stop_start_ms is not None else i.run_start_ms or i.start_ms) == stop
-        ]
+        more = [i for i in service.store.intervals(machine_id, end, end + 1) if i.stop_of == stop]
         if not more:
             tracker = service.trackers[machine_id]
             going_on = tracker.since_ms is not None and end >= tracker.since_ms

@@ -121,6 +121,13 @@ class Interval:
     story: Story | None = field(default=None, compare=False, repr=False)  # the facts at the state's start
     memory: Story | None = field(default=None, compare=False, repr=False)  # the tracker's, when it closed
 
+    @property
+    def stop_of(self) -> int:
+        """The start of the stop this piece is part of (of its state, for a piece that is no stop)."""
+        if self.stop_start_ms is not None:
+            return self.stop_start_ms
+        return self.run_start_ms if self.run_start_ms is not None else self.start_ms
+
 
 @dataclass(frozen=True, slots=True)
 class PartsMade:
