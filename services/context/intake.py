@@ -197,7 +197,16 @@ class Intake:
                     book.pending = None
                     store.set_pending(machine_id, None)
             if released is not None:
-                self._past(machine_id, ms(released))
+                at = ms(released)
+                pending = book.pending
+                started = book.on_release(at)  # released before a program change that came first
+                if book.pending != pending:
+                    store.set_pending(machine_id, book.pending)
+                if started:
+                    self.service.record_op_events(machine_id, started)
+                self._past(machine_id, at)
+                if started:  # the parts made since the program change are the started operation's
+                    book.ops = {o.key: o for o in store.operations(machine_id)}
             self.service.touch(machine_id)
 
     # -- operations, operators -------------------------------------------------------------------

@@ -4,6 +4,9 @@
   running completes (`next_op`).
 - When two or more queued operations use that program, the book asks for a confirmation (the
   machine's `job` topic and the API show it); confirming one starts it at the program change.
+- Work released (a dispatch that says when: `at`) before the program change it is for, but reaching
+  the service after it (an ERP's sync lags the floor), is started by that program change all the same
+  (`on_release`): the order in which the messages arrive decides nothing.
 - Reaching the quantity (good parts: made minus scrap and rework) completes the operation.
 - Start, pause, resume and complete by hand are always possible.
 
@@ -67,6 +70,7 @@ class OperationBook:
     ops: dict[tuple[str, str], Operation] = field(default_factory=dict)
     pending: Pending | None = None
     program: str | None = None  # the program last seen loaded
+    program_ms: int | None = None  # when it was loaded (its program change), if seen
 
     @property
     def active(self) -> Operation | None:
@@ -84,8 +88,25 @@ class OperationBook:
         if not program or program == self.program:
             self.program = program or self.program
             return []
+        # the first program seen (a birth) was loaded at a time unknown: no late release starts it
+        self.program_ms = ts if self.program is not None else None
         self.program = program
         self.pending = None  # a new program: an older question no longer stands
+        return self._program_change(ts, program)
+
+    def on_release(self, released_ms: int) -> list[OpEvent]:
+        """Work put on the list as released at `released_ms` has come in after the program change
+        that followed that moment: the change decides now as it would have then. Nothing changes
+        when the program was loaded before the release, or an operation was started since."""
+        program, ts = self.program, self.program_ms
+        if program is None or ts is None or released_ms > ts or self.pending is not None:
+            return []
+        active = self.active
+        if active is not None and (active.actual_start_ms or 0) > ts:
+            return []  # started (by hand) after the program change: that decision stands
+        return self._program_change(ts, program)
+
+    def _program_change(self, ts: int, program: str) -> list[OpEvent]:
         active = self.active
         if active is not None and active.program == program:
             return []

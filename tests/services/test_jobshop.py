@@ -514,6 +514,60 @@ def test_work_taken_off_the_list_later_was_still_there_when_the_record_is_recomp
     assert idle() == [(3.0, 5.0, *live[0][2:]), (5.0, *live[0][1:]), *live[1:]]
 
 
+def test_a_release_that_arrives_after_the_program_change_it_was_for_starts_the_operation(shop: Shop) -> None:
+    """The ERP released J2 at minute 9; the operator loaded its program at 10; the ERP's message came
+    at 14. J2 starts at the program change, J1 completes there, and the parts since are J2's: the
+    record is what it would be had the messages arrived in order."""
+    shop.ok("dispatch", machine="vf2-01", operations=[op("J1", "O1", 5)])
+    shop.online()
+    shop.at(1, mode="MANUAL", program="O1")
+    shop.at(2, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(4, execution="READY", parts=1)
+    shop.at(10, mode="MANUAL", program="O2")  # J2's setup, before the list knows J2
+    shop.at(12, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(13, execution="READY", parts=1)
+    assert shop.service.books["vf2-01"].active.job == "J1"  # type: ignore[union-attr]
+    shop.clock.now = T0 + 14 * MIN
+    shop.ok("dispatch_update", operation=op("J2", "O2", 3), at=when(9))
+    ops = {o.job: o for o in shop.store.operations("vf2-01")}
+    assert (ops["J1"].status, ops["J1"].actual_end_ms, ops["J1"].made) == ("complete", T0 + 10 * MIN, 1)
+    assert (ops["J2"].status, ops["J2"].actual_start_ms, ops["J2"].made) == ("active", T0 + 10 * MIN, 1)
+    assert [(row(i)[0], row(i)[2], row(i)[5]) for i in shop.intervals()][-3:] == [
+        (9, "idle", "J1"),  # waiting for J1's first article; cut where J2 was released
+        (10, "setup", "J2"),  # J1's until the release came in
+        (12, "running", "J2"),
+    ]
+    assert [p.job for p in shop.store.parts("vf2-01", 0, T0 + 60 * MIN)] == ["J1", "J2"]
+    shop.at(15, execution="ACTIVE")
+    shop.at(16, execution="READY", parts=2)  # J2's quantity, counted on its book
+    assert {o.job: o.status for o in shop.store.operations("vf2-01")}["J2"] == "complete"
+
+
+def test_a_release_after_the_program_was_loaded_does_not_start_it(shop: Shop) -> None:
+    """Released (at 11) after its program was loaded (at 10): whether the operator was setting up this
+    job is not known, and nothing starts until a program change or a person says so."""
+    shop.ok("dispatch", machine="vf2-01", operations=[])
+    shop.online(program="O1")
+    shop.at(10, mode="MANUAL", program="O2")
+    shop.at(12, mode="AUTOMATIC", execution="ACTIVE")
+    shop.ok("dispatch_update", operation=op("J2", "O2", 3), at=when(11))
+    shop.ok("dispatch_update", operation=op("J3", "O2", 3))  # no `at`: released now
+    assert {o.job: o.status for o in shop.store.operations("vf2-01")} == {"J2": "planned", "J3": "planned"}
+
+
+def test_a_late_release_of_two_operations_on_one_program_asks_which(shop: Shop) -> None:
+    shop.ok("dispatch", machine="vf2-01", operations=[])
+    shop.online(program="O1")
+    shop.at(10, mode="MANUAL", program="O7")
+    shop.at(12, mode="AUTOMATIC", execution="ACTIVE")
+    shop.ok("dispatch", machine="vf2-01", operations=[op("A1", "O7"), op("B2", "O7")], at=when(9))
+    job = shop.service.job_json(shop.site.machine("vf2-01"))
+    assert job["confirmation_needed"]["since"] == when(10)
+    assert shop.store.pending("vf2-01") is not None
+    shop.ok("operation", action="confirm", machine="vf2-01", job="B2", operation="10")
+    assert [(row(i)[0], row(i)[5]) for i in shop.intervals()][-2:] == [(9, None), (10, "B2")]
+
+
 def test_a_standing_machines_reason_in_the_record_follows_the_clock(shop: Shop) -> None:
     """The open interval's reason changes with time alone (a micro-stop grows into a long stop): the
     service rewrites it without waiting for new data."""
