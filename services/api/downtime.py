@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from services.api.deps import Calendar, Reasons, Settings, Store
 from services.api.errors import responses
 from services.api.oee import END, START, known_machines
-from services.api.when import Range, When, hm, resolve, sent
+from services.api.when import Range, When, hm, resolve, sent_as
 from services.context.state import MachineState
 from uns.clock import iso
 
@@ -62,10 +62,10 @@ def downtime(
     start_ms, end_ms = w.start_ms, w.end_ms
     # [ms, stops, first piece's start] by (machine, shift, state, reason); the record names each
     # piece's shift (as OEE reads it): only a record written without a calendar is cut here
-    totals: dict[tuple[str, str | None, MachineState, str | None], list[int]] = {}
+    totals: dict[tuple[str, str | None, str, str | None], list[int]] = {}
     summed, uncut = store.stopped_by_shift(wanted, start_ms, end_ms)
     for m, shift_key, state, reason, ms, stops, first in summed:
-        total = totals.setdefault((m, shift_key, MachineState(state), reason), [0, 0, first])
+        total = totals.setdefault((m, shift_key, state, reason), [0, 0, first])
         total[0] += ms
         total[1] += stops
         total[2] = min(total[2], first)
@@ -73,26 +73,26 @@ def downtime(
         counted_at = max(stop, start_ms)  # a stop counts in the piece holding its start
         clipped = (max(a, start_ms), min(b, end_ms))
         for p_start, p_end, shift in calendar.split(*clipped) if calendar else [(*clipped, None)]:
-            key = (m, shift.key if shift else None, MachineState(state), reason)
+            key = (m, shift.key if shift else None, state, reason)
             total = totals.setdefault(key, [0, 0, p_start])
             total[0] += p_end - p_start
             total[1] += int(p_start <= counted_at < p_end)
             total[2] = min(total[2], p_start)
-    rows = [
-        DowntimeRow.model_construct(  # built here from the record's own values: no need to check them
-            machine=m,
-            shift=shift,
-            state=state,
-            reason=reason,
-            planned=bool(reason and reason in taxonomy and taxonomy[reason].planned),
-            duration_s=round(total[0] / 1000, 3),
-            duration_hm=hm(total[0] / 1000),
-            stops=total[1],
-        )
+    planned = {r for r in taxonomy if taxonomy[r].planned}
+    rows = [  # DowntimeRow's fields, from the record's own values: no need to check them (`sent_as`)
+        {
+            "machine": m,
+            "shift": shift,
+            "state": state,
+            "reason": reason,
+            "planned": reason in planned,
+            "duration_s": round(total[0] / 1000, 3),
+            "duration_hm": hm(total[0] / 1000),
+            "stops": total[1],
+        }
         for (m, shift, state, reason), total in sorted(
             totals.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[1][2])
         )
     ]
-    return sent(
-        DowntimeOut(start=iso(start_ms), end=iso(end_ms), timezone=w.zone, range=w.range(), rows=rows)
-    )
+    head = DowntimeOut(start=iso(start_ms), end=iso(end_ms), timezone=w.zone, range=w.range(), rows=[])
+    return sent_as(head, rows=rows)

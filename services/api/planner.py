@@ -15,7 +15,6 @@ stop: an operation at risk by it cannot make its planned end even running withou
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from services.api.when import (
     local_or_none,
     resolve,
     sent,
+    sent_as,
 )
 from services.context.jobs import ACTIVE, CANCELLED, COMPLETE, PAUSED, PLANNED, Operation
 from services.context.record import CurrentState, RecordStore
@@ -529,9 +529,17 @@ def utilisation(
     wanted = known_machines(store, machine)
     w = resolve(request, store, settings.max_interval_days, calendar, start, end, prefer=PRODUCTION_DAY)
     until = min(w.end_ms, w.now_ms)
-    times_only = dataclasses.replace(definition, best_observed_days=0)  # no ideal cycles needed here
     tallies = oee(
-        store, calendar, times_only, w.start_ms, w.end_ms, ("machine", "shift"), wanted, w.zone, w.now_ms
+        store,
+        calendar,
+        definition,
+        w.start_ms,
+        w.end_ms,
+        ("machine", "shift"),
+        wanted,
+        w.zone,
+        w.now_ms,
+        times_only=True,
     )
     by: dict[tuple[str, str | None], Tally] = {}
     for group, t in tallies.items():
@@ -555,25 +563,24 @@ def utilisation(
             running = t.run_s - t.performance_stop_s
             if span is None and running <= 0:
                 continue  # outside every shift only running time counts: none here
-            rows.append(
-                UtilisationRow(
-                    machine=m,
-                    shift=key,
-                    start=None if span is None else iso(span[0]),
-                    start_local=None if span is None else local(span[0], w.zone),
-                    end=None if span is None else iso(span[1]),
-                    end_local=None if span is None else local(span[1], w.zone),
-                    available_s=available,
-                    available_hm=hm_or_none(available),
-                    recorded_s=round(t.planned_s + t.planned_stop_s + t.unknown_s, 3),
-                    planned_s=round(t.planned_s, 3),
-                    planned_hm=hm(t.planned_s),
-                    running_s=round(running, 3),
-                    running_hm=hm(running),
-                    utilisation=round(running / available, 4) if available else None,
-                    of_planned=round(running / t.planned_s, 4) if t.planned_s > 0 else None,
-                )
+            rows.append(  # UtilisationRow's fields, plain (`sent_as`)
+                {
+                    "machine": m,
+                    "shift": key,
+                    "start": None if span is None else iso(span[0]),
+                    "start_local": None if span is None else local(span[0], w.zone),
+                    "end": None if span is None else iso(span[1]),
+                    "end_local": None if span is None else local(span[1], w.zone),
+                    "available_s": available,
+                    "available_hm": hm_or_none(available),
+                    "recorded_s": round(t.planned_s + t.planned_stop_s + t.unknown_s, 3),
+                    "planned_s": round(t.planned_s, 3),
+                    "planned_hm": hm(t.planned_s),
+                    "running_s": round(running, 3),
+                    "running_hm": hm(running),
+                    "utilisation": round(running / available, 4) if available else None,
+                    "of_planned": round(running / t.planned_s, 4) if t.planned_s > 0 else None,
+                }
             )
-    return sent(
-        UtilisationOut(range=w.range(), timezone=w.zone, definition_version=definition.version, rows=rows)
-    )
+    head = UtilisationOut(range=w.range(), timezone=w.zone, definition_version=definition.version, rows=[])
+    return sent_as(head, rows=rows)

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import Request, Response, status
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, WithJsonSchema
+from pydantic_core import to_json
 
 from services.api.errors import ApiError
 from services.context.record import RecordStore
@@ -259,6 +260,15 @@ def production_day(calendar: ShiftCalendar | None, zone: str, day: date) -> tupl
 def of_day(shift_key: str | None, day: date) -> bool:
     """Whether a row's shift (`<date>/<name>`, None outside every shift) belongs to the production date."""
     return shift_key is None or shift_key.startswith(f"{day.isoformat()}/")
+
+
+def sent_as(head: BaseModel, **rows: list[dict[str, Any]]) -> Response:
+    """A report's answer of many rows: its head from the route's response model, and the rows (its
+    list fields, given empty in `head`) as plain dicts of the row model's fields, serialised as they
+    are (pydantic-core): building 10,000 row models costs more than reading the record for them."""
+    answer = head.model_dump(mode="json")
+    answer.update(rows)
+    return Response(to_json(answer), media_type="application/json")
 
 
 def sent(answer: BaseModel) -> Response:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +63,9 @@ CREATE INDEX IF NOT EXISTS state_interval_shift
     ON state_interval (machine_id, shift, state, reason, end_ms, start_ms, job, operation);
 CREATE INDEX IF NOT EXISTS state_interval_operation
     ON state_interval (machine_id, job, operation, state, start_ms, end_ms);
+-- pieces outside every shift longer than a day (few): see shift_time
+CREATE INDEX IF NOT EXISTS state_interval_long_outside
+    ON state_interval (machine_id, end_ms) WHERE shift IS NULL AND end_ms - start_ms > 86400000;
 CREATE TABLE IF NOT EXISTS signal_event (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
     ts_ms       INTEGER NOT NULL,
@@ -213,6 +216,89 @@ CREATE TABLE IF NOT EXISTS pending_confirmation (
 );
 """
 
+# The record's time summed by machine, shift, job, operation, state and reason, kept up to date by
+# triggers on every write of `state_interval` (a rebuild's delete too): a 30-day report reads these
+# sums for the shifts that lie wholly inside its window and cuts only the pieces of the shifts at its
+# two ends (`_inner_shifts`). Pieces outside every shift (shift NULL) are summed by the UTC day they
+# begin on, as the shift `<date>/` (no shift is named ''). Each group holds its pieces' number, the
+# stops that begin in them, and the first start and last end among them.
+_SHIFT_TIME = """
+CREATE TABLE shift_time (
+    machine_id  TEXT NOT NULL,
+    shift       TEXT NOT NULL,  -- the shift key, or `<UTC date>/` outside every shift
+    job         TEXT NOT NULL,  -- '' for none, as operation and reason
+    operation   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    ms          INTEGER NOT NULL,
+    pieces      INTEGER NOT NULL,
+    stops       INTEGER NOT NULL,
+    first_ms    INTEGER NOT NULL,
+    last_ms     INTEGER NOT NULL,
+    PRIMARY KEY (machine_id, shift, state, reason, job, operation)
+) WITHOUT ROWID
+"""
+DAY_MS = 86_400_000
+_BUCKET = "coalesce(R.shift, strftime('%Y-%m-%d/', R.start_ms / 1000, 'unixepoch'))"
+_GROUP = (  # the shift_time group of a state_interval row (R: NEW or OLD)
+    f"machine_id = R.machine_id AND shift = {_BUCKET} AND job = coalesce(R.job, '')"
+    " AND operation = coalesce(R.operation, '') AND state = R.state AND reason = coalesce(R.reason, '')"
+)
+_BEGINS_STOP = "(coalesce(R.stop_start_ms, R.run_start_ms, R.start_ms) BETWEEN R.start_ms AND R.end_ms - 1)"
+_ADD = (  # constants all
+    "INSERT INTO shift_time VALUES"  # noqa: S608
+    f" (R.machine_id, {_BUCKET}, coalesce(R.job, ''), coalesce(R.operation, ''), R.state,"
+    f" coalesce(R.reason, ''), R.end_ms - R.start_ms, 1, {_BEGINS_STOP}, R.start_ms, R.end_ms)"
+    " ON CONFLICT DO UPDATE SET ms = ms + excluded.ms, pieces = pieces + 1, stops = stops + excluded.stops,"
+    " first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms);"
+)
+_DAY_OF_R = (  # i began on the UTC day R began on
+    f"i.start_ms >= R.start_ms / {DAY_MS} * {DAY_MS} AND i.start_ms < (R.start_ms / {DAY_MS} + 1) * {DAY_MS}"
+)
+_MEMBERS = (  # the state_interval rows of R's group (but R): in a shift, outside every shift
+    ("R.shift IS NOT NULL", "INDEXED BY state_interval_shift WHERE i.shift = R.shift"),
+    ("R.shift IS NULL", f"WHERE i.shift IS NULL AND {_DAY_OF_R}"),
+)
+_SAME = (
+    " AND i.machine_id = R.machine_id AND i.state = R.state AND i.reason IS R.reason"
+    " AND i.job IS R.job AND i.operation IS R.operation"
+)
+_TAKE = (
+    "UPDATE shift_time SET ms = ms - (R.end_ms - R.start_ms), pieces = pieces - 1,"  # noqa: S608
+    f" stops = stops - {_BEGINS_STOP} WHERE {_GROUP};"
+    f" DELETE FROM shift_time WHERE {_GROUP} AND pieces = 0;"
+    + "".join(
+        " UPDATE shift_time SET"  # noqa: S608
+        f" first_ms = (SELECT min(i.start_ms) FROM state_interval i {members}{_SAME}),"
+        f" last_ms = (SELECT max(i.end_ms) FROM state_interval i {members}{_SAME})"
+        f" WHERE {when} AND {_GROUP} AND (first_ms = R.start_ms OR last_ms = R.end_ms);"
+        for when, members in _MEMBERS
+    )
+)
+
+
+def _as(row: str, sql: str) -> str:
+    return sql.replace("R.", f"{row}.")
+
+
+_SHIFT_TIME_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS shift_time_{name} AFTER {name.upper()} ON state_interval BEGIN {body} END"
+    for name, body in (
+        ("insert", _as("NEW", _ADD)),
+        ("delete", _as("OLD", _TAKE)),
+        ("update", f"{_as('OLD', _TAKE)} {_as('NEW', _ADD)}"),
+    )
+)
+# Pieces outside every shift longer than a day: those that begin days before a window and end in it
+_LONG_OUTSIDE = f"shift IS NULL AND end_ms - start_ms > {DAY_MS}"
+_SHIFT_TIME_FILL = (  # a record from before shift_time: its sums, once
+    "INSERT INTO shift_time SELECT"  # noqa: S608
+    f" machine_id, {_as('state_interval', _BUCKET)}, coalesce(job, ''),"
+    " coalesce(operation, ''), state, coalesce(reason, ''), sum(end_ms - start_ms), count(*),"
+    f" sum({_as('state_interval', _BEGINS_STOP)}), min(start_ms), max(end_ms)"
+    " FROM state_interval GROUP BY 1, 2, 3, 4, 5, 6"
+)
+
 _ADDED_COLUMNS = {  # columns added since the first record schema: records from before get them
     "state_interval": (
         *("reason", "source", "job", "operation", "shift", "operator", "hold", "run_start_ms"),
@@ -283,6 +369,7 @@ class _Record:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA recursive_triggers=ON")  # the rows REPLACE deletes leave shift_time too
         self._db.executescript(SCHEMA)
         for table, added in _ADDED_COLUMNS.items():
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
@@ -290,6 +377,12 @@ class _Record:
                 if column not in columns:
                     kind = "INTEGER" if column.endswith("_ms") else "TEXT"
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        with self._transaction("BEGIN IMMEDIATE") as db:  # one of two processes opening it fills it
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'shift_time'").fetchone():
+                db.execute(_SHIFT_TIME)
+                db.execute(_SHIFT_TIME_FILL)
+            for trigger in _SHIFT_TIME_TRIGGERS:
+                db.execute(trigger)
 
     def close(self) -> None:
         with self._lock:
@@ -316,9 +409,9 @@ class _Record:
             self._put(db, intervals, parts, current, events)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
         db = self._db
-        db.execute("BEGIN")
+        db.execute(begin)
         try:
             yield db
         except BaseException:
@@ -656,6 +749,46 @@ def _shift_days(start_ms: int, end_ms: int) -> tuple[str, str]:
     first = datetime.fromtimestamp(start_ms / 1000, UTC).date() - timedelta(days=2)
     last = datetime.fromtimestamp(end_ms / 1000, UTC).date() + timedelta(days=2)
     return first.isoformat(), last.isoformat()
+
+
+def _summed(among: str, columns: Callable[[str], str], by: str, where: str, outside: str | None) -> str:
+    """A read of the record's time in [?1, ?2) of the machines `among` (shift keys in [?4, ?5)),
+    grouped by machine, shift (NULL outside every shift) and `by`: from shift_time for the shifts
+    (and the days outside every shift) wholly inside the window, and from the pieces for those at its
+    two ends (`edge`: a piece begins at or before ?1 or ends after ?2) and for the long pieces outside
+    every shift that began before the first day read. `columns(kind)` selects the rest of a row from
+    shift_time (kind "sum") or from pieces ("piece"); `where` keeps rows of either, `outside` those
+    outside every shift (None: none, the caller reads them)."""
+    bucket = "shift NOT LIKE '%/'" if outside is None else f"(shift NOT LIKE '%/' OR {outside})"
+    edge = "machine_id, shift FROM edge"
+    piece = f"{columns('piece')} FROM state_interval"
+    null = "" if outside is None else f" AND {outside}"
+    return (
+        "WITH t AS MATERIALIZED (SELECT * FROM shift_time"  # noqa: S608 (constants)
+        f" WHERE machine_id IN ({among}) AND shift >= ?4 AND shift < ?5 AND {where} AND {bucket}),"
+        " edge AS MATERIALIZED (SELECT machine_id, shift,"
+        f" CASE WHEN shift LIKE '%/' THEN min(first_ms) / {DAY_MS} * {DAY_MS} END AS d0"
+        " FROM t GROUP BY machine_id, shift HAVING min(first_ms) <= ?1 OR max(last_ms) > ?2)"
+        " SELECT machine_id, CASE WHEN shift NOT LIKE '%/' THEN shift END,"
+        f" {columns('sum')} FROM t WHERE NOT EXISTS"
+        " (SELECT 1 FROM edge WHERE edge.machine_id = t.machine_id AND edge.shift = t.shift)"
+        f" GROUP BY machine_id, shift, {by}"
+        f" UNION ALL SELECT machine_id, shift, {piece} INDEXED BY state_interval_shift"
+        f" WHERE (machine_id, shift) IN (SELECT {edge} WHERE d0 IS NULL)"
+        f" AND end_ms > ?1 AND start_ms < ?2 AND {where} GROUP BY machine_id, shift, {by}"
+        + (
+            ""
+            if outside is None
+            else f" UNION ALL SELECT e.machine_id, NULL, {piece} JOIN edge e"
+            " ON state_interval.machine_id = e.machine_id"
+            f" AND start_ms >= e.d0 AND start_ms < e.d0 + {DAY_MS} WHERE state_interval.shift IS NULL"
+            f" AND end_ms > ?1 AND start_ms < ?2 AND {where}{null} GROUP BY e.machine_id, {by}"
+            f" UNION ALL SELECT machine_id, NULL, {piece} INDEXED BY state_interval_long_outside"
+            f" WHERE machine_id IN ({among}) AND {_LONG_OUTSIDE} AND end_ms > ?1"
+            f" AND start_ms < (julianday(?4) - 2440587.5) * {DAY_MS} AND {where}{null}"
+            f" GROUP BY machine_id, {by}"
+        )
+    )
 
 
 def _revised(db: sqlite3.Connection, machine_id: str, from_ms: int) -> None:
@@ -1019,16 +1152,21 @@ class RecordStore(_Record):
         with `running_outside`, and with `by_start` one row a piece (with its start, for its day)."""
         ids = list(machines)
         op = "job, operation" if by_operation else "NULL, NULL"
+        summed_op = "nullif(job, ''), nullif(operation, '')" if by_operation else "NULL, NULL"
         group_op = "job, operation, " if by_operation else ""
         among = ", ".join(f"?{6 + n}" for n in range(len(ids)))
         clipped = "sum(min(end_ms, ?2) - max(start_ms, ?1))"
         piece = "CASE WHEN ?3 THEN max(start_ms, ?1) END"
-        in_shifts = (  # built from constants; the values are bound. Shift keys begin with their date
-            f"SELECT machine_id, shift, {op}, state, reason, {clipped}, NULL"  # noqa: S608
-            " FROM state_interval INDEXED BY state_interval_shift"
-            f" WHERE machine_id IN ({among}) AND shift >= ?4 AND shift < ?5 AND end_ms > ?1 AND start_ms < ?2"
-            f" GROUP BY machine_id, shift, {group_op}state, reason"
-        )
+        clipped_op = "job, operation" if by_operation else "NULL, NULL"
+
+        def columns(kind: str) -> str:
+            if kind == "sum":
+                return f"{summed_op}, state, nullif(reason, ''), sum(ms), NULL"
+            return f"{clipped_op}, state, reason, {clipped}, NULL"
+
+        # the values are bound. Shift keys begin with their date
+        running = "state = 'running'" if running_outside else "1"
+        in_shifts = _summed(among, columns, f"{group_op}state, reason", "1", None if by_start else running)
         outside = (
             f"SELECT machine_id, NULL, {op}, state, reason, {clipped}, {piece}"  # noqa: S608
             " FROM state_interval INDEXED BY state_interval_end"
@@ -1038,7 +1176,8 @@ class RecordStore(_Record):
         )
         args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
         with self._lock:
-            return [*self._db.execute(in_shifts, args), *self._db.execute(outside, args)]
+            rows = self._db.execute(in_shifts, args).fetchall()
+            return rows + self._db.execute(outside, args).fetchall() if by_start else rows
 
     def oee_parts(
         self, machines: Iterable[str], start_ms: int, end_ms: int, *, by_start: bool
@@ -1266,14 +1405,20 @@ class RecordStore(_Record):
             other = [m for m in ids if m not in set(keyed)]
             summed = []
             if keyed:
-                among = ", ".join(f"?{3 + n}" for n in range(len(keyed)))
+                among = ", ".join(f"?{6 + n}" for n in range(len(keyed)))
+                counted = f"max({stop}, ?1)"  # a stop counts in the piece holding its start
+
+                def columns(kind: str) -> str:
+                    if kind == "sum":
+                        return "state, nullif(reason, ''), sum(ms), sum(stops), min(first_ms)"
+                    return (
+                        "state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"
+                        f" sum({counted} >= start_ms AND {counted} < end_ms), min(max(start_ms, ?1))"
+                    )
+
                 summed = self._db.execute(
-                    "SELECT machine_id, shift, state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"  # noqa: S608
-                    f" sum(max({stop}, ?1) >= start_ms AND max({stop}, ?1) < end_ms), min(max(start_ms, ?1))"
-                    " FROM state_interval INDEXED BY state_interval_shift"
-                    f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND state != 'running'"
-                    " GROUP BY machine_id, shift, state, reason",
-                    (start_ms, end_ms, *keyed),
+                    _summed(among, columns, "state, reason", "state != 'running'", "1"),
+                    (start_ms, end_ms, None, day_from, day_to, *keyed),
                 ).fetchall()
             pieces = []
             if other:

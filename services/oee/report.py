@@ -79,10 +79,12 @@ def oee(
     now_ms: int | None = None,
     by_reason: bool = False,
     cycles: ObservedCycles | None = None,
+    times_only: bool = False,
 ) -> dict[Key, Tally]:
     """Tallies of the window by group (`by`: names from GROUPS; () for one total). A machine's open
     interval lasts until `now_ms` (default: its own latest event): a quiet machine still stands.
-    `cycles`: the operations' observed cycles kept from earlier reports (default: read afresh)."""
+    `cycles`: the operations' observed cycles kept from earlier reports (default: read afresh).
+    `times_only`: the times alone (no parts, ideal cycles or rejects are read)."""
     zone = ZoneInfo(timezone)
     wanted = set(machines) if machines is not None else None
     states = [c for c in store.current_states() if wanted is None or c.machine_id in wanted]
@@ -127,6 +129,8 @@ def oee(
                 operation,
                 time_of(piece, definition, in_shift, by_reason),
             )
+    if times_only:
+        return out
     ideals = _Ideals(store, definition, states, start_ms, end_ms, now_ms, zone, cycles)
     parts = store.oee_parts(paths, start_ms, end_ms, by_start=by_day)
     ideals.prepare((m, job, operation) for m, _, job, operation, _, _ in parts)
