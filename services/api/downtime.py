@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from services.api.coalesce import shared
 from services.api.deps import Calendar, Reasons, Settings, Store
 from services.api.errors import responses
 from services.api.oee import END, START, known_machines
@@ -42,6 +43,7 @@ class DowntimeOut(BaseModel):
     summary="Stopped time by machine, shift and reason",
     responses=responses(404, 422),
 )
+@shared
 def downtime(
     request: Request,
     store: Store,

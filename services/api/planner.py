@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
+from services.api.coalesce import shared
 from services.api.deps import Calendar, OeeDefinition, Settings, Store
 from services.api.errors import ApiError, responses
 from services.api.oee import known_machines, observed_cycles
@@ -399,6 +400,7 @@ def _overlaps(o: Operation, start_ms: int, end_ms: int, now_ms: int) -> bool:
     summary="Jobs and operations: planned against actual, remaining time, at risk, short",
     responses=responses(404, 422),
 )
+@shared
 def planner_jobs(
     request: Request,
     store: Store,
@@ -513,6 +515,7 @@ class UtilisationOut(BaseModel):
     summary="Machine utilisation by shift: running, planned and available time",
     responses=responses(404, 422),
 )
+@shared
 def utilisation(
     request: Request,
     store: Store,

@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from services.api import tokens
+from services.api.coalesce import shared
 from services.api.deps import Calendar, OeeDefinition, PageCaller, Reasons, Store
 from services.api.errors import ApiError, responses
 from services.api.oee import known_machines, observed_cycles
@@ -532,6 +533,7 @@ def _ask(request: Request, store: RecordStore, day: date | None, top: int, machi
     summary="The morning review of a production day, by shift",
     responses=responses(404, 422),
 )
+@shared
 def get_review(
     request: Request,
     store: Store,

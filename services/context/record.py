@@ -388,6 +388,11 @@ class _Record:
         with self._lock:
             self._db.close()
 
+    def data_version(self) -> int:
+        """Changes when another connection (another process: the context service) commits."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def register_machines(self, machines: Iterable[tuple[str, str, str]]) -> None:
         """(machine id, ISA-95 path, name) of every machine in the site model."""
         with self._lock:
