@@ -16,7 +16,7 @@ from bridge.opcua import OpcUaReader
 from bridge.signals import metric_defs
 from uns.clock import Clock
 from uns.mqtt import BrokerAddress
-from uns.site import Machine, ModbusSource, MtConnectSource, Site
+from uns.site import Machine, ModbusSource, MtConnectSource, OpcUaSource, Site
 from uns.sparkplug.edge import EdgeSession, Sample
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | Mod
             on_samples=data,
             on_offline=offline,
             now_ms=clock.now_ms,
+        )
+    if not isinstance(machine.source, OpcUaSource):
+        raise ValueError(
+            f"machine {machine.id}: {machine.where} is published by an edge node, read by none of ours"
         )
     return OpcUaReader(
         machine, machine.source, on_online=online, on_samples=data, on_offline=offline, now_ms=clock.now_ms

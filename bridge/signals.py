@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from uns.site import Signal
+from uns.site import EXECUTION_VALUES, MODE_VALUES, Signal
 from uns.sparkplug.edge import MetricDef
 from uns.sparkplug.payload import DataType
 
@@ -22,9 +22,6 @@ SIGNAL_TYPES: dict[Signal, DataType] = {
     Signal.SINGLE_BLOCK: DataType.BOOLEAN,
     Signal.OPTIONAL_STOP: DataType.BOOLEAN,
 }
-
-EXECUTION_VALUES = frozenset({"ACTIVE", "READY", "INTERRUPTED", "FEED_HOLD", "STOPPED"})
-MODE_VALUES = frozenset({"AUTOMATIC", "MANUAL", "MDI", "EDIT"})
 
 
 def metric_defs(signals: list[Signal] | tuple[Signal, ...]) -> list[MetricDef]:

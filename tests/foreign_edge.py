@@ -9,12 +9,14 @@ DBIRTH, aliases only in a DDATA, each with the source's timestamp.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from uns.sparkplug import sparkplug_b_pb2 as pb
 
 Message = tuple[str, bytes]
-Value = bool | int | str
+Value = bool | int | float | str
 
-INT32, UINT32, UINT64, BOOLEAN, STRING = 3, 7, 8, 11, 12
+INT32, INT64, UINT32, UINT64, DOUBLE, BOOLEAN, STRING = 3, 4, 7, 8, 10, 11, 12
 
 # The CNC signals of docs/topics.md, with their Sparkplug datatypes.
 CNC = {
@@ -34,9 +36,12 @@ def _value(m: pb.SpbMetric, datatype: int, value: Value) -> None:
     elif datatype == BOOLEAN:
         assert isinstance(value, bool)
         m.boolean_value = value
-    elif datatype == UINT64:
+    elif datatype in (INT64, UINT64):
         assert isinstance(value, int)
         m.long_value = value
+    elif datatype == DOUBLE:
+        assert isinstance(value, int | float)
+        m.double_value = float(value)
     else:
         assert isinstance(value, int)
         assert not isinstance(value, bool)
@@ -50,13 +55,16 @@ class ForeignNode:
         self,
         group_id: str,
         edge_node_id: str,
-        devices: dict[str, dict[str, Value]],
+        devices: Mapping[str, Mapping[str, Value]],
         *,
         bdseq: int = 0,
         stamped: bool = False,
         first_alias: int = 1,
+        types: dict[str, int] | None = None,
     ) -> None:
+        """`types`: the datatype of each metric not named as in `CNC` (a foreign edge's own names)."""
         self.group_id, self.edge_node_id = group_id, edge_node_id
+        self.types = {**CNC, **(types or {})}
         self.bdseq = bdseq
         self.stamped = stamped
         self.seq = 0
@@ -104,8 +112,9 @@ class ForeignNode:
             dbirth = pb.SpbPayload(timestamp=ts, seq=self._next_seq())
             for name, value in values.items():
                 m = dbirth.metrics.add()
-                m.name, m.alias, m.timestamp, m.datatype = name, self.aliases[(device, name)], ts, CNC[name]
-                _value(m, CNC[name], value)
+                datatype = self.types[name]
+                m.name, m.alias, m.timestamp, m.datatype = name, self.aliases[(device, name)], ts, datatype
+                _value(m, datatype, value)
             out.append((self._topic("DBIRTH", device), dbirth.SerializeToString()))
         return out
 
@@ -121,7 +130,7 @@ class ForeignNode:
         for name, value in values.items():
             m = msg.metrics.add()
             m.alias, m.timestamp = self.aliases[(device, name)], ts
-            _value(m, CNC[name], value)
+            _value(m, self.types[name], value)
         return self._topic("DDATA", device), msg.SerializeToString()
 
     def parts(self, device: str, ts: int, n: int = 1) -> Message:

@@ -49,7 +49,7 @@ from uns.broker import (
 from uns.certs import make_certs
 from uns.cli import build_parser
 from uns.mqtt import PLAIN_PORT, TLS_PORT
-from uns.site import OpcUaSource, Site, load_site
+from uns.site import OpcUaSource, Site, SparkplugSource, load_site
 
 COMPOSE = PROJECT_ROOT / "compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -344,6 +344,7 @@ def test_demo_profile_serves_the_bridges_machines(stack: Stack) -> None:
     assert stack.args("sim").site == stack.args("bridge").site
     for machine in stack.site("bridge").machines:
         source = machine.source
+        assert not isinstance(source, SparkplugSource)
         host = urlsplit(source.endpoint).hostname if isinstance(source, OpcUaSource) else source.host
         assert host in {"127.0.0.1", "localhost", "::1"}, (
             f"{machine.id}: {host} is not on the bridge's loopback"

@@ -69,7 +69,11 @@ class EdgeNodeUser:
 
 
 def edge_node_users(site: Site) -> tuple[EdgeNodeUser, ...]:
-    return tuple(EdgeNodeUser(site.group_id, edge) for edge in site.edge_nodes())
+    """Our bridges' edge nodes, then the foreign edge nodes that publish machines of the site (each
+    logs in as itself, with the same rights: docs/adding-machines.md)."""
+    ours = [EdgeNodeUser(site.group_id, edge) for edge in site.edge_nodes()]
+    foreign = [EdgeNodeUser(group, edge) for group, edge in site.foreign_edge_nodes()]
+    return tuple(dict.fromkeys([*ours, *foreign]))
 
 
 def broker_users(site: Site) -> tuple[str, ...]:

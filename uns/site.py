@@ -58,6 +58,8 @@ class Signal(enum.StrEnum):
 REQUIRED_SIGNALS = frozenset(
     {Signal.EXECUTION, Signal.MODE, Signal.PART_COUNT, Signal.ALARM_CODE, Signal.ESTOP}
 )
+EXECUTION_VALUES = frozenset({"ACTIVE", "READY", "INTERRUPTED", "FEED_HOLD", "STOPPED"})
+MODE_VALUES = frozenset({"AUTOMATIC", "MANUAL", "MDI", "EDIT"})
 
 
 def _signal_keys(value: Any) -> Any:
@@ -381,11 +383,90 @@ class MtConnectSource(_Strict):
         return urlsplit(self.endpoint).hostname or ""
 
 
+ForeignValue = str | int | float | bool
+
+
+def value_key(value: object) -> str:
+    """How a value of an edge node's metric is looked up in a `values` map: its text, a whole
+    number as an integer (so 1, 1.0 and "1" are the same key), true and false as `true`/`false`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class SparkplugSource(_Strict):
+    """A machine that a Sparkplug B edge node of someone else's publishes (Ignition Edge, Kepware,
+    Node-RED, a PLC's own): no bridge of ours reads it, the context service takes its device's
+    metrics as they come.
+
+    `signals` names the edge's metric for each of our signals; `values` maps the edge's values of a
+    signal to ours (numeric execution codes to ACTIVE, READY...): a value the map does not name is
+    refused and logged."""
+
+    protocol: Literal["sparkplug"]
+    group: Annotated[str, _sparkplug_id("group id")] | None = None  # None: the site's sparkplug.group_id
+    edge_node: Annotated[str, _sparkplug_id("edge node id")]
+    device: Annotated[str, _sparkplug_id("device id")] | None = None  # None: the machine's id
+    signals: dict[Signal, Annotated[str, Field(min_length=1)]]
+    values: dict[Signal, dict[str, ForeignValue]] = {}
+
+    _signal_names = field_validator("signals", "values", mode="before")(staticmethod(_signal_keys))
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: {value_key(v): t for v, t in m.items()} if isinstance(m, dict) else m
+                for k, m in value.items()
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SparkplugSource:
+        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(self.signals))
+        if missing:
+            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        names: dict[str, Signal] = {}
+        for signal, metric in self.signals.items():
+            other = names.setdefault(metric, signal)
+            if other is not signal:
+                raise ValueError(f"signals {other} and {signal} both name the metric {metric!r}")
+        unlisted = sorted(s.value for s in self.values if s not in self.signals)
+        if unlisted:
+            raise ValueError(f"values for signals that are not in 'signals': {', '.join(unlisted)}")
+        allowed = {Signal.EXECUTION: EXECUTION_VALUES, Signal.MODE: MODE_VALUES}
+        for signal, mapping in self.values.items():
+            if signal in allowed:
+                wrong = sorted(str(t) for t in mapping.values() if str(t).upper() not in allowed[signal])
+                if wrong:
+                    raise ValueError(
+                        f"values.{signal}: {', '.join(wrong)} is not one of"
+                        f" {', '.join(sorted(allowed[signal]))}"
+                    )
+        return self
+
+    def key(self, site_group: str, machine_id: str) -> tuple[str, str, str]:
+        """(group, edge node, device) that the machine's data comes under."""
+        return (self.group or site_group, self.edge_node, self.device or machine_id)
+
+
+Source = OpcUaSource | ModbusSource | MtConnectSource | SparkplugSource
+
+
 class MachineConfig(_Strict):
     id: Annotated[str, _segment("machine id")]
     name: str = ""
     edge_node: Annotated[str, _sparkplug_id("edge node id")] | None = None
-    source: Annotated[OpcUaSource | ModbusSource | MtConnectSource, Field(discriminator="protocol")]
+    source: Annotated[Source, Field(discriminator="protocol")]
+
+    @model_validator(mode="after")
+    def _one_edge_node(self) -> MachineConfig:
+        if isinstance(self.source, SparkplugSource) and self.edge_node is not None:
+            raise ValueError("edge_node: a sparkplug source names its edge node itself (source.edge_node)")
+        return self
 
 
 class CellConfig(_Strict):
@@ -647,12 +728,19 @@ class Machine:
     name: str
     path: Isa95Path
     edge_node: str
-    source: OpcUaSource | ModbusSource | MtConnectSource
+    source: Source
+
+    @property
+    def foreign(self) -> bool:
+        """Published by an edge node of someone else's (no bridge of ours reads it)."""
+        return isinstance(self.source, SparkplugSource)
 
     @property
     def where(self) -> str:
         """Where the machine's signals are read from, for logs and listings."""
         s = self.source
+        if isinstance(s, SparkplugSource):
+            return f"sparkplug {s.group or '(site group)'}/{s.edge_node}/{s.device or self.id}"
         if isinstance(s, MtConnectSource):
             return s.endpoint + (f" (device {s.device})" if s.device else "")
         return s.endpoint if isinstance(s, OpcUaSource) else f"modbus://{s.host}:{s.port}/{s.device_id}"
@@ -686,16 +774,33 @@ class Site:
         raise KeyError(machine_id)
 
     def edge_nodes(self) -> dict[str, list[Machine]]:
+        """Our bridges' edge nodes and their machines (not the machines of foreign edge nodes)."""
         nodes: dict[str, list[Machine]] = {}
         for m in self.machines:
-            nodes.setdefault(m.edge_node, []).append(m)
+            if not m.foreign:
+                nodes.setdefault(m.edge_node, []).append(m)
         return nodes
+
+    def foreign_edge_nodes(self) -> list[tuple[str, str]]:
+        """(group, edge node) of every edge node of someone else's that publishes a machine."""
+        found = [
+            m.source.key(self.group_id, m.id)[:2]
+            for m in self.machines
+            if isinstance(m.source, SparkplugSource)
+        ]
+        return list(dict.fromkeys(found))
+
+    def sparkplug_key(self, machine: Machine) -> tuple[str, str, str]:
+        """(group, edge node, device) that a machine's data comes under."""
+        if isinstance(machine.source, SparkplugSource):
+            return machine.source.key(self.group_id, machine.id)
+        return (self.group_id, machine.edge_node, machine.id)
 
     def with_ports(self, ports: dict[str, int]) -> Site:
         """The same site with some machines on other loopback ports (the demo and tests pick free ones)."""
 
-        def moved(m: Machine) -> OpcUaSource | ModbusSource | MtConnectSource:
-            if m.id not in ports:
+        def moved(m: Machine) -> Source:
+            if m.id not in ports or isinstance(m.source, SparkplugSource):
                 return m.source
             if isinstance(m.source, MtConnectSource):
                 path = urlsplit(m.source.endpoint).path.rstrip("/")
@@ -723,7 +828,11 @@ def _machine_locs(config: SiteConfig) -> Iterator[tuple[Loc, Machine]]:
             for c, cell in enumerate(line.cells):
                 for m, mc in enumerate(cell.machines):
                     path = Isa95Path(config.enterprise, config.site, area.name, line.name, cell.name, mc.id)
-                    edge = mc.edge_node or config.sparkplug.edge_node_id
+                    edge = (
+                        mc.source.edge_node
+                        if isinstance(mc.source, SparkplugSource)
+                        else mc.edge_node or config.sparkplug.edge_node_id
+                    )
                     loc: Loc = ("areas", a, "lines", li, "cells", c, "machines", m)
                     yield loc, Machine(mc.id, mc.name or mc.id, path, edge, mc.source)
 

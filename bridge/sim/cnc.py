@@ -23,7 +23,7 @@ from bridge.opcua import CncOpcUaServer
 from bridge.sim.mtconnect_agent import MtConnectAgent
 from bridge.sim.scenario import Change, MachineScenario
 from uns.clock import ScaledClock, iso
-from uns.site import Machine, ModbusSource, MtConnectSource
+from uns.site import Machine, ModbusSource, MtConnectSource, OpcUaSource
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ def make_server(machine: Machine, scenario: MachineScenario) -> SimulatedMachine
         url = urlsplit(machine.source.endpoint)
         device = machine.source.device or machine.id
         return MtConnectAgent(machine.id, url.hostname or "127.0.0.1", url.port or 80, device=device)
+    if not isinstance(machine.source, OpcUaSource):
+        raise ValueError(f"machine {machine.id}: published by a foreign edge node, not simulated here")
     return CncOpcUaServer(machine.id, machine.source.endpoint)
 
 
@@ -114,6 +116,7 @@ async def run_simulator(
     The servers take a moment to start (asyncua builds the standard address space, about two
     seconds of CPU each); `ready` is set once they all serve, with the scenario's origin values.
     """
+    machines = [m for m in machines if not m.foreign]  # a foreign edge node's machines are its own
     scenarios = [MachineScenario(m.id, seed, clock.origin_ms) for m in machines]
     servers = [make_server(m, sc) for m, sc in zip(machines, scenarios, strict=True)]
     changes = [sc.changes() for sc in scenarios]

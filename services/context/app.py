@@ -19,6 +19,7 @@ from typing import Any
 
 from services.context import reasons, timeline
 from services.context.commands import CommandError, CommandResult, parse, shape_problem
+from services.context.foreign import ForeignMetrics
 from services.context.intake import Intake
 from services.context.jobs import Operation, OperationBook
 from services.context.record import Event, RecordStore
@@ -36,7 +37,7 @@ from services.context.state import (
 )
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
-from uns.site import Machine, Signal, Site
+from uns.site import Machine, Signal, Site, SparkplugSource
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
 from uns.sparkplug.host import Event as HostEvent
 from uns.sparkplug.payload import Metric, Quality
@@ -56,7 +57,13 @@ class ContextService:
         self.clock = clock
         self.host = HostSession()
         self._machines: dict[tuple[str, str, str], Machine] = {
-            (site.group_id, m.edge_node, m.id): m for m in site.machines
+            site.sparkplug_key(m): m for m in site.machines
+        }
+        # machines of foreign edge nodes: their metric names and values, as ours
+        self._foreign = {
+            m.id: ForeignMetrics(m.id, m.source)
+            for m in site.machines
+            if isinstance(m.source, SparkplugSource)
         }
         store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
         shifts = site.config.shifts
@@ -237,6 +244,9 @@ class ContextService:
         metrics = [m for m in event.metrics if not (m.name or "").startswith(HEALTH_PREFIX)]
         if len(metrics) < len(event.metrics):
             self._keep_health(f"machine/{machine.id}", event.metrics)
+        foreign = self._foreign.get(machine.id)
+        if foreign is not None:
+            metrics = foreign.translate(metrics)
         values = [
             SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
             for m in metrics
