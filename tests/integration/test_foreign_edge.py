@@ -131,3 +131,55 @@ async def test_a_foreign_edge_node_and_its_clone_over_mosquitto(broker: Mosquitt
     assert parts() == 8 == int(a.values["vf2-01"]["part_count"]) - 100
     await service.stop()
     store.close()
+
+
+async def test_a_sparkplug_source_over_mosquitto_with_the_edge_nodes_own_login(tmp_path: Path) -> None:
+    """A machine of a foreign edge node declared as a `sparkplug` source (its own group, edge node
+    and device ids, metric names and codes: tests/services/test_sparkplug_source.py): the edge node
+    logs in as the user the site's ACL gives it, may publish as itself only, and the record is what
+    it sent."""
+    from tests.services.test_sparkplug_source import DEVICE, TYPES
+    from tests.services.test_sparkplug_source import READY as CODES_READY
+    from tests.services.test_sparkplug_source import SITE as FOREIGN_SITE
+
+    site = parse_site(FOREIGN_SITE)
+    broker = Mosquitto.for_site(tmp_path / "mosquitto", site)
+    broker.start()
+    store = RecordStore(tmp_path / "record.db")
+    service = ContextService(site, store, address(broker, "services"), WallClock())
+    try:
+        service.start(asyncio.get_running_loop())
+        track(service._client)
+        await until(lambda: service._client is not None and service._client.connected, "the host")
+        now = WallClock().now_ms
+        edge = ForeignNode("plant-b", "ignition-edge-1", {DEVICE: CODES_READY}, bdseq=1, types=TYPES)
+        rec = Recorder()
+        rec.client = MqttClient(
+            "ignition-edge-1",
+            address(broker, "plant-b.ignition-edge-1"),
+            rec,
+            asyncio.get_running_loop(),
+            subscriptions=(("spBv1.0/plant-b/NCMD/ignition-edge-1", 0),),
+        )
+        rec.client.start()
+        track(rec.client)
+        await rec.wait_connected()
+        send(rec, *edge.births(now() - 2000), edge.data(DEVICE, now(), **{"Status/Execution": 1}))
+        tracker = service.trackers["haas-01"]
+        await until(lambda: tracker.state is MachineState.RUNNING, "haas-01 running")
+        send(rec, edge.data(DEVICE, now(), **{"Counters/PartsMade": 5003, "Status/Execution": 0}))
+        await until(lambda: tracker.state is MachineState.IDLE, "haas-01 idle")
+        await until(lambda: sum(p.delta for p in store.parts("haas-01", 0, 2**62)) == 3, "3 parts")
+        # as another edge node (ours): the broker drops it, the record does not move
+        mine = ForeignNode("dayton", "edge1", {"vf2-01": READY}, bdseq=1)
+        send(rec, *mine.births(now()))
+        await asyncio.sleep(0.5)
+        assert service.trackers["vf2-01"].since_ms is None
+        assert [i.state for i in store.intervals("haas-01", 0, 2**62)] == [
+            MachineState.IDLE,
+            MachineState.RUNNING,
+        ]
+    finally:
+        await service.stop()
+        store.close()
+        broker.stop()
