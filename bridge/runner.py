@@ -27,7 +27,8 @@ def make_edge_node(
 ) -> EdgeNode:
     """An edge node for the site's machines on `edge_node_id`, buffering in `buffer_dir` (memory if None)."""
     machines = site.edge_nodes()[edge_node_id]
-    devices = {m.id: metric_defs(tuple(m.source.signals)) + health.DEVICE_METRICS for m in machines}
+    counters = site.config.sparkplug.part_count_type
+    devices = {m.id: metric_defs(tuple(m.source.signals), counters) + health.DEVICE_METRICS for m in machines}
     name = f"{site.group_id}.{edge_node_id}.db"
     buffer = DiskBuffer(buffer_dir / name if buffer_dir is not None else ":memory:")
     session = EdgeSession(

@@ -24,8 +24,13 @@ SIGNAL_TYPES: dict[Signal, DataType] = {
 }
 
 
-def metric_defs(signals: list[Signal] | tuple[Signal, ...]) -> list[MetricDef]:
-    return [MetricDef(s.value, SIGNAL_TYPES[s]) for s in signals]
+def metric_defs(
+    signals: list[Signal] | tuple[Signal, ...], part_count_type: str = "UInt32"
+) -> list[MetricDef]:
+    """The metrics of a device with these signals (`part_count_type`: the site model's
+    sparkplug.part_count_type, UInt32 or Int64)."""
+    counter = DataType.INT64 if part_count_type == "Int64" else DataType.UINT32
+    return [MetricDef(s.value, counter if s is Signal.PART_COUNT else SIGNAL_TYPES[s]) for s in signals]
 
 
 def coerce(signal: Signal, value: object) -> bool | int | float | str:

@@ -488,6 +488,10 @@ class SparkplugConfig(_Strict):
     group_id: Annotated[str, _sparkplug_id("group id")]
     edge_node_id: Annotated[str, _sparkplug_id("edge node id")] = "edge1"
     host_id: Annotated[str, _sparkplug_id("host id")] = "uns-host"
+    # the Sparkplug type our edge nodes publish part counters as: UInt32 (in `int_value`, as the
+    # specification's type table has it) or Int64 (in `long_value`), for consumers that read UInt32
+    # wrongly (Eclipse Tahu's JavaScript codec reads it as null: docs/topics.md)
+    part_count_type: Literal["UInt32", "Int64"] = "UInt32"
 
 
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
