@@ -206,6 +206,24 @@ def parse_document(body: bytes, device: str | None = None) -> DevicesDocument | 
     raise DocumentError(f"neither XML nor JSON (it begins {body[:40]!r})")
 
 
+async def read_probe(endpoint: str, timeout_s: float) -> tuple[DevicesDocument, str]:
+    """An agent's probe (for `uns probe`) and the format it answered in ("xml" or "json"). Raises
+    httpx's errors for a failed connection, AgentError and DocumentError as `parse_document`."""
+    async with httpx.AsyncClient(
+        timeout=timeout_s, headers={"Accept": "application/xml, text/xml"}
+    ) as client:
+        response = await client.get(endpoint.rstrip("/") + "/probe")
+    try:
+        doc = parse_document(response.content)
+    except DocumentError as exc:
+        if response.status_code != 200:
+            raise DocumentError(f"HTTP {response.status_code}, and {exc}") from None
+        raise
+    if not isinstance(doc, DevicesDocument):
+        raise DocumentError("a streams document, not the devices document a probe answers with")
+    return doc, "json" if response.content.lstrip()[:1] in (b"{", b"[") else "xml"
+
+
 # XML ------------------------------------------------------------------------------------------------
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
@@ -473,8 +491,33 @@ def _pick(
 def find_routes(device: Device, source: MtConnectSource) -> Routes:
     """Where each of the source's signals comes from in `device`; ConfigurationError if a required one
     has no data item, or a data item the site model names is not there."""
-    by_id = {i.id: i for i in device.data_items}
+    chosen, conditions, unmapped = recognise(device, source)
+    wants_alarm = Signal.ALARM_CODE in source.signals or Signal.ALARM_TEXT in source.signals
+    missing = [s.value for s in unmapped if s in STATE_SIGNALS or s is Signal.PART_COUNT]
+    if wants_alarm and not conditions:
+        missing.append("alarm_code (no CONDITION data item)")
+    if missing:
+        raise ConfigurationError(
+            f"device {device.name!r} has no data item for {', '.join(missing)}"
+            " (name it under data_items in the site model)"
+        )
     signal_of: dict[str, Signal] = {}
+    for signal, item in chosen.items():
+        if item.id in signal_of:
+            raise ConfigurationError(f"data item {item.id!r} is both {signal_of[item.id]} and {signal}")
+        signal_of[item.id] = signal
+    availability = next((i.id for i in device.data_items if i.type == "AVAILABILITY" and not i.path), None)
+    return Routes(signal_of, frozenset(conditions), availability, tuple(unmapped))
+
+
+def recognise(
+    device: Device, source: MtConnectSource
+) -> tuple[dict[Signal, DataItem], set[str], list[Signal]]:
+    """The data item of each of the source's signals that `device` has (by the site model's id, else
+    by type and sub-type), the CONDITION data items of its alarms, and the signals it has none for.
+    ConfigurationError only if a data item the site model names is not there (or is not a condition,
+    for alarm_code)."""
+    by_id = {i.id: i for i in device.data_items}
     conditions: set[str] = set()
     unmapped: list[Signal] = []
     chosen: dict[Signal, DataItem] = {}
@@ -517,20 +560,7 @@ def find_routes(device: Device, source: MtConnectSource) -> Routes:
     wants_alarm = Signal.ALARM_CODE in source.signals or Signal.ALARM_TEXT in source.signals
     if wants_alarm and Signal.ALARM_CODE not in named:
         conditions = {i.id for i in device.data_items if i.category == "CONDITION"}
-    missing = [s.value for s in unmapped if s in STATE_SIGNALS or s is Signal.PART_COUNT]
-    if wants_alarm and not conditions:
-        missing.append("alarm_code (no CONDITION data item)")
-    if missing:
-        raise ConfigurationError(
-            f"device {device.name!r} has no data item for {', '.join(missing)}"
-            " (name it under data_items in the site model)"
-        )
-    for signal, item in chosen.items():
-        if item.id in signal_of:
-            raise ConfigurationError(f"data item {item.id!r} is both {signal_of[item.id]} and {signal}")
-        signal_of[item.id] = signal
-    availability = next((i.id for i in device.data_items if i.type == "AVAILABILITY" and not i.path), None)
-    return Routes(signal_of, frozenset(conditions), availability, tuple(unmapped))
+    return chosen, conditions, unmapped
 
 
 _EXECUTION = {

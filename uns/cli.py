@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "endpoint",
         help="opc.tcp://host:port[/path], modbus://host:port[?unit=N] (or modbus+tcp://),"
-        " http://agent:port (MTConnect: not yet)",
+        " http://agent:port[/path] (an MTConnect agent)",
     )
     probe.add_argument("--id", dest="machine_id", default=None, help="the machine id for the entry")
     probe.add_argument("--timeout", type=_positive, default=4.0, help="seconds to wait for answers (4)")
@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     mb_opts.add_argument("--unit", type=int, default=None, help="unit (device) id (default ?unit=, else 1)")
     mb_opts.add_argument("--start", type=int, default=0, help="first address to read (0)")
     mb_opts.add_argument("--count", type=int, default=16, help="addresses to read per table (16)")
+    mt_opts = probe.add_argument_group("MTConnect")
+    mt_opts.add_argument(
+        "--device", default=None, help="the agent's device (name or uuid) to make the entry for"
+    )
 
     acl = sub.add_parser("broker-acl", help="print the Mosquitto ACL for a site model")
     acl.add_argument("--site", type=Path, default=DEFAULT_SITE)
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.unit,
                     args.start,
                     args.count,
+                    args.device,
                 )
             )
         if args.command == "broker-acl":

@@ -3,13 +3,13 @@ snippet for the signals it recognises.
 
 One function per protocol (`PROBES`, by the endpoint's scheme): `opc.tcp://` browses an OPC UA
 server's Objects folder; `modbus://host:port[?unit=N]` (or `modbus+tcp://`) reads a range of a
-Modbus device's four tables; `http://` (an MTConnect agent) is not done yet. The output is YAML:
+Modbus device's four tables; `http://` reads an MTConnect agent's probe. The output is YAML:
 the report as `#` comments, then one machine entry to put under a cell's `machines:`. Exit codes:
 0 a complete entry, 1 connected but not every required signal was recognised (the entry says
 which), 2 could not connect (with the cause, in the bridge's own words) or a bad endpoint.
 
-The recognising is pure (`recognise_opcua`, `recognise_modbus`); bridge/opcua.py and
-bridge/modbus.py do the talking.
+The recognising is pure (`recognise_opcua`, `recognise_modbus`, bridge/mtconnect.py's `recognise`);
+bridge/opcua.py, bridge/modbus.py and bridge/mtconnect.py do the talking.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from typing import Literal, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from bridge.modbus import EXECUTION_CODES, MODE_CODES, TableDump, read_tables
+from bridge.mtconnect import AgentError, DocumentError, read_probe, recognise
 from bridge.opcua import BrowsedServer, BrowsedVariable, OpcUaAccess, browse_server
 from bridge.opcua import explain as explain_opcua
 from bridge.reader import explain
 from bridge.signals import SIGNAL_TYPES, coerce
 from uns.paths import PathError, check_segment
-from uns.site import REQUIRED_SIGNALS, OpcUaSecurity, Signal, Table
+from uns.site import MTCONNECT_SIGNALS, REQUIRED_SIGNALS, MtConnectSource, OpcUaSecurity, Signal, Table
 from uns.sparkplug.payload import DataType
 
 DEFAULT_TIMEOUT_S = 4.0
@@ -56,6 +57,8 @@ class ProbeOptions:
     unit: int | None = None  # None: the endpoint's ?unit=, else 1
     start: int = 0
     count: int = 16
+    # MTConnect
+    device: str | None = None  # the agent's device to make the entry for (None: its first)
 
 
 class ProbeError(Exception):
@@ -500,8 +503,97 @@ async def probe_modbus(opts: ProbeOptions, out: TextIO, err: TextIO) -> int:
 
 # -- MTConnect --------------------------------------------------------------------------------------
 async def probe_mtconnect(opts: ProbeOptions, out: TextIO, err: TextIO) -> int:
-    print(f"uns probe: {opts.endpoint}: MTConnect agents: not yet (it comes with their reader)", file=err)
-    return 1
+    endpoint = opts.endpoint.rstrip("/")
+    try:
+        base = MtConnectSource(protocol="mtconnect", endpoint=endpoint)
+    except ValueError as exc:
+        raise ProbeError(
+            f"{opts.endpoint}: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}"
+        ) from None
+    try:
+        doc, format_ = await read_probe(endpoint, opts.timeout_s)
+    except DocumentError as exc:
+        raise ProbeError(f"{endpoint}/probe: the answer is not an MTConnect devices document: {exc}") from exc
+    except AgentError as exc:
+        raise ProbeError(f"{endpoint}/probe: the agent answered with errors: {exc}") from exc
+    except Exception as exc:  # every failure to connect, told in the reader's words
+        raise ProbeError(f"{endpoint}: connecting: {explain(exc, opts.timeout_s)}") from exc
+    devices = [d for d in doc.devices if d.kind != "Agent"]
+    if not devices:
+        raise ProbeError(f"{endpoint}/probe: the agent describes no device")
+    if opts.device is None:
+        device = devices[0]
+    else:
+        found = [d for d in devices if opts.device in (d.name, d.uuid)]
+        if not found:
+            names = ", ".join(repr(d.name) for d in devices)
+            raise ProbeError(f"{endpoint}: the agent has no device {opts.device!r} (its devices: {names})")
+        device = found[0]
+    source = base.model_copy(update={"device": device.name if len(devices) > 1 else None})
+    chosen, conditions, unmapped = recognise(device, source)
+    lines = [f"# uns probe {opts.endpoint}"]
+    h = doc.header
+    lines.append(
+        f"# agent instance {h.instance_id}, buffer {h.buffer_size if h.buffer_size is not None else '?'}"
+        f" observations, {format_.upper()};"
+        f" {len(devices)} device{'s' if len(devices) != 1 else ''}: "
+        + ", ".join(f"{d.name} ({d.uuid})" for d in devices)
+    )
+    signal_of = {item.id: signal for signal, item in chosen.items()}
+    lines.append(f"# device {device.name}: {len(device.data_items)} data items:")
+    rows = [
+        (
+            item.id,
+            item.type,
+            item.sub_type or "-",
+            item.category,
+            "/".join(item.path) or "Device",
+            f"-> {signal_of[item.id]}"
+            if item.id in signal_of
+            else "-> alarm_code, alarm_text"
+            if item.id in conditions
+            else "",
+        )
+        for item in device.data_items
+    ]
+    widths = [*(max((len(row[i]) for row in rows), default=0) for i in range(5)), 0]
+    for row in rows:
+        lines.append("#   " + "  ".join(f"{c:{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
+    if len(devices) > 1:
+        lines.append(f"# the entry is for {device.name!r}; --device <name> makes it for another one")
+    found_signals = [
+        s
+        for s in MTCONNECT_SIGNALS
+        if s in chosen or (s in (Signal.ALARM_CODE, Signal.ALARM_TEXT) and conditions)
+    ]
+    required = sorted(s.value for s in REQUIRED_SIGNALS - set(found_signals))
+    for signal in unmapped:
+        if signal.value not in required:
+            lines.append(f"# no data item for {signal} (optional): left out")
+    if required:
+        lines.append(
+            f"# not recognised: {', '.join(required)}: name their data items under data_items"
+            " (alarm_code: CONDITION data items), from the list above"
+        )
+    machine_id = _machine_id(opts.machine_id, [device.name, device.uuid])
+    signals = [s.value for s in MTCONNECT_SIGNALS if s in found_signals or s.value in required]
+    lines += [
+        f"- id: {machine_id}",
+        f"  name: {_yaml(device.name)}",
+        "  source:",
+        "    protocol: mtconnect",
+        f"    endpoint: {_yaml(endpoint)}",
+    ]
+    if source.device is not None:
+        lines.append(f"    device: {_yaml(source.device)}")
+    if format_ == "json":
+        lines.append("    format: json")
+    lines.append(f"    signals: [{', '.join(signals)}]")
+    if required:
+        lines.append("    data_items:")
+        lines += [f"      # {s}: <data item id>" for s in required]
+    print("\n".join(lines), file=out)
+    return 1 if required else 0
 
 
 PROBES: dict[str, Probe] = {

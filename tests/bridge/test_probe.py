@@ -1,4 +1,5 @@
-"""`uns probe` against the simulator's real OPC UA (asyncua) and Modbus (pymodbus) servers: the
+"""`uns probe` against the simulator's real OPC UA (asyncua), Modbus (pymodbus) and MTConnect (an agent
+over real HTTP) servers: the
 entries it prints pass `uns check-site`, and used as the site model they give the same record as
 the demo's own declarations of the same machines. Also: its exit codes and error lines, security
 options as in the site model, and the recognising on its own (no sockets)."""
@@ -30,7 +31,7 @@ from uns.broker import Mosquitto, free_port
 from uns.cli import DEFAULT_SITE, main
 from uns.clock import ScaledClock
 from uns.probe import recognise_modbus, recognise_opcua
-from uns.site import ModbusSource, OpcUaSource, Signal, Site, load_site
+from uns.site import ModbusSource, MtConnectSource, OpcUaSource, Signal, Site, load_site
 
 ORIGIN_MS = 1_795_300_000_000
 SPEED = 720.0  # 12 minutes of shop time per second
@@ -67,7 +68,7 @@ def site_file(path: Path, *entries: str) -> Path:
 async def test_probed_entries_pass_check_site_and_give_the_record_the_demos_give(
     mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ids = ("vf2-01", "lynx-01")  # a CNC controller (OPC UA) and a PLC (Modbus) of the demo
+    ids = ("vf2-01", "lynx-01", "umc-01")  # a CNC controller (OPC UA), a PLC (Modbus), an MTConnect agent
     demo = load_site(DEFAULT_SITE).with_ports({m: free_port() for m in ids}).only(ids)
     scenarios = {m.id: MachineScenario(m.id, seed=7, origin_ms=ORIGIN_MS) for m in demo.machines}
     changes = {m: scenarios[m].changes() for m in ids}
@@ -81,8 +82,10 @@ async def test_probed_entries_pass_check_site_and_give_the_record_the_demos_give
     stop = asyncio.Event()
     try:
         vf2, lynx = demo.machine("vf2-01").source, demo.machine("lynx-01").source
+        umc = demo.machine("umc-01").source
         assert isinstance(vf2, OpcUaSource)
         assert isinstance(lynx, ModbusSource)
+        assert isinstance(umc, MtConnectSource)
         code, opcua_entry, err = await probe(capsys, vf2.endpoint, "--id", "vf2-probed")
         assert code == 0, err
         assert f"nsu={NAMESPACE_URI};s=Execution" in opcua_entry  # portable node ids
@@ -91,13 +94,18 @@ async def test_probed_entries_pass_check_site_and_give_the_record_the_demos_give
         )
         assert code == 0, err
         assert "fit the layout of docs/modbus.md" in modbus_entry
+        code, mtconnect_entry, err = await probe(capsys, umc.endpoint, "--id", "umc-probed")
+        assert code == 0, err
+        assert "exec       EXECUTION" in mtconnect_entry  # the agent's data items, listed
+        assert "-> alarm_code, alarm_text" in mtconnect_entry
 
-        path = site_file(tmp_path / "probed.yaml", opcua_entry, modbus_entry)
+        path = site_file(tmp_path / "probed.yaml", opcua_entry, modbus_entry, mtconnect_entry)
         assert main(["check-site", str(path)]) == 0
         assert "acme/dayton/machining/probed/cell-9/vf2-probed" in capsys.readouterr().out
         probed = load_site(path)
         assert set(probed.machine("vf2-probed").source.signals) == set(vf2.signals)  # all ten
         assert set(probed.machine("lynx-probed").source.signals) == set(lynx.signals)
+        assert set(probed.machine("umc-probed").source.signals) == set(umc.signals)
 
         # the demo's declarations and the probed ones read the same servers, side by side
         site = Site(demo.config, demo.machines + probed.machines)
@@ -142,6 +150,10 @@ async def test_probed_entries_pass_check_site_and_give_the_record_the_demos_give
             checked += 1
         assert checked >= 3
         assert parts("lynx-probed") == parts("lynx-01") == scenarios["lynx-01"].parts_until(end_ms) > 0
+        # MTConnect carries the agent's timestamps: the very same record
+        assert record("umc-probed") == record("umc-01")
+        assert {state for _, _, state in record("umc-01")} >= {"running", "idle"}
+        assert parts("umc-probed") == parts("umc-01") == scenarios["umc-01"].parts_until(end_ms) > 0
     finally:
         stop.set()
         if bridge is not None:
@@ -214,9 +226,9 @@ async def test_probe_exit_codes_and_what_it_says_when_it_cannot_connect(
     code, out, err = await probe(capsys, f"modbus+tcp://127.0.0.1:{closed}?unit=3")
     assert (code, out) == (2, "")
     assert f"uns probe: modbus://127.0.0.1:{closed}/3: connecting: connection refused" in err
-    code, _, err = await probe(capsys, "http://127.0.0.1:5000")
-    assert code == 1
-    assert "MTConnect agents: not yet" in err
+    code, out, err = await probe(capsys, f"http://127.0.0.1:{closed}")
+    assert (code, out) == (2, "")
+    assert f"uns probe: http://127.0.0.1:{closed}: connecting: connection refused" in err
     code, _, err = await probe(capsys, "ftp://127.0.0.1")
     assert code == 2
     assert "unknown kind of endpoint" in err
@@ -269,3 +281,85 @@ def test_a_register_map_that_is_not_the_known_layout_gets_a_template() -> None:
     assert recognise_modbus(dump, 95, 20).base == 100
     layout[0] = 0b0000  # "cycle running" off while execution says ACTIVE: not that layout
     assert recognise_modbus(TableDump(holding=dict(enumerate(layout))), 0, 10).base is None
+
+
+async def serve_once(body: bytes, status: str = "200 OK") -> tuple[asyncio.Server, str]:
+    """An HTTP server on a free port that answers every request with `body`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+DEVICES = """<?xml version="1.0"?>
+<MTConnectDevices xmlns="urn:mtconnect.org:MTConnectDevices:2.0">
+  <Header instanceId="7" bufferSize="131072" creationTime="2026-12-01T00:00:00Z" version="2.0"/>
+  <Devices>
+    <Device id="d1" name="Lathe-A" uuid="lathe-a"><DataItems>
+      <DataItem id="a_exec" type="EXECUTION" category="EVENT"/>
+      <DataItem id="a_mode" type="CONTROLLER_MODE" category="EVENT"/>
+      <DataItem id="a_parts" type="PART_COUNT" category="EVENT"/>
+      <DataItem id="a_sys" type="SYSTEM" category="CONDITION"/>
+      <DataItem id="a_estop" type="EMERGENCY_STOP" category="EVENT"/>
+    </DataItems></Device>
+    <Device id="d2" name="Mill-B" uuid="mill-b"><DataItems>
+      <DataItem id="b_exec" type="EXECUTION" category="EVENT"/>
+      <DataItem id="b_mode" type="CONTROLLER_MODE" category="EVENT"/>
+      <DataItem id="b_cycles" type="PART_COUNT" category="EVENT"/>
+    </DataItems></Device>
+  </Devices>
+</MTConnectDevices>
+"""
+
+
+async def test_probing_an_agent_of_two_devices_and_one_that_lacks_signals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server, url = await serve_once(DEVICES.encode())
+    try:
+        code, out, err = await probe(capsys, url)
+        assert code == 0, err
+        assert "2 devices: Lathe-A (lathe-a), Mill-B (mill-b)" in out
+        assert "--device <name> makes it for another one" in out
+        [entry] = yaml.safe_load(out)
+        assert entry["id"] == "Lathe-A"
+        assert entry["source"]["device"] == "Lathe-A"  # the agent has more than one: it is named
+        assert "spindle_speed" not in entry["source"]["signals"]
+        code, out, err = await probe(capsys, url, "--device", "mill-b", "--id", "mill-b")
+        assert code == 1  # no CONDITION, no EMERGENCY_STOP: the entry says what to fill in
+        assert "# not recognised: alarm_code, estop: name their data items under data_items" in out
+        assert "      # estop: <data item id>" in out
+        code, out, err = await probe(capsys, url, "--device", "Grinder-C")
+        assert (code, out) == (2, "")
+        assert "the agent has no device 'Grinder-C' (its devices: 'Lathe-A', 'Mill-B')" in err
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "said"),
+    [
+        (b"<html><body>It works!</body></html>", "200 OK", "not an MTConnect devices document"),
+        (DEVICES.encode()[:300], "200 OK", "not an MTConnect devices document"),
+        (b"", "404 Not Found", "HTTP 404"),
+    ],
+    ids=["a web page", "cut off", "not found"],
+)
+async def test_probing_something_that_is_no_agent_says_so(
+    capsys: pytest.CaptureFixture[str], body: bytes, status: str, said: str
+) -> None:
+    server, url = await serve_once(body, status)
+    try:
+        code, out, err = await probe(capsys, url)
+        assert (code, out) == (2, "")
+        assert err.startswith(f"uns probe: {url}/probe: ")
+        assert said in err
+    finally:
+        server.close()
