@@ -1,5 +1,6 @@
 """Bridge health as Sparkplug metrics: per edge node (buffer depth and age, dropped, replayed) and per
-machine (connected, samples and their rate, bad values and reads, losses). The host republishes them
+machine (connected, samples and their rate, bad values and reads, losses; an MTConnect agent's restarts,
+sequence gaps and the observations lost in them). The host republishes them
 under the UNS tree and the API on /metrics."""
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ DEVICE_METRICS = [
     MetricDef("health/bad_values", DataType.UINT64),
     MetricDef("health/bad_reads", DataType.UINT64),
     MetricDef("health/losses", DataType.UINT64),
+    # MTConnect agents (0 for the other readers): restarts (instanceId changed), sequence gaps (the
+    # agent's buffer wrapped before we read it) and the observations lost in them (docs/mtconnect.md)
+    MetricDef("health/agent_restarts", DataType.UINT64),
+    MetricDef("health/sequence_gaps", DataType.UINT64),
+    MetricDef("health/observations_lost", DataType.UINT64),
 ]
 
 
@@ -74,5 +80,8 @@ async def report(node: EdgeNode, readers: Mapping[str, Reader], interval_s: floa
                 Sample("health/bad_values", rc.get("bad_values", 0), now_ms),
                 Sample("health/bad_reads", rc.get("bad_reads", 0), now_ms),
                 Sample("health/losses", rc.get("losses", 0), now_ms),
+                Sample("health/agent_restarts", rc.get("restarts", 0), now_ms),
+                Sample("health/sequence_gaps", rc.get("gaps", 0), now_ms),
+                Sample("health/observations_lost", rc.get("observations_lost", 0), now_ms),
             ]
         node.publish_health(node_samples, devices)

@@ -99,6 +99,11 @@ MACHINE = (
     Series("bad_values", "Values read that could not be used (bad quality or type).", True),
     Series("bad_reads", "Reads of the machine that failed.", True),
     Series("losses", "Times the bridge lost the machine's connection.", True),
+    Series("agent_restarts", "Restarts of the machine's MTConnect agent seen (0 for other readers).", True),
+    Series(
+        "sequence_gaps", "Gaps in the MTConnect agent's sequence: its buffer wrapped before we read it.", True
+    ),
+    Series("observations_lost", "Observations lost in those gaps (the agent no longer had them).", True),
 )
 # health scope kind -> (label, the prefix of its series, what it documents)
 KINDS: dict[str, tuple[str, str, tuple[Series, ...]]] = {

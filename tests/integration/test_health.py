@@ -12,6 +12,7 @@ from pathlib import Path
 from bridge.modbus import LegacyModbusServer
 from bridge.runner import run_bridge
 from bridge.sim.cnc import make_server
+from bridge.sim.mtconnect_agent import MtConnectAgent
 from bridge.sim.scenario import MachineScenario
 from services.context.app import ContextService
 from services.context.record import RecordStore
@@ -81,4 +82,47 @@ async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_
         stop.set()
         await bridge
         await context.stop()
+        store.close()
+
+
+async def test_an_mtconnect_agents_restart_is_in_the_machines_health(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The demo's MTConnect machine (the simulator's agent over real HTTP): the agent restarts, and
+    `agent_restarts` in its health says so, in the tree and in the record (for /metrics)."""
+    site = load_site(DEFAULT_SITE).with_ports({"umc-01": free_port()}).only(["umc-01"])
+    [machine] = site.machines
+    clock = ScaledClock(1_795_300_000_000, 60)
+    scenario = MachineScenario(machine.id, 3, clock.origin_ms)
+    first = next(scenario.changes())
+    server = make_server(machine, scenario)
+    assert isinstance(server, MtConnectAgent)
+    await server.start(first.values, first.t_ms)
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), clock)
+    context.health_interval_s = 0.3
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    tree = await recorder(mosquitto, "viewer", "acme/#", client_id="viewer")
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(
+        run_bridge(site, address(mosquitto, "bridge"), clock, stop, health_interval_s=0.3)
+    )
+    try:
+        [(_, ours), *_] = await tree.wait_for(lambda t, p: t.endswith("umc-01/health"))
+        health = json.loads(ours)
+        assert (health["agent_restarts"], health["sequence_gaps"], health["observations_lost"]) == (0, 0, 0)
+        await server.restart(clock.now_ms())
+        await tree.wait_for(
+            lambda t, p: t.endswith("umc-01/health") and json.loads(p)["agent_restarts"] == 1, timeout=20
+        )
+        deadline = time.monotonic() + 5
+        while ("machine/umc-01", "agent_restarts", 1.0) not in {r[:3] for r in store.health()}:
+            assert time.monotonic() < deadline, "agent_restarts did not reach the record"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await bridge
+        await context.stop()
+        await server.stop()
         store.close()
