@@ -7,9 +7,13 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uns.broker import broker_users, password_env, render_acl
 from uns.site import SiteConfigError, load_site
+
+if TYPE_CHECKING:
+    from uns.clock import Clock
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "sites" / "example.yaml"
 
@@ -26,6 +30,47 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
     return value
+
+
+def _instant(text: str) -> int:
+    from uns.clock import parse_iso
+
+    try:
+        return parse_iso(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time with an offset ({exc})") from None
+
+
+def _clock_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "simulated clock (the same on every process of one run: docs/operations.md, 'Replaying')"
+    )
+    group.add_argument(
+        "--speed",
+        type=_positive,
+        default=1.0,
+        help="simulated seconds per real second (default 1: the wall clock)",
+    )
+    group.add_argument(
+        "--clock-start",
+        type=_instant,
+        default=None,
+        metavar="TIME",
+        help="the moment (UTC ISO-8601) the simulated clock starts from, also on the wall clock:"
+        " event time = start + (now - start) x speed (default: now, to the minute)",
+    )
+
+
+def clock_of(args: argparse.Namespace) -> Clock:
+    """The wall clock, or the simulated one `--speed` and `--clock-start` ask for."""
+    import time
+
+    from uns.clock import ScaledClock, WallClock
+
+    if args.speed == 1.0 and args.clock_start is None:
+        return WallClock()
+    start = args.clock_start if args.clock_start is not None else int(time.time() // 60 * 60_000)
+    return ScaledClock(start, args.speed, wall_start=start / 1000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="serve the simulated machines of a site model (OPC UA, Modbus)")
     sim.add_argument("--site", type=Path, default=DEFAULT_SITE)
-    sim.add_argument("--speed", type=_positive, default=1.0)
+    _clock_options(sim)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--truth", type=Path, default=None, help="write the ground truth here on exit")
 
@@ -81,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--edge-node", action="append", default=None, help="only these edge nodes (repeatable)"
     )
     bridge.add_argument("--buffer-dir", type=Path, default=Path("var/buffer"), help="store-and-forward files")
+    _clock_options(bridge)
 
     context = sub.add_parser(
         "context",
@@ -89,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--site", type=Path, default=DEFAULT_SITE)
     context.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     context.add_argument("--record", type=Path, default=Path("var/record.db"))
+    _clock_options(context)
 
     api = sub.add_parser("api", help="serve the HTTP API over the record (UNS_API_TOKEN)")
     api.add_argument("--record", type=Path, default=Path("var/record.db"))
@@ -100,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mqtt://host:port or mqtts://host:8883 (UNS_MQTT_CA_FILE): take writes as commands",
     )
+    _clock_options(api)
 
     historian = sub.add_parser(
         "historian",
@@ -273,18 +321,23 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "api":
             processes.api(
-                args.record, args.host, args.port, load_site(args.site) if args.site else None, args.broker
+                args.record,
+                args.host,
+                args.port,
+                load_site(args.site) if args.site else None,
+                args.broker,
+                clock_of(args),
             )
             return 0
         site = load_site(args.site)
         if args.command == "sim":
-            asyncio.run(processes.sim(site, args.speed, args.seed, args.truth))
+            asyncio.run(processes.sim(site, clock_of(args), args.seed, args.truth))
             return 0
         if args.command == "bridge":
-            asyncio.run(processes.bridge(site, args.broker, args.edge_node, args.buffer_dir))
+            asyncio.run(processes.bridge(site, args.broker, args.edge_node, args.buffer_dir, clock_of(args)))
             return 0
         if args.command == "context":
-            asyncio.run(processes.context(site, args.broker, args.record))
+            asyncio.run(processes.context(site, args.broker, args.record, clock_of(args)))
             return 0
         if args.command == "historian":
             asyncio.run(processes.historian(site, args.record, args.memory))

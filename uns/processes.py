@@ -34,7 +34,7 @@ from services.historian.app import HistorianService, memory_path
 from services.historian.writer import InfluxSettings
 from services.oee.engine import Definition
 from uns.broker import ANY_EDGE_NODE, EdgeNodeUser, password_env
-from uns.clock import ScaledClock, WallClock
+from uns.clock import Clock, ScaledClock, WallClock
 from uns.mqtt import BrokerAddress, TlsFiles
 from uns.site import Site
 
@@ -130,20 +130,28 @@ async def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None
     await run(stop)
 
 
-async def sim(site: Site, speed: float, seed: int, truth: Path | None) -> None:
-    clock = ScaledClock(int(time.time() // 60 * 60_000), speed)
-    await _until_signal(lambda stop: run_simulator(list(site.machines), seed, clock, stop, truth))
+async def sim(site: Site, clock: Clock, seed: int, truth: Path | None) -> None:
+    """The simulated machines; their scenario begins at the clock's start. A simulated clock (shared
+    with the other processes of the run) is kept as it is; on the wall clock the scenario starts now."""
+    shared = isinstance(clock, ScaledClock)
+    scaled = clock if isinstance(clock, ScaledClock) else ScaledClock(int(time.time() // 60 * 60_000), 1.0)
+    await _until_signal(
+        lambda stop: run_simulator(list(site.machines), seed, scaled, stop, truth, restart_clock=not shared)
+    )
 
 
-async def bridge(site: Site, url: str, edge_nodes: list[str] | None, buffer_dir: Path) -> None:
+async def bridge(
+    site: Site, url: str, edge_nodes: list[str] | None, buffer_dir: Path, clock: Clock | None = None
+) -> None:
     addresses = edge_node_addresses(url, site, edge_nodes or list(site.edge_nodes()))
-    await _until_signal(lambda stop: run_bridge(site, addresses, WallClock(), stop, edge_nodes, buffer_dir))
+    wall = clock or WallClock()
+    await _until_signal(lambda stop: run_bridge(site, addresses, wall, stop, edge_nodes, buffer_dir))
 
 
-async def context(site: Site, url: str, record: Path) -> None:
+async def context(site: Site, url: str, record: Path, clock: Clock | None = None) -> None:
     address = broker_address(url, "services")
     store = RecordStore(record)
-    service = ContextService(site, store, address, WallClock())
+    service = ContextService(site, store, address, clock or WallClock())
     service.start(asyncio.get_running_loop())
 
     async def run(stop: asyncio.Event) -> None:
@@ -175,7 +183,14 @@ async def historian(site: Site, record: Path, memory: Path | None) -> None:
         store.close()
 
 
-def api(record: Path, host: str, port: int, site: Site | None = None, broker: str | None = None) -> None:
+def api(
+    record: Path,
+    host: str,
+    port: int,
+    site: Site | None = None,
+    broker: str | None = None,
+    clock: Clock | None = None,
+) -> None:
     token = os.environ.get("UNS_API_TOKEN")
     if not token:
         raise ConfigError("set UNS_API_TOKEN (at least 16 characters) to the bearer token clients must send")
@@ -201,7 +216,15 @@ def api(record: Path, host: str, port: int, site: Site | None = None, broker: st
         zone = site.config.timezone if site is not None else "UTC"
         window = site.config.downtime.reason_window_hours if site is not None else None
         app = create_app(
-            settings, store, calendar, reasons, sender, definition, zone, reason_window_hours=window
+            settings,
+            store,
+            calendar,
+            reasons,
+            sender,
+            definition,
+            zone,
+            clock=clock.now_ms if clock is not None and not isinstance(clock, WallClock) else None,
+            reason_window_hours=window,
         )
         # an open floor view's stream would hold a shutdown for up to a minute: 5 s, then it is cut
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

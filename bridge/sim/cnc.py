@@ -110,11 +110,14 @@ async def run_simulator(
     stop: asyncio.Event,
     truth_path: Path | None = None,
     ready: asyncio.Event | None = None,
+    restart_clock: bool = True,
 ) -> None:
     """Serve every machine until `stop` is set; then write the ground truth (if asked) and stop.
 
     The servers take a moment to start (asyncua builds the standard address space, about two
-    seconds of CPU each); `ready` is set once they all serve, with the scenario's origin values.
+    seconds of CPU each); `ready` is set once they all serve, with the scenario's origin values. The
+    clock then starts again from its origin, unless `restart_clock` is False (a clock shared with
+    other processes: the scenario catches up with it).
     """
     machines = [m for m in machines if not m.foreign]  # a foreign edge node's machines are its own
     scenarios = [MachineScenario(m.id, seed, clock.origin_ms) for m in machines]
@@ -129,7 +132,8 @@ async def run_simulator(
 
     try:
         await asyncio.gather(*(start(s, c) for s, c in zip(servers, changes, strict=True)))
-        clock.restart()  # the scenario's time runs from now, not from when the servers were being built
+        if restart_clock:  # the scenario's time runs from now, not from when the servers were being built
+            clock.restart()
         if ready is not None:
             ready.set()
         logger.info(
