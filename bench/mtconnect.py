@@ -26,9 +26,9 @@ from bridge.opcua import CncOpcUaServer, OpcUaReader
 from bridge.signals import metric_defs
 from bridge.sim.mtconnect_agent import MtConnectAgent
 from uns.broker import free_port
-from uns.cli import DEFAULT_SITE
 from uns.site import Machine, MtConnectSource, OpcUaSource, load_site
 from uns.sparkplug.edge import EdgeSession, Sample
+from unscli.cli import DEFAULT_SITE
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "bridge" / "mtconnect_site.yaml"
 N_MTCONNECT = 200_000

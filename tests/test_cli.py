@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from uns.broker import MOSQUITTO_DIR, render_acl
-from uns.cli import DEFAULT_SITE, main
 from uns.site import load_site
+from unscli.cli import DEFAULT_SITE, main
 
 
 def test_shipped_acl_is_the_rendered_one(capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,6 @@ from services.context.record import RecordStore
 from services.historian.writer import InfluxSettings
 from tests.helpers import address, recorder
 from tests.historian.servers import Influx16
-from uns import processes
 from uns.broker import (
     PROJECT_ROOT,
     Mosquitto,
@@ -47,9 +46,10 @@ from uns.broker import (
     render_acl,
 )
 from uns.certs import make_certs
-from uns.cli import build_parser
 from uns.mqtt import PLAIN_PORT, TLS_PORT
 from uns.site import OpcUaSource, Site, SparkplugSource, load_site
+from unscli import processes
+from unscli.cli import build_parser
 
 COMPOSE = PROJECT_ROOT / "compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -361,7 +361,7 @@ def _settings_names(settings: type[BaseSettings]) -> set[str]:
 def _names_the_code_reads() -> set[str]:
     pattern = re.compile(r"""(?:environ\.get\(|environ\[|getenv\()\s*["'](UNS_[A-Z0-9_]+)["']""")
     names: set[str] = set()
-    for package in ("uns", "bridge", "services"):
+    for package in ("uns", "bridge", "services", "unscli"):
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             names |= set(pattern.findall(path.read_text()))
     return names

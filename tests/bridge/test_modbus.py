@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 from bridge.modbus import LegacyModbusServer, ModbusReader
 from uns.broker import free_port
-from uns.cli import DEFAULT_SITE
 from uns.site import Machine, ModbusSource, load_site
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality
+from unscli.cli import DEFAULT_SITE
 
 INITIAL: dict[str, bool | int | float | str] = {
     "execution": "READY",

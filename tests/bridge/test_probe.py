@@ -28,10 +28,10 @@ from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import CNC_AT_REST, address, track
 from uns.broker import Mosquitto, free_port
-from uns.cli import DEFAULT_SITE, main
 from uns.clock import ScaledClock
-from uns.probe import recognise_modbus, recognise_opcua
 from uns.site import ModbusSource, MtConnectSource, OpcUaSource, Signal, Site, load_site
+from unscli.cli import DEFAULT_SITE, main
+from unscli.probe import recognise_modbus, recognise_opcua
 
 ORIGIN_MS = 1_795_300_000_000
 SPEED = 720.0  # 12 minutes of shop time per second

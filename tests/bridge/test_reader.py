@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from bridge.reader import MachineReader
-from uns.cli import DEFAULT_SITE
 from uns.site import load_site
+from unscli.cli import DEFAULT_SITE
 
 
 class Swallowing(MachineReader):

@@ -21,9 +21,9 @@ from services.historian.memory import Memory
 from services.oee.engine import Definition
 from tests.historian.servers import Influx16
 from tests.historian.test_historian import Lines, rows
-from uns.cli import DEFAULT_SITE
-from uns.demo import DemoOptions, run_demo
 from uns.site import parse_site
+from unscli.cli import DEFAULT_SITE
+from unscli.demo import DemoOptions, run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # a demo, a historian, InfluxDB
 

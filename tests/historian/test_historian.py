@@ -366,7 +366,7 @@ def test_a_field_type_conflict_is_logged_naming_the_bucket_and_the_field(
 
 
 def test_missing_influx_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from uns.processes import ConfigError, influx_settings
+    from unscli.processes import ConfigError, influx_settings
 
     for name in ("URL", "ORG", "BUCKET", "TOKEN"):
         monkeypatch.delenv(f"UNS_INFLUX_{name}", raising=False)

@@ -28,9 +28,9 @@ import pytest
 from tests.helpers import recorder
 from tests.historian.servers import VictoriaMetrics
 from uns.broker import Credentials, Mosquitto
-from uns.cli import DEFAULT_SITE, build_parser
 from uns.clock import parse_iso
-from uns.demo import set_aside
+from unscli.cli import DEFAULT_SITE, build_parser
+from unscli.demo import set_aside
 
 SITE = DEFAULT_SITE.read_text().split("      - name: lathes")[0]  # the mills only: 4 machines
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _start(site: Path, data: Path, env: dict[str, str], errors: Path, *options: str) -> subprocess.Popen[str]:
     """The demo in a process group of its own, as a terminal runs a foreground job."""
-    command = [sys.executable, "-m", "uns.cli", "--log-level", "WARNING", "demo", "--site", str(site)]
+    command = [sys.executable, "-m", "unscli.cli", "--log-level", "WARNING", "demo", "--site", str(site)]
     with errors.open("w") as err:  # the child has its own copy
         return subprocess.Popen(
             [*command, "--data-dir", str(data), *options],

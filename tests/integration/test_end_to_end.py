@@ -21,9 +21,9 @@ from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import address, track
 from uns.broker import Mosquitto, free_port
-from uns.cli import DEFAULT_SITE
 from uns.clock import ScaledClock
 from uns.site import OpcUaSource, Site, load_site
+from unscli.cli import DEFAULT_SITE
 
 TOLERANCE_MS = 1
 SPEED = 1800.0  # half an hour of shop time per second

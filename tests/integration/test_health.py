@@ -18,9 +18,9 @@ from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import address, recorder, track
 from uns.broker import Mosquitto, free_port
-from uns.cli import DEFAULT_SITE
 from uns.clock import ScaledClock
 from uns.site import load_site
+from unscli.cli import DEFAULT_SITE
 
 
 async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def uns(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`uns <args>` as a process of its own, its output in `log`."""
     with log.open("wb") as out:  # the process has its own copy of the file
         return subprocess.Popen(
-            [sys.executable, "-m", "uns.cli", *args],
+            [sys.executable, "-m", "unscli.cli", *args],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -88,7 +88,7 @@ async def test_a_killed_bridge_keeps_its_buffer(mosquitto: Mosquitto, tmp_path: 
     command = [
         sys.executable,
         "-m",
-        "uns.cli",
+        "unscli.cli",
         "--log-level",
         "WARNING",
         "bridge",

@@ -15,11 +15,11 @@ from services.context.app import ContextService
 from services.context.record import RecordStore
 from tests.helpers import reason_fidelity
 from tests.services.test_jobshop import Clock
-from uns.cli import DEFAULT_SITE
 from uns.clock import parse_iso
 from uns.mqtt import BrokerAddress
 from uns.site import OpcUaSource, load_site
 from uns.sparkplug.edge import EdgeSession, Sample
+from unscli.cli import DEFAULT_SITE
 
 MACHINE = "vf2-01"
 SEED = 14  # every phase of the scenario within its first three hours

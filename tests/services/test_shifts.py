@@ -90,8 +90,8 @@ def test_an_interval_is_split_at_shift_boundaries() -> None:
 
 def test_the_example_site_has_a_calendar() -> None:
     from services.context.shifts import calendar_for
-    from uns.cli import DEFAULT_SITE
     from uns.site import load_site
+    from unscli.cli import DEFAULT_SITE
 
     site = load_site(DEFAULT_SITE)
     assert site.config.shifts is not None

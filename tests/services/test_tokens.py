@@ -83,7 +83,7 @@ def test_uns_token_issues_lists_and_revokes(tmp_path: Path) -> None:
 
     def uns(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "uns.cli", "token", *args, "--record", str(record)],
+            [sys.executable, "-m", "unscli.cli", "token", *args, "--record", str(record)],
             capture_output=True,
             text=True,
             check=False,

@@ -1,6 +1,6 @@
 """uns/broker.py without a broker: the ACL and users generated from the site model, the password
 variables, the rendered config's listeners; and how the processes find their broker logins and TLS
-files in the environment (uns/processes.py)."""
+files in the environment (unscli/processes.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from uns import processes
 from uns.broker import (
     MOSQUITTO_DIR,
     PROJECT_ROOT,
@@ -22,6 +21,7 @@ from uns.broker import (
 )
 from uns.mqtt import BrokerAddress, TlsFiles
 from uns.site import Site, load_site, parse_site
+from unscli import processes
 
 EXAMPLE = PROJECT_ROOT / "sites" / "example.yaml"
 

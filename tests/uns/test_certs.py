@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from uns.certs import make_certs
-from uns.cli import main
+from unscli.cli import main
 
 
 def _cert(path: Path) -> x509.Certificate:

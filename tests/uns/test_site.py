@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uns.cli import DEFAULT_SITE
 from uns.site import SiteConfigError, load_site, parse_site
+from unscli.cli import DEFAULT_SITE
 
 GOOD = """\
 enterprise: acme

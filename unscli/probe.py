@@ -624,5 +624,5 @@ async def probe(opts: ProbeOptions, out: TextIO, err: TextIO) -> int:
 
 
 def main(opts: ProbeOptions) -> int:
-    """`uns probe` (uns/cli.py)."""
+    """`uns probe` (unscli/cli.py)."""
     return asyncio.run(probe(opts, sys.stdout, sys.stderr))

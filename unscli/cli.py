@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         if args.command == "probe":
-            from uns import probe
+            from unscli import probe
 
             return probe.main(
                 probe.ProbeOptions(
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in made.files:
                 print(f"wrote {path}")
             return 0
-        from uns import processes
+        from unscli import processes
 
         if args.command == "api":
             processes.api(
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "historian":
             asyncio.run(processes.historian(site, args.record, args.memory))
             return 0
-        from uns.demo import DemoOptions, run_demo
+        from unscli.demo import DemoOptions, run_demo
 
         opts = DemoOptions(
             site,

@@ -56,8 +56,8 @@ from services.oee.engine import Definition
 from uns.broker import Credentials, Mosquitto, broker_users, edge_node_users, free_port, password_env
 from uns.clock import ScaledClock, iso
 from uns.mqtt import BrokerAddress
-from uns.processes import parse_broker
 from uns.site import Site
+from unscli.processes import parse_broker
 
 logger = logging.getLogger(__name__)
 

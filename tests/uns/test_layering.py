@@ -1,0 +1,39 @@
+"""The core package imports nothing above it: `uns/` (paths, the site model, Sparkplug, MQTT, the
+broker's files, clocks) never imports `bridge/`, `services/` or `unscli/` (the `uns` command's
+wiring), at module level or inside a function; `bridge/` never imports `services/` or `unscli/`;
+`services/` never imports `unscli/`. Read from the source with `ast`, so a lazy import counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ABOVE = {
+    "uns": {"bridge", "services", "unscli"},
+    "bridge": {"services", "unscli"},
+    "services": {"unscli"},
+}
+
+
+def imported(path: Path) -> set[str]:
+    """The top-level packages a module imports."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_a_package_imports_nothing_above_it(package: str) -> None:
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(imported(path) & ABOVE[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+    assert wrong  # (the package has modules)
