@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from bench import api_latency, codec, context, exports, historian, host, mtconnect, oee, store_forward, tokens
+from bench import (
+    api_latency,
+    codec,
+    context,
+    exports,
+    historian,
+    host,
+    mtconnect,
+    oee,
+    state_latency,
+    store_forward,
+    tokens,
+)
 
 if __name__ == "__main__":
     codec.report()
     host.report()
     context.report()
+    state_latency.report()
     oee.report()
     historian.report()
     store_forward.report()

@@ -524,7 +524,10 @@ class ContextService:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what changed to the record, then publish the changed machines' state."""
+        """Publish the changed machines' state, write what changed to the record, then publish what
+        the record now says (intervals, jobs, and the state of machines whose history came in). The
+        state goes out first so the UNS does not wait for the disk; the record is written whatever
+        happens to the publish."""
         self._flush_scheduled = False
         if self._stopped:
             return
@@ -532,6 +535,16 @@ class ContextService:
             return
         dirty = sorted(self._dirty)
         pieces = {m: self.current(m) for m in dirty}  # the open intervals, for the record and the tree
+        client = self._client
+        early = set()
+        if client is not None and client.connected:
+            for machine_id in dirty:
+                if machine_id in self._history:
+                    continue  # its state is known once its history is in the record
+                machine = self.site.machine(machine_id)
+                state = self.state_json(machine, pieces[machine_id])
+                client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
+                early.add(machine_id)
         current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
         self._written.update((row[0], row[-1]) for row in current)
         intervals = [
@@ -557,7 +570,7 @@ class ContextService:
         client = self._client
         if client is None or not client.connected:
             return
-        for machine_id in sorted(set(dirty) | jobs):
+        for machine_id in sorted((set(dirty) | jobs) - early):
             machine = self.site.machine(machine_id)
             state = self.state_json(machine, pieces.get(machine_id))
             client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
