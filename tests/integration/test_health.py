@@ -7,24 +7,46 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.modbus import LegacyModbusServer
 from bridge.runner import run_bridge
-from bridge.sim.cnc import make_server
+from bridge.sim.cnc import SimulatedMachine, make_server
 from bridge.sim.mtconnect_agent import MtConnectAgent
 from bridge.sim.scenario import MachineScenario
 from services.context.app import ContextService
 from services.context.record import RecordStore
-from tests.helpers import address, recorder, track
+from tests.helpers import Recorder, address, recorder, track
 from uns.broker import Mosquitto, free_port
 from uns.clock import ScaledClock
 from uns.site import load_site
 from unscli.cli import DEFAULT_SITE
 
 
-async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    site = load_site(DEFAULT_SITE).with_ports({"grind-01": free_port()}).only(["grind-01"])
+@dataclass
+class Running:
+    """One demo machine served by the simulator, its bridge (health every 0.3 s) and the context
+    service, and a viewer of the tree."""
+
+    server: SimulatedMachine
+    store: RecordStore
+    context: ContextService
+    tree: Recorder
+    clock: ScaledClock
+    stop: asyncio.Event
+    bridge: asyncio.Task[None]
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.bridge
+        await self.context.stop()
+        await self.server.stop()
+        self.store.close()
+
+
+async def run_one(mosquitto: Mosquitto, tmp_path: Path, machine_id: str) -> Running:
+    site = load_site(DEFAULT_SITE).with_ports({machine_id: free_port()}).only([machine_id])
     [machine] = site.machines
     clock = ScaledClock(1_795_300_000_000, 60)
     scenario = MachineScenario(machine.id, 3, clock.origin_ms)
@@ -41,6 +63,12 @@ async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_
     bridge = asyncio.create_task(
         run_bridge(site, address(mosquitto, "bridge"), clock, stop, health_interval_s=0.3)
     )
+    return Running(server, store, context, tree, clock, stop, bridge)
+
+
+async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    run = await run_one(mosquitto, tmp_path, "grind-01")
+    server, store, context, tree = run.server, run.store, run.context, run.tree
     try:
         [(_, edge), *_] = await tree.wait_for(lambda t, p: t == "acme/dayton/_health/edge/edge-finishing")
         edge_health = json.loads(edge)
@@ -79,10 +107,7 @@ async def test_health_reaches_the_tree_and_the_record(mosquitto: Mosquitto, tmp_
             ("host/uns-host", "messages"),
         } <= names
     finally:
-        stop.set()
-        await bridge
-        await context.stop()
-        store.close()
+        await run.close()
 
 
 async def test_an_mtconnect_agents_restart_is_in_the_machines_health(
@@ -90,24 +115,9 @@ async def test_an_mtconnect_agents_restart_is_in_the_machines_health(
 ) -> None:
     """The demo's MTConnect machine (the simulator's agent over real HTTP): the agent restarts, and
     `agent_restarts` in its health says so, in the tree and in the record (for /metrics)."""
-    site = load_site(DEFAULT_SITE).with_ports({"umc-01": free_port()}).only(["umc-01"])
-    [machine] = site.machines
-    clock = ScaledClock(1_795_300_000_000, 60)
-    scenario = MachineScenario(machine.id, 3, clock.origin_ms)
-    first = next(scenario.changes())
-    server = make_server(machine, scenario)
+    run = await run_one(mosquitto, tmp_path, "umc-01")
+    server, store, tree, clock = run.server, run.store, run.tree, run.clock
     assert isinstance(server, MtConnectAgent)
-    await server.start(first.values, first.t_ms)
-    store = RecordStore(tmp_path / "record.db")
-    context = ContextService(site, store, address(mosquitto, "services"), clock)
-    context.health_interval_s = 0.3
-    context.start(asyncio.get_running_loop())
-    track(context._client)
-    tree = await recorder(mosquitto, "viewer", "acme/#", client_id="viewer")
-    stop = asyncio.Event()
-    bridge = asyncio.create_task(
-        run_bridge(site, address(mosquitto, "bridge"), clock, stop, health_interval_s=0.3)
-    )
     try:
         [(_, ours), *_] = await tree.wait_for(lambda t, p: t.endswith("umc-01/health"))
         health = json.loads(ours)
@@ -121,8 +131,4 @@ async def test_an_mtconnect_agents_restart_is_in_the_machines_health(
             assert time.monotonic() < deadline, "agent_restarts did not reach the record"
             await asyncio.sleep(0.05)
     finally:
-        stop.set()
-        await bridge
-        await context.stop()
-        await server.stop()
-        store.close()
+        await run.close()

@@ -16,13 +16,13 @@ from services.context.app import ContextService
 from services.context.record import RecordStore
 from services.context.state import MachineState
 from tests.foreign_edge import BOOLEAN, DOUBLE, INT32, INT64, STRING, ForeignNode, Message
+from tests.services.test_foreign_edge import T0, Clock
 from uns.broker import edge_node_users, render_acl
 from uns.mqtt import BrokerAddress
 from uns.site import SiteConfigError, SparkplugSource, parse_site
 
 S = MachineState
 MIN = 60_000
-T0 = 1_795_000_000_000
 SOURCE = """\
                 source:
                   protocol: sparkplug
@@ -80,16 +80,6 @@ READY: dict[str, bool | int | float | str] = {
     "Spindle/TempC": 31.5,
 }
 DEVICE = "Haas_VF2_SN1234"
-
-
-class Clock:
-    speed = 1.0
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def now_ms(self) -> int:
-        return self.now
 
 
 class Plant:
