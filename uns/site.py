@@ -955,9 +955,40 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
         else:
             first_seen[machine.id] = line
         machines.append(machine)
+    problems += _sparkplug_key_problems(config, root, filename)
     if problems:
         raise SiteConfigError(problems)
     return Site(config, tuple(machines))
+
+
+def _sparkplug_key_problems(config: SiteConfig, root: yaml.Node | None, filename: str) -> list[str]:
+    """Two machines whose data would come under one (group, edge node, device), and a foreign edge
+    node with the id of one of our bridges' in its group: the host could not tell them apart."""
+    group = config.sparkplug.group_id
+    ours = {
+        (group, m.edge_node) for _, m in _machine_locs(config) if not isinstance(m.source, SparkplugSource)
+    }
+    seen: dict[tuple[str, str, str], str] = {}
+    problems = []
+    for loc, m in _machine_locs(config):
+        foreign = isinstance(m.source, SparkplugSource)
+        key = (
+            m.source.key(group, m.id) if isinstance(m.source, SparkplugSource) else (group, m.edge_node, m.id)
+        )
+        line = _line_of(root, (*loc, "source") if foreign else (*loc, "id"))
+        where = f"{filename}:{line}: {_dotted(loc)}"
+        other = seen.setdefault(key, m.id)
+        if other != m.id:
+            problems.append(
+                f"{where}: machine {m.id!r} would take the data of {'/'.join(key)}, which machine"
+                f" {other!r} takes already (give the source another device or edge_node)"
+            )
+        if foreign and key[:2] in ours:
+            problems.append(
+                f"{where}: source.edge_node {key[1]!r} of group {key[0]!r} is one of our bridges' edge"
+                " nodes: a foreign edge node needs an id of its own"
+            )
+    return problems
 
 
 def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:

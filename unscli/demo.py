@@ -282,7 +282,9 @@ async def _run(
     erp = asyncio.create_task(release(send, plan[len(due) :], clock), name="demo.erp")
     # each edge node logs in as its own broker user
     logins = {
-        e.edge_node_id: base.with_credentials(e.user, creds.password(e.user)) for e in edge_node_users(site)
+        e.edge_node_id: base.with_credentials(e.user, creds.password(e.user))
+        for e in edge_node_users(site)
+        if e.group_id == site.group_id and e.edge_node_id in site.edge_nodes()  # ours, not foreign ones
     }
     bridge = asyncio.create_task(
         run_bridge(

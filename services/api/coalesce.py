@@ -4,8 +4,9 @@ screens, asking for the same 30 days cost the record one read, not eight.
 
 A request shares only with one that is still running: same path, same query string, same caller
 (its token or link key) and the record unchanged since (SQLite's `data_version`: another process,
-the context service, committed nothing). The answer it gets was computed for a moment at most one
-computation earlier than its own; nothing is kept after the computation ends."""
+the context service, committed nothing; where both share one connection, as in `uns demo`, that
+cannot be seen, and the one computation in flight is the bound). The answer it gets was computed for
+a moment at most one computation earlier than its own; nothing is kept after the computation ends."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _Key = tuple[Any, ...]
 class Coalescer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: dict[_Key, Future[tuple[bytes, int, str | None]]] = {}
+        self._running: dict[_Key, Future[tuple[bytes, int, str | None, dict[str, str]]]] = {}
         self.shared = 0  # answers given from another request's computation
 
     def run(self, key: _Key, compute: Callable[[], Response]) -> Response:
@@ -41,16 +42,23 @@ class Coalescer:
         if owner:
             try:
                 answer = compute()
+                kept = (bytes(answer.body), answer.status_code, answer.media_type, _headers(answer))
             except BaseException as e:
                 running.set_exception(e)
                 raise
+            else:
+                running.set_result(kept)
             finally:
                 with self._lock:
                     del self._running[key]
-            running.set_result((bytes(answer.body), answer.status_code, answer.media_type))
             return answer
-        body, status, media_type = running.result()
-        return Response(body, status_code=status, media_type=media_type)
+        body, status, media_type, headers = running.result()
+        return Response(body, status_code=status, media_type=media_type, headers=headers)
+
+
+def _headers(answer: Response) -> dict[str, str]:
+    """The answer's own headers, but those a Response of the same body sets itself."""
+    return {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")}
 
 
 COALESCER = Coalescer()

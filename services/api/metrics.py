@@ -67,6 +67,7 @@ HOST = (
     Series("stale_deaths", "NDEATH messages of an older connection (another bdSeq), ignored.", True),
     Series("unreadable_deaths", "NDEATH messages without a readable bdSeq.", True),
     Series("unknown_devices", "Devices seen that are not in the site model (once per device).", True),
+    Series("foreign_values_refused", "Values of foreign edge nodes' metrics no value map names.", True),
     Series("late_values", "Machine values older than the state they came after.", True),
     Series("history_applied", "Store-and-forward (historical) values applied to the record.", True),
     Series("history_repeated", "Historical values received again and already in the record.", True),

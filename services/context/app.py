@@ -61,7 +61,7 @@ class ContextService:
         }
         # machines of foreign edge nodes: their metric names and values, as ours
         self._foreign = {
-            m.id: ForeignMetrics(m.id, m.source)
+            m.id: ForeignMetrics(m.id, m.source, self.host.counters)
             for m in site.machines
             if isinstance(m.source, SparkplugSource)
         }
@@ -247,6 +247,8 @@ class ContextService:
         foreign = self._foreign.get(machine.id)
         if foreign is not None:
             metrics = foreign.translate(metrics)
+            if event.is_birth:  # no bridge of ours reports its health: its births say it is connected
+                self._health.setdefault(f"machine/{machine.id}", {})["connected"] = True
         values = [
             SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
             for m in metrics

@@ -10,18 +10,24 @@ import logging
 from collections import Counter
 
 from bridge.signals import coerce
-from uns.site import SparkplugSource, value_key
-from uns.sparkplug.payload import Metric
+from uns.site import Signal, SparkplugSource, value_key
+from uns.sparkplug.payload import Metric, Quality
+
+GOOD = (None, Quality.GOOD)  # a metric without a quality property is good
 
 logger = logging.getLogger(__name__)
 
 
 class ForeignMetrics:
-    def __init__(self, machine_id: str, source: SparkplugSource) -> None:
+    """`counters`: where the values refused are counted (the host's `foreign_values_refused`)."""
+
+    def __init__(
+        self, machine_id: str, source: SparkplugSource, counters: Counter[str] | None = None
+    ) -> None:
         self.machine_id = machine_id
         self.source = source
         self.signal_of = {metric: signal for signal, metric in source.signals.items()}
-        self.refused: Counter[str] = Counter()  # metric name -> values refused
+        self.counters: Counter[str] = counters if counters is not None else Counter()
         self._told: set[tuple[str, str]] = set()
 
     def translate(self, metrics: list[Metric]) -> list[Metric]:
@@ -32,7 +38,7 @@ class ForeignMetrics:
             if signal is None:
                 continue  # a metric of the edge's that the site model does not map
             value = m.value
-            if value is not None:
+            if value is not None and m.quality in GOOD:  # a bad or stale value is unknown, whatever it is
                 mapping = self.source.values.get(signal)
                 try:
                     if mapping is not None:
@@ -40,7 +46,7 @@ class ForeignMetrics:
                         if key not in mapping:
                             raise ValueError(f"{value!r} is not in values.{signal} ({', '.join(mapping)})")
                         value = mapping[key]
-                    value = coerce(signal, value)
+                    value = _counter(value) if signal is Signal.PART_COUNT else coerce(signal, value)
                 except ValueError as e:
                     self._refuse(name, value, str(e))
                     continue
@@ -48,7 +54,7 @@ class ForeignMetrics:
         return out
 
     def _refuse(self, metric: str, value: object, why: str) -> None:
-        self.refused[metric] += 1
+        self.counters["foreign_values_refused"] += 1
         told = (metric, value_key(value))
         if told not in self._told:
             self._told.add(told)
@@ -60,3 +66,10 @@ class ForeignMetrics:
                 self.source.edge_node,
                 why,
             )
+
+
+def _counter(value: object) -> int:
+    """A part counter of any integer type (an edge's Int64 as well), not negative."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
+        raise ValueError(f"part_count: expected a whole number not below 0, got {value!r}")
+    return int(value)

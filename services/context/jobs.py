@@ -71,6 +71,7 @@ class OperationBook:
     pending: Pending | None = None
     program: str | None = None  # the program last seen loaded
     program_ms: int | None = None  # when it was loaded (its program change), if seen
+    decided_ms: int | None = None  # the latest operation event decided since the service started
 
     @property
     def active(self) -> Operation | None:
@@ -96,21 +97,28 @@ class OperationBook:
 
     def on_release(self, released_ms: int) -> list[OpEvent]:
         """Work put on the list as released at `released_ms` has come in after the program change
-        that followed that moment: the change decides now as it would have then. Nothing changes
-        when the program was loaded before the release, or an operation was started since."""
+        that followed that moment: the change decides now as it would have then, among the
+        operations released by then. Nothing changes when the program was loaded before the release,
+        or anything was decided about an operation since the change (started, paused or completed,
+        by hand or by quantity)."""
         program, ts = self.program, self.program_ms
         if program is None or ts is None or released_ms > ts or self.pending is not None:
             return []
-        active = self.active
-        if active is not None and (active.actual_start_ms or 0) > ts:
-            return []  # started (by hand) after the program change: that decision stands
-        return self._program_change(ts, program)
+        if self.decided_ms is not None and self.decided_ms > ts:
+            return []  # a decision after the program change stands
+        return self._program_change(ts, program, released_by=ts)
 
-    def _program_change(self, ts: int, program: str) -> list[OpEvent]:
+    def _program_change(self, ts: int, program: str, released_by: int | None = None) -> list[OpEvent]:
+        """`released_by`: only operations released (`dispatched_ms`) by then are candidates."""
         active = self.active
         if active is not None and active.program == program:
             return []
-        candidates = [o for o in self.queue() if o.program == program]
+        candidates = [
+            o
+            for o in self.queue()
+            if o.program == program
+            and (released_by is None or (o.dispatched_ms is not None and o.dispatched_ms <= released_by))
+        ]
         if not candidates:
             return []
         if len(candidates) > 1:
@@ -181,6 +189,7 @@ class OperationBook:
 
     def _event(self, op: Operation, ts: int, action: str, cause: str, by: str | None) -> OpEvent:
         event = OpEvent(self.machine_id, ts, op.job, op.operation, action, cause, by)
+        self.decided_ms = ts if self.decided_ms is None else max(self.decided_ms, ts)
         self.apply(event)
         return event
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,8 @@ from services.context.jobs import Operation, Pending
 from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Story, Value
 from services.context.timeline import Hold, OpEvent
 from uns.clock import iso
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine (
@@ -365,7 +368,9 @@ class _Record:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # another process may hold the write lock for a while (the first open of a large record from
+        # before shift_time sums it once): wait for it rather than fail after sqlite3's 5 s
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -379,6 +384,7 @@ class _Record:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         with self._transaction("BEGIN IMMEDIATE") as db:  # one of two processes opening it fills it
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'shift_time'").fetchone():
+                logger.info("record %s: summing its time by shift, once (shift_time)", self.path)
                 db.execute(_SHIFT_TIME)
                 db.execute(_SHIFT_TIME_FILL)
             for trigger in _SHIFT_TIME_TRIGGERS:

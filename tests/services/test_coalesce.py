@@ -32,7 +32,7 @@ def test_requests_in_flight_share_and_later_ones_compute_again() -> None:
     def compute() -> Response:
         calls.append(1)
         release.wait(5)
-        return Response(b'{"rows": []}', media_type="application/json")
+        return Response(b'{"rows": []}', media_type="application/json", headers={"X-Range": "shift"})
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(c.run, ("k",), compute) for _ in range(4)]
@@ -45,6 +45,7 @@ def test_requests_in_flight_share_and_later_ones_compute_again() -> None:
     assert c.shared == 3
     assert {bytes(a.body) for a in answers} == {b'{"rows": []}'}
     assert {a.media_type for a in answers} == {"application/json"}
+    assert {a.headers["x-range"] for a in answers} == {"shift"}  # the owner's own headers too
     c.run(("k",), compute)  # nothing is kept: the next one computes
     assert len(calls) == 2
 

@@ -555,6 +555,27 @@ def test_a_release_after_the_program_was_loaded_does_not_start_it(shop: Shop) ->
     assert {o.job: o.status for o in shop.store.operations("vf2-01")} == {"J2": "planned", "J3": "planned"}
 
 
+def test_a_late_release_leaves_decisions_made_since_and_work_released_after_the_change(shop: Shop) -> None:
+    """J1 completed by hand after the program change: the late J2 does not start (the record keeps
+    J1's time as it was). And a late release of other work does not start J3, released after O3
+    was loaded."""
+    shop.ok("dispatch", machine="vf2-01", operations=[op("J1", "O1", 5)])
+    shop.online(program="O0")
+    shop.at(1, mode="MANUAL", program="O1")  # J1 starts
+    shop.at(2, mode="AUTOMATIC", execution="ACTIVE")
+    shop.at(10, mode="MANUAL", program="O2", execution="READY")
+    shop.ok("operation", action="complete", machine="vf2-01", job="J1", operation="10", at=when(13))
+    shop.at(14, mode="AUTOMATIC", execution="ACTIVE")
+    shop.clock.now = T0 + 15 * MIN
+    shop.ok("dispatch_update", operation=op("J2", "O2", 3), at=when(9))
+    assert {o.job: o.status for o in shop.store.operations("vf2-01")} == {"J1": "complete", "J2": "planned"}
+    shop.at(20, mode="MANUAL", program="O3", execution="READY")
+    shop.ok("dispatch_update", operation=op("J3", "O3", 3), at=when(21))  # released after O3 was loaded
+    shop.ok("dispatch_update", operation=op("J9", "O9", 3), at=when(19))  # other work, released before
+    status = {o.job: o.status for o in shop.store.operations("vf2-01")}
+    assert (status["J3"], status["J9"]) == ("planned", "planned")
+
+
 def test_a_late_release_of_two_operations_on_one_program_asks_which(shop: Shop) -> None:
     shop.ok("dispatch", machine="vf2-01", operations=[])
     shop.online(program="O1")

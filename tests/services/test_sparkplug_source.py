@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.context.app import ContextService
+from services.context.foreign import ForeignMetrics
 from services.context.record import RecordStore
 from services.context.state import MachineState
 from tests.foreign_edge import BOOLEAN, DOUBLE, INT32, INT64, STRING, ForeignNode, Message
@@ -20,6 +21,7 @@ from tests.services.test_foreign_edge import T0, Clock
 from uns.broker import edge_node_users, render_acl
 from uns.mqtt import BrokerAddress
 from uns.site import SiteConfigError, SparkplugSource, parse_site
+from uns.sparkplug.payload import DataType, Metric, Quality
 
 S = MachineState
 MIN = 60_000
@@ -201,6 +203,21 @@ def test_the_device_defaults_to_the_machine_id_and_the_group_to_the_sites() -> N
             "names its edge node itself",
         ),
         (("group: plant-b", "group: plant/b"), "group id"),
+        (
+            (
+                "group: plant-b\n                  edge_node: ignition-edge-1\n"
+                "                  device: Haas_VF2_SN1234",
+                "group: dayton\n                  edge_node: edge1\n                  device: vf2-01",
+            ),
+            "which machine 'vf2-01' takes already",
+        ),
+        (
+            (
+                "group: plant-b\n                  edge_node: ignition-edge-1",
+                "group: dayton\n                  edge_node: edge1",
+            ),
+            "is one of our bridges' edge nodes",
+        ),
     ],
 )
 def test_a_bad_sparkplug_source_is_refused_naming_what_and_where(
@@ -213,3 +230,27 @@ def test_a_bad_sparkplug_source_is_refused_naming_what_and_where(
     said = str(refused.value)
     assert message in said
     assert "haas-01" in said or "machines.1" in said or "areas" in said
+
+
+def test_bad_quality_is_unknown_counters_may_be_int64_and_refusals_are_counted(plant: Plant) -> None:
+    """The edge's tag went bad: Ignition sends a default (-1) with quality BAD. It is unknown (the
+    machine is comms_loss while execution is unknown), not a refused code that leaves the machine
+    as it was. A counter past UInt32 (an Int64 on the edge) counts. Refused values are counted in
+    the host's `foreign_values_refused` (on /metrics)."""
+    machine = plant.site.machine("haas-01")
+    source = machine.source
+    assert isinstance(source, SparkplugSource)
+    foreign = ForeignMetrics("haas-01", source, plant.service.host.counters)
+    [bad] = foreign.translate([Metric("Status/Execution", None, T0, DataType.INT32, -1, quality=Quality.BAD)])
+    assert (bad.name, bad.value, bad.quality) == ("execution", -1, Quality.BAD)
+    [count] = foreign.translate([Metric("Counters/PartsMade", None, T0, DataType.INT64, 5_000_000_000)])
+    assert (count.name, count.value) == ("part_count", 5_000_000_000)
+    assert foreign.translate([Metric("Counters/PartsMade", None, T0, DataType.INT64, -3)]) == []
+    assert foreign.translate([Metric("Status/Execution", None, T0, DataType.INT32, 9)]) == []
+    assert plant.service.host.counters["foreign_values_refused"] == 2
+    # and through the service: the births say the machine is connected (no bridge of ours tells)
+    plant.feed(0, plant.edge.births(at(0)))
+    plant.data(1, {"Status/Execution": 1})
+    assert plant.service._health["machine/haas-01"]["connected"] is True
+    plant.feed(2, plant.edge.will(at(0)))
+    assert plant.service._health["machine/haas-01"]["connected"] is False
