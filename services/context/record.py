@@ -179,6 +179,9 @@ CREATE TABLE IF NOT EXISTS quality_count (
     by          TEXT,
     via         TEXT NOT NULL
 );
+-- quality reports by machine and time (reports, the review, exports) and by operation (its good parts)
+CREATE INDEX IF NOT EXISTS quality_count_time ON quality_count (machine_id, ts_ms);
+CREATE INDEX IF NOT EXISTS quality_count_operation ON quality_count (job, operation, result, quantity);
 CREATE TABLE IF NOT EXISTS dropped_operation (
     machine_id  TEXT NOT NULL REFERENCES machine(machine_id),
     job         TEXT NOT NULL,
