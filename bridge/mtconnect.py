@@ -910,7 +910,7 @@ class MtConnectReader(MachineReader):
 
     def _wrapped(self, first: int | None) -> None:
         self.counters["gaps"] += 1
-        lost = None if first is None or self._next is None else first - self._next
+        lost = None if first is None or self._next is None else max(0, first - self._next)
         if lost:
             self.counters["observations_lost"] += lost
         logger.warning(
@@ -953,10 +953,14 @@ class MtConnectReader(MachineReader):
         the last moment we knew them (`_known_until`) until the agent's current values say again what
         the machine does (the latest of the state signals' timestamps); then we go on from there."""
         routes, instance = await self._probe(client)
-        if reason == "restart" or instance != self._instance:
-            self._restarted(instance)
         doc = await self._streams(client, "current")
-        if reason != "restart" and doc.header.instance_id == self._instance:
+        # sequences that went back are a restart too, whatever the instanceId says (an agent that
+        # takes it from its start time in seconds keeps it across a restart within the second)
+        went_back = doc.header.next is not None and self._next is not None and doc.header.next < self._next
+        new_instance = instance != self._instance or doc.header.instance_id != self._instance
+        if reason == "restart" or new_instance or went_back:
+            self._restarted(doc.header.instance_id)
+        else:
             self._wrapped(doc.header.first)
         mapper = self._fresh_mapper(routes)
         for obs in doc.observations:

@@ -223,7 +223,8 @@ class MtConnectAgent:
 
     def _reset(self, t_ms: int) -> None:
         """A new instance: an empty buffer, every data item UNAVAILABLE until the adapter says more."""
-        self._instance = int(time.time()) * 1000 + random.randrange(1000)
+        # a new instanceId at every restart (from the clock, and never the one before)
+        self._instance = max(int(time.time()) * 1000 + random.randrange(1000), self._instance + 1)
         self._ring = [None] * self.buffer_size
         self._first = self._next = 1
         self._base, self._latest = {}, {}

@@ -529,3 +529,24 @@ async def test_an_mtconnect_machine_through_to_the_record(mosquitto: Mosquitto, 
         store.close()
     assert context.host.counters["seq_gaps"] == 0
     assert context.host.counters["malformed"] == 0
+
+
+async def test_an_agent_restart_that_keeps_its_instance_id_is_still_a_restart() -> None:
+    """An agent that takes its instanceId from its start time in seconds keeps it across a restart
+    within that second: the sequences going back say it restarted (not a gap with a negative loss)."""
+    run = await running(machine("mtc-02"))
+    agent, seen, reader = run.agent, run.seen, run.reader
+    try:
+        for n in range(1, 30):
+            await agent.write({"spindle_load": float(n)}, T0 + 1000 * n)
+        await until(lambda: len(seen.of("spindle_load")) >= 29)
+        kept = agent.instance_id
+        await agent.restart(T0 + 40_000)
+        agent._instance = kept  # the same instanceId as before
+        await agent.write({"part_count": 12}, T0 + 41_000)
+        await until(lambda: reader.counters["restarts"] == 1)
+        await until(lambda: seen.of("part_count")[-1][0] == 12)
+        assert reader.counters["observations_lost"] == 0
+        assert reader.counters["gaps"] == 0
+    finally:
+        await run.close()
