@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from bench.oee import SHIFTS
 from services.api.app import create_app
 from services.api.exports import PAGE
 from services.api.settings import ApiSettings
@@ -50,32 +51,6 @@ STOPS = (
     (MachineState.SETUP, "setup", "rule", "setup mode after program change O5679 -> O5680"),
     (MachineState.IDLE, "waiting_inspection", "operator", "maria via api at 2026-01-01T12:00:00.000Z: CMM"),
 )
-SHIFTS = """
-enterprise: acme
-site: bench
-timezone: America/New_York
-sparkplug: {group_id: bench, edge_node_id: edge, host_id: bench-host}
-shifts:
-  pattern:
-    - name: first
-      start: "06:00"
-      end: "14:00"
-      days: [mon, tue, wed, thu, fri]
-      breaks: [{name: lunch, start: "11:30", end: "12:00"}]
-    - {name: second, start: "14:00", end: "22:00", days: [mon, tue, wed, thu, fri]}
-areas:
-  - name: a
-    lines:
-      - name: l
-        cells:
-          - name: c
-            machines:
-              - id: m0
-                source:
-                  protocol: opcua
-                  endpoint: opc.tcp://h:1
-                  signals: {execution: a, mode: b, part_count: c, alarm_code: d, estop: e}
-"""
 
 
 def build(store: RecordStore, calendar: ShiftCalendar, days: int) -> int:

@@ -69,6 +69,23 @@ def _signal_keys(value: Any) -> Any:
     return value
 
 
+def _require(signals: set[Signal]) -> None:
+    missing = sorted(s.value for s in REQUIRED_SIGNALS - signals)
+    if missing:
+        raise ValueError(f"missing required signals: {', '.join(missing)}")
+
+
+def _check_port(endpoint: str) -> str:
+    """An endpoint URL whose port, if given, is one a server can listen on."""
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
+    return endpoint
+
+
 def _segment(level: str) -> AfterValidator:
     def check(value: str) -> str:
         check_segment(level, value)
@@ -114,16 +131,7 @@ class OpcUaSource(_Strict):
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     security: OpcUaSecurity | None = None
 
-    @field_validator("endpoint")
-    @classmethod
-    def _port(cls, endpoint: str) -> str:
-        try:
-            port = urlsplit(endpoint).port
-        except ValueError:
-            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535") from None
-        if port == 0:
-            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
-        return endpoint
+    _port = field_validator("endpoint")(staticmethod(_check_port))
 
     @model_validator(mode="after")
     def _credentials(self) -> OpcUaSource:
@@ -138,9 +146,7 @@ class OpcUaSource(_Strict):
     @field_validator("signals")
     @classmethod
     def _required(cls, value: dict[Signal, str]) -> dict[Signal, str]:
-        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(value))
-        if missing:
-            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        _require(set(value))
         return value
 
 
@@ -265,9 +271,7 @@ class ModbusSource(_Strict):
                 if signal in seen:
                     raise ValueError(f"signal {signal} is in poll groups {seen[signal]!r} and {name!r}")
                 seen[signal] = name
-        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(seen))
-        if missing:
-            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        _require(set(seen))
         signals = self.signals
         for signal in (Signal.EXECUTION, Signal.MODE):
             if signal in signals and signals[signal].map is None:
@@ -344,25 +348,14 @@ class MtConnectSource(_Strict):
 
     _signal_names = field_validator("data_items", mode="before")(staticmethod(_signal_keys))
 
-    @field_validator("endpoint")
-    @classmethod
-    def _port(cls, endpoint: str) -> str:
-        try:
-            port = urlsplit(endpoint).port
-        except ValueError:
-            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535") from None
-        if port == 0:
-            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
-        return endpoint
+    _port = field_validator("endpoint")(staticmethod(_check_port))
 
     @model_validator(mode="after")
     def _consistent(self) -> MtConnectSource:
         twice = sorted({s.value for s in self.signals if self.signals.count(s) > 1})
         if twice:
             raise ValueError(f"signals listed twice: {', '.join(twice)}")
-        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(self.signals))
-        if missing:
-            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        _require(set(self.signals))
         unlisted = sorted(s.value for s in self.data_items if s not in self.signals)
         if unlisted:
             raise ValueError(f"data_items for signals that are not in 'signals': {', '.join(unlisted)}")
@@ -426,9 +419,7 @@ class SparkplugSource(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SparkplugSource:
-        missing = sorted(s.value for s in REQUIRED_SIGNALS - set(self.signals))
-        if missing:
-            raise ValueError(f"missing required signals: {', '.join(missing)}")
+        _require(set(self.signals))
         names: dict[str, Signal] = {}
         for signal, metric in self.signals.items():
             other = names.setdefault(metric, signal)

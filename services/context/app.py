@@ -543,9 +543,7 @@ class ContextService:
             for machine_id in dirty:
                 if machine_id in self._history:
                     continue  # its state is known once its history is in the record
-                machine = self.site.machine(machine_id)
-                state = self.state_json(machine, pieces[machine_id])
-                client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
+                self._publish_state(client, machine_id, pieces[machine_id])
                 early.add(machine_id)
         current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
         self._written.update((row[0], row[-1]) for row in current)
@@ -573,15 +571,18 @@ class ContextService:
         if client is None or not client.connected:
             return
         for machine_id in sorted((set(dirty) | jobs) - early):
-            machine = self.site.machine(machine_id)
-            state = self.state_json(machine, pieces.get(machine_id))
-            client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
+            self._publish_state(client, machine_id, pieces.get(machine_id))
         for machine_id in sorted(jobs):
             machine = self.site.machine(machine_id)
             client.publish(machine.path.topic("job"), json.dumps(self.job_json(machine)).encode(), 1, True)
         for interval, revised in published:
             topic = self.site.machine(interval.machine_id).path.topic("intervals")
             client.publish(topic, json.dumps(interval_json(interval, revised=revised)).encode(), 1, False)
+
+    def _publish_state(self, client: MqttClient, machine_id: str, piece: Interval | None) -> None:
+        machine = self.site.machine(machine_id)
+        state = self.state_json(machine, piece)
+        client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
 
     def _backfill(self, machine_id: str, batches: list[tuple[int, list[SignalValue]]]) -> None:
         """Historical values: into the event log, and the record recomputed from where they begin."""
