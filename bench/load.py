@@ -1,0 +1,356 @@
+"""The context service under load, from outside: a load generator of the bench's own (N edge nodes
+of 10 machines each, Sparkplug B through Mosquitto) into the real `uns context` process, with a
+bare paho-mqtt subscriber on the same stream beside it.
+
+For 50, 200 and 500 machines and two load shapes, at rising rates (messages of 3 metrics each):
+- `worst`: every message changes a machine's execution (ACTIVE, READY, ...), so closes an interval;
+- `realistic`: one message in ten changes a machine's state, the rest move its spindle load and
+  feed override (and, one in five, its part count).
+
+Each step reports what was sent (the publisher may fall short of the rate asked: `sent/s`), what
+the bare subscriber heard, the record's loss (every metric value is a row of `signal_event`: the
+rows the step added against the metrics sent), p50/p99 from a metric's source timestamp to the
+retained `state` JSON that carries it (`updated`), and the context process's CPU (of one core) over
+the step. Per run: the host's seq gaps and rebirth requests (its `_health` report) and the
+process's peak RSS (VmHWM). CPU and RSS come from /proc: Linux only.
+
+Everything shares this machine's cores (publisher, broker, service, both subscribers): the
+figures are what one box does, not the service alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from bridge.signals import metric_defs
+from uns.broker import Mosquitto
+from uns.clock import parse_iso
+from uns.mqtt import BareCounter, BrokerAddress
+from uns.site import Signal
+from uns.sparkplug.edge import EdgeSession, Sample
+
+PER_EDGE = 10
+SIGNALS = (
+    Signal.EXECUTION,
+    Signal.MODE,
+    Signal.PROGRAM,
+    Signal.PART_COUNT,
+    Signal.ALARM_CODE,
+    Signal.ESTOP,
+    Signal.SPINDLE_SPEED,
+    Signal.SPINDLE_LOAD,
+    Signal.FEED_OVERRIDE,
+)
+SIZES = (50, 200, 500)
+STEP_S = 3.0
+# messages per second, by shape: a low rate first (the UNS's own latency), then up
+RATES = {"worst": (50, 2_000, 5_000, 10_000), "realistic": (5_000, 10_000, 17_000)}
+EXECUTIONS = ("ACTIVE", "READY", "ACTIVE", "INTERRUPTED")
+
+
+def site_yaml(machines: int) -> str:
+    lines = [
+        "enterprise: acme",
+        "site: bench",
+        "sparkplug: {group_id: bench, edge_node_id: e000, host_id: bench-host}",
+        "areas:",
+        "  - name: a",
+        "    lines:",
+        "      - name: l",
+        "        cells:",
+    ]
+    signals = ", ".join(f"{s.value}: n{i}" for i, s in enumerate(SIGNALS))
+    for cell in range(0, machines, PER_EDGE):
+        lines += [f"          - name: c{cell // PER_EDGE:03d}", "            machines:"]
+        for i in range(cell, min(cell + PER_EDGE, machines)):
+            lines.append(
+                f"              - {{id: m{i:03d}, edge_node: e{i // PER_EDGE:03d}, source: {{protocol: opcua,"
+                f" endpoint: 'opc.tcp://127.0.0.1:4840', signals: {{{signals}}}}}}}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# -- the load generator (its own process) ----------------------------------------------------
+def _generator(conn: Connection, port: int, password: str, machines: int, shape: str) -> None:
+    defs = metric_defs(SIGNALS)
+    now = int(time.time() * 1000)
+    sessions: dict[str, EdgeSession] = {}
+    for first in range(0, machines, PER_EDGE):
+        devices = {f"m{j:03d}": defs for j in range(first, min(first + PER_EDGE, machines))}
+        session = sessions[f"e{first // PER_EDGE:03d}"] = EdgeSession("bench", f"e{first // PER_EDGE:03d}", devices)
+        session.new_connection(now)
+    where = [(sessions[f"e{i // PER_EDGE:03d}"], f"m{i:03d}") for i in range(machines)]
+    ready: dict[str, bool | int | float | str] = {
+        "execution": "READY",
+        "mode": "AUTOMATIC",
+        "program": "O1000",
+        "part_count": 0,
+        "alarm_code": 0,
+        "estop": False,
+        "spindle_speed": 0.0,
+        "spindle_load": 0.0,
+        "feed_override": 100.0,
+    }
+    for session, device in where:
+        session.device_online(device, now, [Sample(k, v, now) for k, v in ready.items()])
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-load", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.username_pw_set("bridge", password)
+    client.connect("127.0.0.1", port, 30)
+    client.loop_start()
+    for session in sessions.values():
+        for topic, payload in session.births(now):
+            client.publish(topic, payload, qos=0)
+    conn.send(machines * len(ready))
+    counts = [0] * machines
+    steps = [0] * machines
+    last = [now] * machines
+    while (order := conn.recv()) is not None:
+        rate, seconds = order
+        sent = changes = 0
+        behind = 0.0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            due = int(elapsed * rate) - sent
+            if due <= 0:
+                time.sleep(0.0005)
+                continue
+            behind = max(behind, due / rate)
+            for _ in range(min(due, 100)):
+                k = sent % machines
+                session, device = where[k]
+                # a machine's values are one per millisecond at most (the record keys them so)
+                ts = last[k] = max(int(time.time() * 1000), last[k] + 1)
+                n = steps[k] = steps[k] + 1
+                motion = [Sample("spindle_load", float(n % 97), ts), Sample("spindle_speed", float(n % 500), ts)]
+                if shape == "worst" or n % 10 == 0:
+                    changes += 1
+                    execution = EXECUTIONS[(n if shape == "worst" else n // 10) % len(EXECUTIONS)]
+                    values = [Sample("execution", execution, ts), *motion]
+                elif n % 5 == 0:
+                    counts[k] += 1
+                    values = [Sample("part_count", counts[k], ts), *motion]
+                else:
+                    values = [Sample("feed_override", float(90 + n % 20), ts), *motion]
+                msg = session.data(device, values, ts)
+                assert msg is not None
+                client.publish(msg[0], msg[1], qos=0)
+                sent += 1
+        conn.send((sent, changes, time.perf_counter() - start, behind))
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+
+
+# -- the measuring side -----------------------------------------------------------------------
+class _States:
+    """A subscriber to the readable tree (the services login): every state JSON's delay after the
+    newest value it carries (`updated`), and the host's retained health report."""
+
+    def __init__(self, address: BrokerAddress) -> None:
+        self.delays: list[float] = []
+        self.health: dict[str, Any] = {}
+        self.online = threading.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-states", protocol=MQTTProtocolVersion.MQTTv5)
+        c.username_pw_set(address.username, address.password)
+        c.on_connect = lambda client, *_: client.subscribe(
+            [("acme/bench/#", 0), ("spBv1.0/STATE/bench-host", 0)]
+        )
+        c.on_message = self._on_message
+        self._client = c
+        c.connect(address.host, address.port, 30)
+        c.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        arrived = time.time() * 1000
+        topic = msg.topic
+        if topic.endswith("/state"):
+            if not msg.retain:
+                updated = json.loads(msg.payload)["updated"]
+                if updated is not None:
+                    self.delays.append(arrived - parse_iso(updated))
+        elif topic == "spBv1.0/STATE/bench-host":
+            if msg.payload and json.loads(msg.payload).get("online"):
+                self.online.set()
+        elif topic == "acme/bench/_health/host/bench-host":
+            self.health = json.loads(msg.payload)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _rows(record: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{record}?mode=ro", uri=True, timeout=30)) as db:
+        return int(db.execute("SELECT count(*) FROM signal_event").fetchone()[0])
+
+
+def _settle(record: Path, expected: int, quiet_s: float = 1.5, limit_s: float = 30.0) -> int:
+    """The record's rows once they reach `expected` or stop growing for `quiet_s`."""
+    last, still, deadline = -1, 0.0, time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        rows = _rows(record)
+        if rows >= expected:
+            return rows
+        still = still + 0.2 if rows == last else 0.0
+        if still >= quiet_s:
+            return rows
+        last = rows
+        time.sleep(0.2)
+    return last
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int
+    seconds: float
+    metrics: int
+    lost: int
+    heard: int
+    delays: list[float]
+    cpu: float
+    behind_s: float
+
+    @property
+    def line(self) -> str:
+        d = sorted(self.delays)
+        p50 = statistics.median(d) if d else float("nan")
+        p99 = d[int(len(d) * 0.99)] if d else float("nan")
+        return (
+            f"{self.rate:>7,}/s asked {self.sent / self.seconds:>7,.0f}/s sent"
+            f" {self.metrics / self.seconds:>7,.0f} metrics/s  lost {self.lost:>6,}"
+            f"  bare heard {self.heard / max(self.sent, 1):>6.1%}  state p50 {p50:>7.1f} ms"
+            f" p99 {p99:>8.1f} ms  cpu {self.cpu:>4.0%}"
+        )
+
+
+@dataclass
+class Run:
+    machines: int
+    shape: str
+    steps: list[Step] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    seq_gaps: float | None = None
+    rebirths: float | None = None
+
+
+def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_S) -> Run:
+    result = Run(machines, shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = Mosquitto(root / "broker", "acme")
+        broker.start()
+        site, record = root / "site.yaml", root / "record.db"
+        site.write_text(site_yaml(machines))
+        env = {**os.environ, "UNS_MQTT_PASSWORD": broker.creds.password("services")}
+        uns = Path(sys.executable).with_name("uns")
+        context = subprocess.Popen(
+            [str(uns), "--log-level", "WARNING", "context", "--site", str(site)]
+            + ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--record", str(record)],
+            env=env,
+        )
+        states = _States(broker.address("services"))
+        bare = BareCounter(broker.address("services"), "spBv1.0/bench/DDATA/#", "bench-bare")
+        bare.start()
+        ours, theirs = multiprocessing.get_context("spawn").Pipe()
+        gen = multiprocessing.get_context("spawn").Process(
+            target=_generator, args=(theirs, broker.port, broker.creds.password("bridge"), machines, shape)
+        )
+        try:
+            if not states.online.wait(30) or not bare.subscribed.wait(10):
+                raise RuntimeError("the context service did not come online")
+            gen.start()
+            born = ours.recv()
+            rows = _settle(root / "record.db", born)
+            for rate in rates:
+                states.delays.clear()
+                heard0, cpu0 = bare.count, _cpu_s(context.pid)
+                ours.send((rate, step_s))
+                sent, changes, seconds, behind = ours.recv()
+                metrics = sent * 3
+                now_rows = _settle(record, rows + metrics)
+                step = Step(
+                    rate,
+                    sent,
+                    seconds,
+                    metrics,
+                    rows + metrics - now_rows,
+                    bare.count - heard0,
+                    list(states.delays),
+                    (_cpu_s(context.pid) - cpu0) / seconds,
+                    behind,
+                )
+                rows = now_rows
+                result.steps.append(step)
+                if step.lost:
+                    break  # past what it keeps up with
+            result.peak_rss_mib = _peak_rss_mib(context.pid)
+            deadline = time.monotonic() + 12  # the host reports its health every 10 s
+            seen = states.health.get("updated")
+            while time.monotonic() < deadline and states.health.get("updated") == seen:
+                time.sleep(0.2)
+            if states.health:  # (a counter that never moved is not in it)
+                result.seq_gaps = states.health.get("seq_gaps", 0)
+                result.rebirths = states.health.get("rebirths_requested", 0)
+        finally:
+            if gen.is_alive():
+                with contextlib.suppress(OSError):
+                    ours.send(None)
+                gen.join(10)
+            states.stop()
+            bare.stop()
+            context.terminate()
+            try:
+                context.wait(30)
+            except subprocess.TimeoutExpired:
+                context.kill()
+            broker.stop()
+    return result
+
+
+def report() -> None:
+    print("load: N machines (edge nodes of 10) through Mosquitto into `uns context`, 3 metrics a message:")
+    for shape, rates in RATES.items():
+        for machines in SIZES:
+            r = run(machines, shape, rates)
+            print(
+                f"  {shape} shape, {machines} machines, one worker: peak RSS {r.peak_rss_mib:.0f} MiB,"
+                f" seq gaps {r.seq_gaps}, rebirths asked {r.rebirths}"
+            )
+            for step in r.steps:
+                print(f"    {step.line}")
+
+
+if __name__ == "__main__":
+    report()
