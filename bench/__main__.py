@@ -9,6 +9,7 @@ from bench import (
     exports,
     historian,
     host,
+    load,
     mtconnect,
     oee,
     state_latency,
@@ -21,6 +22,7 @@ if __name__ == "__main__":
     host.report()
     context.report()
     state_latency.report()
+    load.report()
     oee.report()
     historian.report()
     store_forward.report()

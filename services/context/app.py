@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 _GOOD = (None, Quality.GOOD)
 HEALTH_PREFIX = "health/"  # the bridges' health metrics (bridge/health.py)
+# Under load, a flush at most this often (seconds): the first change after a quiet spell goes out
+# at once, the rest wait at most this long and share one record transaction (bench/load.py).
+FLUSH_GAP_S = 0.01
 
 
 class ContextService:
@@ -113,6 +116,8 @@ class ContextService:
         self._parts: list[PartsMade] = []
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        self._last_flush = 0.0
+        self.flush_gap_s = FLUSH_GAP_S
         self._client: MqttClient | None = None
         self._state_ts = 0
         self._unknown_devices: set[tuple[str, str, str]] = set()
@@ -250,7 +255,9 @@ class ContextService:
             if event.is_birth:  # no bridge of ours reports its health: its births say it is connected
                 self._health.setdefault(f"machine/{machine.id}", {})["connected"] = True
         values = [
-            SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
+            SignalValue(
+                m.name or "", m.value if m.quality is None or m.quality == Quality.GOOD else None, m.timestamp
+            )
             for m in metrics
             if not m.is_historical
         ]
@@ -521,9 +528,15 @@ class ContextService:
 
     # -- output ----------------------------------------------------------------------------------
     def _schedule_flush(self) -> None:
+        """Flush once the messages at hand are taken; under load, at most once per `flush_gap_s`,
+        so that one record write (one transaction) takes the messages of many hand-overs."""
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            wait = self._last_flush + self.flush_gap_s - time.monotonic()
+            if wait > 0:
+                self._loop.call_later(wait, self.flush)
+            else:
+                self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Publish the changed machines' state, write what changed to the record, then publish what
@@ -535,6 +548,7 @@ class ContextService:
             return
         if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
+        self._last_flush = time.monotonic()
         dirty = sorted(self._dirty)
         pieces = {m: self.current(m) for m in dirty}  # the open intervals, for the record and the tree
         client = self._client

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -329,6 +330,24 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode
 _CHECKPOINTS = frozenset({MachineState.RUNNING, MachineState.COMMS_LOSS})
 
 
+_JSON_FAST: dict[type, Callable[[Any], str]] = {
+    bool: lambda v: "true" if v else "false",
+    int: int.__repr__,
+    float: lambda v: float.__repr__(v) if math.isfinite(v) else json.dumps(v),  # NaN, Infinity as json's
+    str: json.dumps,
+    type(None): lambda v: "null",
+}
+
+
+def value_json(value: Value) -> str:
+    """A signal value as JSON (the event log's column), without the encoder's set-up for the common
+    types: one per metric the host takes."""
+    fast = _JSON_FAST.get(type(value))
+    if fast is not None:
+        return fast(value)
+    return json.dumps(value)
+
+
 def _story(story: Story | None) -> str | None:
     return None if story is None else _compact(story.to_json())
 
@@ -443,7 +462,7 @@ class _Record:
     ) -> None:
         db.executemany(
             "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, ?)",
-            [(m, v.timestamp, v.name, json.dumps(v.value), src) for m, v, src in events],
+            [(m, v.timestamp, v.name, value_json(v.value), src) for m, v, src in events],
         )
         db.executemany(
             f"INSERT OR REPLACE INTO state_interval ({_INTERVAL_COLUMNS}, story, memory)"  # noqa: S608 (constants)
@@ -497,7 +516,7 @@ class _Record:
             db.execute("BEGIN")
             added = db.executemany(
                 "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, 'historical')",
-                [(machine_id, v.timestamp, v.name, json.dumps(v.value)) for v in events],
+                [(machine_id, v.timestamp, v.name, value_json(v.value)) for v in events],
             ).rowcount
             voided = db.execute(
                 "DELETE FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms >= ? AND ts_ms < ?",

@@ -140,8 +140,9 @@ class PartsMade:
     shift: str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class SignalValue:
+class SignalValue(NamedTuple):
+    """One value of a signal at its source timestamp (a tuple: the host makes one per metric)."""
+
     name: str
     value: Value  # None: unknown (null or bad quality)
     timestamp: int

@@ -101,6 +101,18 @@ def test_known_wire_bytes() -> None:
             ).SerializeToString(),
             "datatype STRING but value 1",
         ),
+        (  # the types taken as read (Double, String, Boolean) are checked all the same
+            pb.SpbPayload(
+                timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=10, string_value="1.5")]
+            ).SerializeToString(),
+            "datatype DOUBLE but value '1.5'",
+        ),
+        (
+            pb.SpbPayload(
+                timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=11, int_value=1)]
+            ).SerializeToString(),
+            "datatype BOOLEAN but value 1",
+        ),
         (
             pb.SpbPayload(
                 timestamp=1, metrics=[pb.SpbMetric(name="x", timestamp=1, datatype=12)]

@@ -207,31 +207,37 @@ def typed_value(where: str, datatype: DataType, value: bool | int | float | str 
     return value
 
 
+_DATATYPES = {int(d): d for d in DataType}
+# what each type's value field already holds as it is (no unwrapping, no rounding): taken as read
+_AS_READ = {DataType.DOUBLE: float, DataType.STRING: str, DataType.TEXT: str, DataType.BOOLEAN: bool}
+
+
+def _where(index: int, name: str | None, alias: int | None) -> str:
+    return f"metric #{index} ({name if name is not None else alias!r})"
+
+
 def _metric_from_pb(index: int, m: pb.SpbMetric, untimed: Collection[str] | None, payload_ms: int) -> Metric:
     # `untimed`: the names that may come without a timestamp (they take the payload's); None: any
     # The per-message hot path of the host: the error text is only built when there is an error.
-    name = m.name if m.HasField("name") else None
-    alias = m.alias if m.HasField("alias") else None
-
-    def where() -> str:
-        return f"metric #{index} ({name if name is not None else alias!r})"
-
+    has = m.HasField
+    name = m.name if has("name") else None
+    alias = m.alias if has("alias") else None
     if name is None and alias is None:
-        raise PayloadError(f"{where()}: has neither a name nor an alias")
-    timestamp = m.timestamp
-    if not m.HasField("timestamp"):
-        if untimed is not None and (name is None or name not in untimed):
-            raise PayloadError(f"{where()}: has no timestamp")
+        raise PayloadError(f"{_where(index, name, alias)}: has neither a name nor an alias")
+    if has("timestamp"):
+        timestamp = m.timestamp
+    elif untimed is not None and (name is None or name not in untimed):
+        raise PayloadError(f"{_where(index, name, alias)}: has no timestamp")
+    else:
         timestamp = payload_ms
     datatype: DataType | None = None
     code = m.datatype
     if code:
-        try:
-            datatype = DataType(code)
-        except ValueError:
-            raise PayloadError(f"{where()}: unsupported datatype {code}") from None
+        datatype = _DATATYPES.get(code)
+        if datatype is None:
+            raise PayloadError(f"{_where(index, name, alias)}: unsupported datatype {code}")
     quality: int | None = None
-    if m.HasField("properties"):
+    if has("properties"):
         for key, prop in zip(m.properties.keys, m.properties.values, strict=False):
             kind = prop.WhichOneof("value")
             if key == QUALITY_PROPERTY and kind in ("int_value", "long_value"):
@@ -240,10 +246,10 @@ def _metric_from_pb(index: int, m: pb.SpbMetric, untimed: Collection[str] | None
     if not m.is_null:
         which = m.WhichOneof("value")
         if which is None:
-            raise PayloadError(f"{where()}: carries no value and is not marked null")
+            raise PayloadError(f"{_where(index, name, alias)}: carries no value and is not marked null")
         value = getattr(m, which)
-        if datatype is not None:
-            value = typed_value(where(), datatype, value)
+        if datatype is not None and type(value) is not _AS_READ.get(datatype):
+            value = typed_value(_where(index, name, alias), datatype, value)
     return Metric(name, alias, timestamp, datatype, value, m.is_historical, m.is_transient, quality)
 
 
@@ -267,7 +273,7 @@ def decode(data: bytes, *, untimed: Collection[str] = ()) -> Payload:
     if not msg.HasField("timestamp"):
         raise PayloadError("payload has no timestamp")
     ts = msg.timestamp
-    metrics = tuple(_metric_from_pb(i, m, untimed, ts) for i, m in enumerate(msg.metrics))
+    metrics = tuple([_metric_from_pb(i, m, untimed, ts) for i, m in enumerate(msg.metrics)])
     return Payload(ts, metrics, msg.seq if msg.HasField("seq") else None)
 
 
