@@ -64,7 +64,7 @@ SIGNALS = (
 SIZES = (50, 200, 500)
 STEP_S = float(os.environ.get("BENCH_LOAD_STEP_S", "3"))
 # messages per second, by shape: a low rate first (the UNS's own latency), then up
-RATES = {"worst": (50, 2_000, 5_000, 10_000), "realistic": (5_000, 10_000, 17_000)}
+RATES = {"worst": (50, 2_000, 5_000, 10_000), "realistic": (2_000, 5_000, 10_000, 17_000)}
 EXECUTIONS = ("READY", "ACTIVE", "READY", "INTERRUPTED")  # n from 1: the first is a change
 
 
@@ -370,12 +370,13 @@ def report() -> None:
             )
             for step in r.steps:
                 print(f"    {step.line}")
-            kept = [s for s in r.steps if not s.lost and s.catch_up_s < 1.0]
+            kept = [s for s in r.steps if not s.lost and s.p99 < 1000]  # no backlog building up
             fast = [s for s in kept if s.p99 < 100]
+            pace = max((s.sent / s.seconds for s in kept), default=0)
+            quick = max((s.sent / s.seconds for s in fast), default=0)
             print(
-                f"    kept pace (nothing lost, the record within 1 s) up to"
-                f" {max((s.sent / s.seconds for s in kept), default=0):,.0f} msg/s;"
-                f" with p99 under 100 ms up to {max((s.sent / s.seconds for s in fast), default=0):,.0f} msg/s"
+                f"    kept pace (nothing lost, p99 under 1 s) up to {pace:,.0f} msg/s;"
+                f" with p99 under 100 ms up to {quick:,.0f} msg/s"
             )
 
 
