@@ -84,24 +84,26 @@ def site_yaml(machines: int) -> str:
         lines += [f"          - name: c{cell // PER_EDGE:03d}", "            machines:"]
         for i in range(cell, min(cell + PER_EDGE, machines)):
             lines.append(
-                f"              - {{id: m{i:03d}, edge_node: e{i // PER_EDGE:03d}, source: {{protocol: opcua,"
+                f"              - {{id: m{i:03d}, edge_node: {_edge(i)}, source: {{protocol: opcua,"
                 f" endpoint: 'opc.tcp://127.0.0.1:4840', signals: {{{signals}}}}}}}"
             )
     return "\n".join(lines) + "\n"
 
 
 # -- the load generator (its own process) ----------------------------------------------------
+def _edge(machine: int) -> str:
+    return f"e{machine // PER_EDGE:03d}"
+
+
 def _generator(conn: Connection, port: int, password: str, machines: int, shape: str) -> None:
     defs = metric_defs(SIGNALS)
     now = int(time.time() * 1000)
     sessions: dict[str, EdgeSession] = {}
     for first in range(0, machines, PER_EDGE):
         devices = {f"m{j:03d}": defs for j in range(first, min(first + PER_EDGE, machines))}
-        session = sessions[f"e{first // PER_EDGE:03d}"] = EdgeSession(
-            "bench", f"e{first // PER_EDGE:03d}", devices
-        )
+        session = sessions[_edge(first)] = EdgeSession("bench", _edge(first), devices)
         session.new_connection(now)
-    where = [(sessions[f"e{i // PER_EDGE:03d}"], f"m{i:03d}") for i in range(machines)]
+    where = [(sessions[_edge(i)], f"m{i:03d}") for i in range(machines)]
     ready: dict[str, bool | int | float | str] = {
         "execution": "READY",
         "mode": "AUTOMATIC",
@@ -130,15 +132,13 @@ def _generator(conn: Connection, port: int, password: str, machines: int, shape:
     last = [now] * machines
     while (order := conn.recv()) is not None:
         rate, seconds = order
-        sent = changes = 0
-        behind = 0.0
+        sent = 0
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
             due = int(elapsed * rate) - sent
             if due <= 0:
                 time.sleep(0.0005)
                 continue
-            behind = max(behind, due / rate)
             for _ in range(min(due, 100)):
                 k = sent % machines
                 session, device = where[k]
@@ -150,7 +150,6 @@ def _generator(conn: Connection, port: int, password: str, machines: int, shape:
                     Sample("spindle_speed", float(n % 500), ts),
                 ]
                 if shape == "worst" or n % 10 == 0:
-                    changes += 1
                     execution = EXECUTIONS[(n if shape == "worst" else n // 10) % len(EXECUTIONS)]
                     values = [Sample("execution", execution, ts), *motion]
                 elif n % 5 == 0:
@@ -162,7 +161,7 @@ def _generator(conn: Connection, port: int, password: str, machines: int, shape:
                 assert msg is not None
                 client.publish(msg[0], msg[1], qos=0)
                 sent += 1
-        conn.send((sent, changes, time.perf_counter() - start, behind))
+        conn.send((sent, time.perf_counter() - start))
     time.sleep(0.5)
     client.disconnect()
     client.loop_stop()
@@ -170,8 +169,8 @@ def _generator(conn: Connection, port: int, password: str, machines: int, shape:
 
 # -- the measuring side -----------------------------------------------------------------------
 class _States:
-    """A subscriber to the readable tree (the services login): every state JSON's delay after the
-    newest value it carries (`updated`), and the host's retained health report."""
+    """A subscriber to the readable tree (the services login): the delay of every state JSON that
+    shows a new state after the value that began it (`since`), and the host's retained health."""
 
     def __init__(self, address: BrokerAddress) -> None:
         self.delays: list[float] = []
@@ -254,7 +253,6 @@ class Step:
     heard: int
     delays: list[float]
     cpu: float
-    behind_s: float  # the generator's worst lag behind its own schedule
     catch_up_s: float  # after the last message sent, until the record had every value
 
     @property
@@ -316,7 +314,7 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
                 states.delays.clear()
                 heard0, cpu0 = bare.count, _cpu_s(context.pid)
                 ours.send((rate, step_s))
-                sent, _changes, seconds, behind = ours.recv()
+                sent, seconds = ours.recv()
                 metrics = sent * 3
                 now_rows, catch_up = _settle(record, rows + metrics)
                 step = Step(
@@ -328,7 +326,6 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
                     bare.count - heard0,
                     list(states.delays),
                     (_cpu_s(context.pid) - cpu0) / (seconds + catch_up),
-                    behind,
                     catch_up,
                 )
                 rows = now_rows

@@ -255,9 +255,7 @@ class ContextService:
             if event.is_birth:  # no bridge of ours reports its health: its births say it is connected
                 self._health.setdefault(f"machine/{machine.id}", {})["connected"] = True
         values = [
-            SignalValue(
-                m.name or "", m.value if m.quality is None or m.quality == Quality.GOOD else None, m.timestamp
-            )
+            SignalValue(m.name or "", m.value if m.quality in _GOOD else None, m.timestamp)
             for m in metrics
             if not m.is_historical
         ]

@@ -805,20 +805,20 @@ class HostSession:
                     continue
                 datatype = known
             value = m.value
-            if m.datatype is not datatype:
-                if value is not None:
-                    try:
-                        if m.datatype is not None:
-                            raise PayloadError(
-                                f"{name!r} is {m.datatype.name} here but {datatype.name} in the birth"
-                            )
-                        value = typed_value(name, datatype, value)
-                    except PayloadError as exc:
-                        bad.append(str(exc))
-                        continue
-            elif m.name is not None:
-                resolved.append(m)  # named and typed as its birth says: as it came
-                continue
+            if m.datatype is datatype:
+                if m.name is not None:
+                    resolved.append(m)  # named and typed as its birth says: as it came
+                    continue
+            elif value is not None:
+                try:
+                    if m.datatype is not None:
+                        raise PayloadError(
+                            f"{name!r} is {m.datatype.name} here but {datatype.name} in the birth"
+                        )
+                    value = typed_value(name, datatype, value)
+                except PayloadError as exc:
+                    bad.append(str(exc))
+                    continue
             resolved.append(
                 Metric(
                     name, m.alias, m.timestamp, datatype, value, m.is_historical, m.is_transient, m.quality
