@@ -697,6 +697,28 @@ class OeeConfig(_Strict):
         return self
 
 
+class WorkerConfig(_Strict):
+    """One context worker's partition: the edge nodes it keeps (`edge_node`, or `group/edge_node` for
+    an edge node of another group) and the Sparkplug groups it keeps whole."""
+
+    edge_nodes: list[Annotated[str, Field(min_length=1)]] = []
+    groups: list[Annotated[str, _sparkplug_id("group id")]] = []
+    host_id: Annotated[str, _sparkplug_id("host id")] | None = None  # None: <sparkplug.host_id>-<name>
+
+    @model_validator(mode="after")
+    def _owns_something(self) -> WorkerConfig:
+        if not self.edge_nodes and not self.groups:
+            raise ValueError("a worker keeps at least one edge node or group (edge_nodes, groups)")
+        return self
+
+
+class ContextConfig(_Strict):
+    """How the context service is split into workers (docs/operations.md, 'Several context
+    workers'). Without `workers`, one context service keeps every machine."""
+
+    workers: dict[Annotated[str, _sparkplug_id("worker name")], WorkerConfig] = {}
+
+
 class SiteConfig(_Strict):
     enterprise: Annotated[str, _segment("enterprise")]
     site: Annotated[str, _segment("site")]
@@ -706,6 +728,7 @@ class SiteConfig(_Strict):
     shifts: ShiftsConfig | None = None
     downtime: DowntimeConfig = DowntimeConfig()
     oee: OeeConfig = OeeConfig()
+    context: ContextConfig = ContextConfig()
 
     @field_validator("timezone")
     @classmethod
@@ -748,6 +771,40 @@ class Machine:
         return None
 
 
+EdgeKey = tuple[str, str]  # (Sparkplug group, edge node id)
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """What one context worker keeps: its name ("" when the site has one context service), the
+    Sparkplug host id it runs as, and the edge nodes whose machines it keeps."""
+
+    name: str
+    host_id: str
+    edge_nodes: frozenset[EdgeKey]
+
+    def __str__(self) -> str:
+        nodes = ", ".join("/".join(k) for k in sorted(self.edge_nodes))
+        who = f"context worker {self.name!r}" if self.name else "the context service"
+        return f"{who} (host id {self.host_id}; edge nodes {nodes})"
+
+
+def _edge_key(text: str, site_group: str) -> EdgeKey:
+    """`edge_node` (of the site's group) or `group/edge_node` as (group, edge node)."""
+    group, slash, edge = text.rpartition("/")
+    return (group if slash else site_group, edge)
+
+
+def _edge_keys(config: SiteConfig) -> list[EdgeKey]:
+    """Every (group, edge node) the site's machines come under, in the order of the file."""
+    group = config.sparkplug.group_id
+    keys = [
+        m.source.key(group, m.id)[:2] if isinstance(m.source, SparkplugSource) else (group, m.edge_node)
+        for _, m in _machine_locs(config)
+    ]
+    return list(dict.fromkeys(keys))
+
+
 @dataclass(frozen=True, slots=True)
 class Site:
     config: SiteConfig
@@ -761,6 +818,63 @@ class Site:
     @property
     def host_id(self) -> str:
         return self.config.sparkplug.host_id
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the context service runs as several workers (`context.workers`)."""
+        return bool(self.config.context.workers)
+
+    def partitions(self) -> tuple[Partition, ...]:
+        """The context workers, in the order of the file (the first is the lead: it answers the
+        commands that no worker's machines settle); one that keeps everything without `context.workers`."""
+        keys = _edge_keys(self.config)
+        workers = self.config.context.workers
+        if not workers:
+            return (Partition("", self.host_id, frozenset(keys)),)
+        return tuple(
+            Partition(
+                name,
+                w.host_id or f"{self.host_id}-{name}",
+                frozenset(k for k in keys if k[0] in w.groups)
+                | frozenset(_edge_key(e, self.group_id) for e in w.edge_nodes),
+            )
+            for name, w in workers.items()
+        )
+
+    def partition(self, worker: str | None) -> Partition:
+        """The partition of `worker` (None: the only one). ValueError names the workers there are."""
+        parts = self.partitions()
+        names = ", ".join(p.name for p in parts)
+        if worker is None:
+            if self.partitioned:
+                raise ValueError(
+                    f"the site model splits the context service into workers ({names}):"
+                    " say which one this is (uns context --worker NAME)"
+                )
+            return parts[0]
+        for p in parts:
+            if p.name == worker:
+                return p
+        if not self.partitioned:
+            raise ValueError(
+                f"worker {worker!r}: the site model has no context.workers (one context service"
+                " keeps every machine): leave out --worker"
+            )
+        raise ValueError(f"no context worker {worker!r} in the site model (its workers: {names})")
+
+    def edge_key(self, machine: Machine) -> EdgeKey:
+        """(group, edge node) that a machine's data comes under."""
+        return self.sparkplug_key(machine)[:2]
+
+    def owner(self, machine: Machine) -> Partition:
+        """The partition that keeps a machine."""
+        key = self.edge_key(machine)
+        return next(p for p in self.partitions() if key in p.edge_nodes)
+
+    def primary_host(self, edge_node_id: str) -> str:
+        """The host id that one of our bridges' edge nodes takes as its primary host."""
+        key = (self.group_id, edge_node_id)
+        return next((p.host_id for p in self.partitions() if key in p.edge_nodes), self.host_id)
 
     def machine(self, machine_id: str) -> Machine:
         for m in self.machines:
@@ -947,6 +1061,7 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
             first_seen[machine.id] = line
         machines.append(machine)
     problems += _sparkplug_key_problems(config, root, filename)
+    problems += [f"{filename}:{_line_of(root, loc)}: {msg}" for loc, msg in _worker_problems(config)]
     if problems:
         raise SiteConfigError(problems)
     return Site(config, tuple(machines))
@@ -980,6 +1095,66 @@ def _sparkplug_key_problems(config: SiteConfig, root: yaml.Node | None, filename
                 " nodes: a foreign edge node needs an id of its own"
             )
     return problems
+
+
+def _worker_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
+    """Context workers that name an edge node or group the site does not have, edge nodes kept by
+    two workers or by none, and two workers with one host id."""
+    workers = config.context.workers
+    if not workers:
+        return
+    keys = _edge_keys(config)
+    groups = list(dict.fromkeys(g for g, _ in keys))
+    group = config.sparkplug.group_id
+    kept: dict[EdgeKey, list[str]] = {}
+    hosts: dict[str, str] = {}
+    for name, w in workers.items():
+        where: Loc = ("context", "workers", name)
+        for n, text in enumerate(w.edge_nodes):
+            key = _edge_key(text, group)
+            if "/" in key[0] or not key[0] or not key[1] or key not in keys:
+                known = ", ".join(e if g == group else f"{g}/{e}" for g, e in keys)
+                yield (
+                    (*where, "edge_nodes", n),
+                    f"context.workers.{name}.edge_nodes[{n}]: no edge node {text!r} in the site model"
+                    f" (its edge nodes: {known}; one of another group as group/edge_node)",
+                )
+                continue
+            if name not in kept.setdefault(key, []):
+                kept[key].append(name)
+        for n, g in enumerate(w.groups):
+            if g not in groups:
+                yield (
+                    (*where, "groups", n),
+                    f"context.workers.{name}.groups[{n}]: no machine of the site model comes under"
+                    f" group {g!r} (its groups: {', '.join(groups)})",
+                )
+            for key in keys:
+                if key[0] == g and name not in kept.setdefault(key, []):
+                    kept[key].append(name)
+        host = w.host_id or f"{config.sparkplug.host_id}-{name}"
+        other = hosts.setdefault(host, name)
+        if other != name:
+            yield (
+                (*where, "host_id"),
+                f"context.workers.{name}: host id {host!r} is worker {other!r}'s already"
+                " (each worker is a Sparkplug host of its own)",
+            )
+    for key in keys:
+        owners = kept.get(key, [])
+        if len(owners) > 1:
+            yield (
+                ("context", "workers", owners[1]),
+                f"context.workers: edge node {'/'.join(key)} is kept by workers"
+                f" {' and '.join(repr(o) for o in owners)}: each edge node belongs to exactly one",
+            )
+    unkept = ["/".join(k) for k in keys if k not in kept]
+    if unkept:
+        yield (
+            ("context", "workers"),
+            f"context.workers: edge nodes {', '.join(unkept)} are kept by no worker"
+            " (add each to one worker's edge_nodes)",
+        )
 
 
 def _rule_problems(config: SiteConfig) -> Iterator[tuple[Loc, str]]:
