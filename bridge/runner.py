@@ -34,7 +34,9 @@ def make_edge_node(
     session = EdgeSession(
         site.group_id, edge_node_id, devices, health.NODE_METRICS, last_bdseq=buffer.last_bdseq
     )
-    return EdgeNode(session, address, clock, primary_host_id=site.host_id, buffer=buffer)
+    # its primary host: the context worker that keeps it (the one context service, without workers)
+    primary = site.primary_host(edge_node_id)
+    return EdgeNode(session, address, clock, primary_host_id=primary, buffer=buffer)
 
 
 def _reader(node: EdgeNode, machine: Machine, clock: Clock) -> OpcUaReader | ModbusReader | MtConnectReader:

@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--site", type=Path, default=DEFAULT_SITE)
     context.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     context.add_argument("--record", type=Path, default=Path("var/record.db"))
+    context.add_argument(
+        "--worker",
+        default=None,
+        metavar="NAME",
+        help="run as this worker of the site model's context.workers (its edge nodes only)",
+    )
     _clock_options(context)
 
     api = sub.add_parser("api", help="serve the HTTP API over the record (UNS_API_TOKEN)")
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(processes.bridge(site, args.broker, args.edge_node, args.buffer_dir, clock_of(args)))
             return 0
         if args.command == "context":
-            asyncio.run(processes.context(site, args.broker, args.record, clock_of(args)))
+            asyncio.run(processes.context(site, args.broker, args.record, clock_of(args), args.worker))
             return 0
         if args.command == "historian":
             asyncio.run(processes.historian(site, args.record, args.memory))

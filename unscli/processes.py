@@ -26,7 +26,7 @@ from bridge.sim.cnc import run_simulator
 from services.api.app import create_app
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
-from services.context.app import ContextService
+from services.context.app import ContextService, check_unheld
 from services.context.reasons import taxonomy
 from services.context.record import RecordStore
 from services.context.shifts import calendar_for
@@ -148,10 +148,17 @@ async def bridge(
     await _until_signal(lambda stop: run_bridge(site, addresses, wall, stop, edge_nodes, buffer_dir))
 
 
-async def context(site: Site, url: str, record: Path, clock: Clock | None = None) -> None:
+async def context(
+    site: Site, url: str, record: Path, clock: Clock | None = None, worker: str | None = None
+) -> None:
+    """The context service, or one worker of a partitioned site (`worker`): refused (ValueError,
+    PartitionHeldError) for a worker the site does not have or one another live worker holds."""
     address = broker_address(url, "services")
+    site.partition(worker)  # a worker the site model does not have: said before anything starts
+    if site.partitioned:
+        await check_unheld(site, worker, address)
     store = RecordStore(record)
-    service = ContextService(site, store, address, clock or WallClock())
+    service = ContextService(site, store, address, clock or WallClock(), worker)
     service.start(asyncio.get_running_loop())
 
     async def run(stop: asyncio.Event) -> None:

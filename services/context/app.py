@@ -7,6 +7,12 @@ commands (dispatch lists, operators, holds, reasons, scrap: services/context/int
 operator and reason (services/context/timeline.py) and part counts to the record, and publishes per
 machine, under `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`: `state` and `job` (retained
 JSON) and `intervals` (each closed record interval as it is written; not retained).
+
+A site model with `context.workers` splits it: each worker keeps the machines of its edge nodes only,
+is a Sparkplug host of its own (its own host id and STATE, which its edge nodes take as their primary
+host), subscribes to its edge nodes' topics only, and answers the commands about its machines
+(services/context/intake.py `Intake.owner`). `check_unheld` refuses a second worker for a partition
+that a live one holds.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from services.context import reasons, timeline
@@ -37,11 +44,11 @@ from services.context.state import (
 )
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
-from uns.site import Machine, Signal, Site, SparkplugSource
+from uns.site import Machine, Partition, Signal, Site, SparkplugSource
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
 from uns.sparkplug.host import Event as HostEvent
 from uns.sparkplug.payload import Metric, Quality
-from uns.sparkplug.topic import state_topic
+from uns.sparkplug.topic import parse_state, state_topic
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +60,34 @@ FLUSH_GAP_S = 0.01
 
 
 class ContextService:
-    def __init__(self, site: Site, store: RecordStore, address: BrokerAddress, clock: Clock) -> None:
+    def __init__(
+        self,
+        site: Site,
+        store: RecordStore,
+        address: BrokerAddress,
+        clock: Clock,
+        worker: str | None = None,
+    ) -> None:
+        """`worker`: the context worker of a partitioned site (`context.workers`) this is; None for
+        a site without workers. ValueError names the workers there are."""
         self.site = site
         self.store = store
         self.address = address
         self.clock = clock
+        self.partition: Partition = site.partition(worker)
+        self.host_id = self.partition.host_id
+        # the machines this one keeps: all of them, or those of its partition's edge nodes
+        owned = tuple(m for m in site.machines if site.edge_key(m) in self.partition.edge_nodes)
+        self.owned = owned
         self.host = HostSession()
-        self._machines: dict[tuple[str, str, str], Machine] = {
-            site.sparkplug_key(m): m for m in site.machines
-        }
+        self._machines: dict[tuple[str, str, str], Machine] = {site.sparkplug_key(m): m for m in owned}
         # machines of foreign edge nodes: their metric names and values, as ours
         self._foreign = {
             m.id: ForeignMetrics(m.id, m.source, self.host.counters)
-            for m in site.machines
+            for m in owned
             if isinstance(m.source, SparkplugSource)
         }
-        store.register_machines((m.id, str(m.path), m.name) for m in site.machines)
+        store.register_machines((m.id, str(m.path), m.name) for m in owned)
         shifts = site.config.shifts
         self.calendar = calendar_for(shifts, site.config.timezone) if shifts is not None else None
         self.taxonomy = reasons.taxonomy(site.config.downtime)
@@ -77,7 +96,7 @@ class ContextService:
         self.holds = store.holds()  # one list for every machine: a hold on a job follows the job
         self.contexts: dict[str, timeline.MachineContext] = {}
         self.books: dict[str, OperationBook] = {}
-        for m in site.machines:
+        for m in owned:
             ctx = timeline.MachineContext(
                 m.id, holds=self.holds, overrides=store.overrides(m.id), verdicts=store.verdicts(m.id)
             )
@@ -91,7 +110,7 @@ class ContextService:
             self.contexts[m.id], self.books[m.id] = ctx, book
         restored = {c.machine_id: c for c in store.current_states()}
         self.trackers: dict[str, MachineTracker] = {}
-        for m in site.machines:
+        for m in owned:
             c = restored.get(m.id)
             self.trackers[m.id] = (
                 MachineTracker(
@@ -132,22 +151,32 @@ class ContextService:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._client = MqttClient(
-            f"uns-host.{self.site.host_id}",
+            f"uns-host.{self.host_id}",
             self.address,
             self,
             loop,
             will=self._will,
-            subscriptions=(("spBv1.0/#", 0), (f"{self.root}/_command/+", 1)),
+            subscriptions=(*self._sparkplug_filters(), (f"{self.root}/_command/+", 1)),
         )
         self._client.start()
         self._health_task = loop.create_task(
             self._report_health(self.health_interval_s), name="context.health"
         )
 
+    def _sparkplug_filters(self) -> tuple[tuple[str, int], ...]:
+        """Everything Sparkplug, or (a worker of a partitioned site) its edge nodes' topics only:
+        node messages `spBv1.0/<group>/+/<edge>` and device messages `.../<edge>/+`."""
+        if not self.site.partitioned:
+            return (("spBv1.0/#", 0),)
+        nodes = sorted(self.partition.edge_nodes)
+        return tuple(
+            (f"spBv1.0/{group}/+/{edge}{devices}", 0) for group, edge in nodes for devices in ("", "/+")
+        )
+
     def _will(self) -> Will:
         # The Will and the online STATE of one connection carry the same timestamp.
         self._state_ts = self.clock.now_ms()
-        return Will(state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True)
+        return Will(state_topic(self.host_id), state_payload(False, self._state_ts), qos=1, retain=True)
 
     async def stop(self) -> None:
         """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed.
@@ -158,7 +187,7 @@ class ContextService:
         client = self._client
         if client is not None:
             await client.publish_and_wait(
-                state_topic(self.site.host_id), state_payload(False, self._state_ts), qos=1, retain=True
+                state_topic(self.host_id), state_payload(False, self._state_ts), qos=1, retain=True
             )
             client.stop()
             client.drain()
@@ -177,7 +206,7 @@ class ContextService:
     def on_connected(self) -> None:
         assert self._client is not None
         self._client.publish(
-            state_topic(self.site.host_id), state_payload(True, self._state_ts), qos=1, retain=True
+            state_topic(self.host_id), state_payload(True, self._state_ts), qos=1, retain=True
         )
         self._dirty.update(self.trackers)  # republish the retained tree
         self._schedule_flush()
@@ -197,6 +226,8 @@ class ContextService:
             return
         if not payload or self._stopped:
             return  # the empty message that cleared one
+        if not self.intake.lead:
+            return  # the lead worker clears it and answers
         self.host.counters["commands_retained"] += 1
         command_id, reply_to = _envelope(payload)
         logger.warning(
@@ -214,7 +245,11 @@ class ContextService:
         if self._stopped:
             return
         if not topic.startswith("spBv1.0/"):
-            self.command(topic.rpartition("/")[2], payload, via="mqtt")
+            kind = topic.rpartition("/")[2]
+            if not self.intake.mine(kind, payload):
+                self.host.counters["commands_for_other_workers"] += 1
+                return
+            self.command(kind, payload, via="mqtt")
             self._schedule_flush()
             return
         self._host_events(self.host.handle(topic, payload, time.monotonic()))
@@ -467,7 +502,7 @@ class ContextService:
             self._refresh_stops()
             now = self.clock.now_ms()
             scopes: dict[str, dict[str, bool | int | float | None]] = {
-                f"host/{self.site.host_id}": {
+                f"host/{self.host_id}": {
                     **dict(self.host.counters),
                     "connected": self._client is not None and self._client.connected,
                     "nodes_online": len(self.host.nodes),
@@ -658,6 +693,85 @@ class ContextService:
                 "candidates": [{"job": j, "operation": o} for j, o in pending.candidates],
             },
         }
+
+
+class PartitionHeldError(RuntimeError):
+    """A context worker that must not start: another live one holds its partition (or the broker
+    could not be asked)."""
+
+
+class _StateCheck:
+    """Reads the retained STATE of one host id. The marker it sends itself after subscribing comes
+    back after any retained message of that subscription (the broker sends those first), so it
+    knows when there is none."""
+
+    def __init__(self, host_id: str, marker: str) -> None:
+        self.host_id = host_id
+        self.marker = marker
+        self.client: MqttClient | None = None
+        self.state: bytes | None = None
+        self.done = asyncio.Event()
+
+    def on_connected(self) -> None:
+        assert self.client is not None
+        self.client.publish(self.marker, b"check", 1, False)
+
+    def on_disconnected(self, reason: str) -> None:
+        pass
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.marker:
+            self.done.set()
+        elif parse_state(topic) == self.host_id:
+            self.state = payload
+
+    def on_retained(self, topic: str, payload: bytes) -> None:
+        if parse_state(topic) == self.host_id:
+            self.state = payload
+
+
+async def check_unheld(
+    site: Site, worker: str | None, address: BrokerAddress, timeout_s: float = 30.0
+) -> None:
+    """Refuse to start a context worker whose host STATE (`spBv1.0/STATE/<host id>`, retained) says
+    online: another live worker holds the partition. One that died has had its Will (offline)
+    published by the broker, so its replacement may start. PartitionHeldError says which and why."""
+    partition = site.partition(worker)
+    host = partition.host_id
+    root = f"{site.config.enterprise}/{site.config.site}"
+    check = _StateCheck(host, f"{root}/_reply/context/{host}/{uuid.uuid4().hex}")
+    check.client = MqttClient(
+        f"uns-check.{host}.{uuid.uuid4().hex[:8]}",
+        address,
+        check,
+        asyncio.get_running_loop(),
+        subscriptions=((state_topic(host), 1), (check.marker, 1)),
+    )
+    check.client.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await check.done.wait()
+    except TimeoutError:
+        raise PartitionHeldError(
+            f"{partition}: could not read {state_topic(host)} from the broker {address} within"
+            f" {timeout_s:g} s, so whether another worker holds the partition is unknown; not started"
+        ) from None
+    finally:
+        check.client.stop()
+    if check.state is None:
+        return
+    try:
+        doc = json.loads(check.state)
+        online, since = bool(doc["online"]), int(doc["timestamp"])
+    except (ValueError, KeyError, TypeError):
+        logger.warning("%s: unreadable STATE %r; taken as offline", state_topic(host), check.state[:100])
+        return
+    if online:
+        raise PartitionHeldError(
+            f"{partition} is held by another live worker: {state_topic(host)} says online since"
+            f" {iso(since)}. Stop that one first (one that died is replaced as soon as the broker has"
+            " published its Will, offline)"
+        )
 
 
 def _context_json(piece: Interval | None) -> dict[str, Any]:

@@ -3,6 +3,14 @@ stored, and put on the machines' timelines. What a command says about the past (
 machine's latest data) makes the service recompute that machine's record from then.
 
 Every refusal is a `CommandError` whose message names what and where; nothing is stored then.
+
+A site split into context workers (`context.workers`): every worker hears every command and exactly
+one applies or refuses it, decided by `Intake.owner` from the site model alone (and, for a hold's
+close, the record's hold): the worker that keeps the machine the command names. What names no
+machine of one worker goes to the lead (the first worker listed), which refuses it if it spans
+workers: a dispatch for a cell whose machines several workers keep, a hold on a job without a
+machine, an operation to move from one worker's machine to another's while it is planned there.
+Unreadable commands and unknown machines are the lead's to refuse too.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from services.context.commands import (
     PlannedOperation,
     ReasonCommand,
     ms,
+    parse,
 )
 from services.context.jobs import CANCELLED, PLANNED, Operation
 from services.context.record import said
@@ -47,6 +56,39 @@ class Intake:
         for m in site.machines:
             self.cells.setdefault(f"{m.path.area}/{m.path.line}/{m.path.cell}", []).append(m.id)
         self.window_ms = int(site.config.downtime.reason_window_hours * 3_600_000)
+        self.worker = service.partition.name
+        self.workers = {m.id: site.owner(m).name for m in site.machines}  # machine -> its worker
+        self.lead = service.partition == site.partitions()[0]
+
+    # -- which worker answers ---------------------------------------------------------------------
+    def mine(self, kind: str, payload: bytes) -> bool:
+        """Whether this worker applies (or refuses) the command: always, without workers."""
+        return not self.service.site.partitioned or self.owner(kind, payload) == self.worker
+
+    def owner(self, kind: str, payload: bytes) -> str:
+        """The worker that answers a command (see the module's docstring)."""
+        lead = self.service.site.partitions()[0].name
+        try:
+            cmd = parse(kind, payload)
+        except CommandError:
+            return lead  # refused by the lead
+        machine: str | None
+        if isinstance(cmd, Dispatch):
+            if cmd.cell is not None and cmd.machine is None:
+                owners = {self.workers[m] for m in self.cells.get(cmd.cell, [])}
+                return owners.pop() if len(owners) == 1 else lead
+            machine = cmd.machine if cmd.cell is None else None
+        elif isinstance(cmd, DispatchUpdate):
+            machine = cmd.operation.machine
+        elif isinstance(cmd, HoldCommand):
+            machine = cmd.machine
+            if cmd.action == "close":  # the worker that keeps the hold's machine, whatever it says
+                held = next((h for h in self.service.store.holds() if h.hold_id == cmd.hold), None)
+                if held is not None:
+                    machine = held.machine_id
+        else:
+            machine = cmd.machine
+        return self.workers.get(machine or "", lead)
 
     def apply(self, cmd: Command, via: str) -> dict[str, Any]:
         now = self.service.clock.now_ms()
@@ -71,6 +113,12 @@ class Intake:
     def _machine(self, machine_id: str, what: str) -> str:
         if machine_id not in self.machines:
             raise CommandError(f"{what}: no machine {machine_id!r} in the site model", 404)
+        if machine_id not in self.service.trackers:
+            raise CommandError(
+                f"{what}: machine {machine_id} is kept by context worker {self.workers[machine_id]!r},"
+                f" not by this one ({self.worker!r})",
+                409,
+            )
         return machine_id
 
     def _past(self, machine_id: str, at: int) -> None:
@@ -98,6 +146,17 @@ class Intake:
             ms(p.planned_end) if p.planned_end else None,
         )
         op.dispatched_ms = existing.dispatched_ms if existing is not None else now
+        if (
+            existing is not None
+            and existing.status == PLANNED
+            and existing.machine_id not in self.service.books
+        ):
+            raise CommandError(
+                f"{where}: {p.job}/{p.operation} is planned on {existing.machine_id}, which context"
+                f" worker {self.workers.get(existing.machine_id)!r} keeps: cancel it there first"
+                " (dispatch_update with cancel: true), then plan it here",
+                409,
+            )
         if existing is not None and existing.status not in (PLANNED, CANCELLED):
             if existing.machine_id != p.machine:
                 raise CommandError(
@@ -113,7 +172,14 @@ class Intake:
         return op
 
     def _all_ops(self) -> dict[tuple[str, str], Operation]:
-        return {k: o for book in self.service.books.values() for k, o in book.ops.items()}
+        """Every dispatched operation: this worker's books, and the record's of the other workers'
+        machines (to check against; those books are theirs)."""
+        ops = {k: o for book in self.service.books.values() for k, o in book.ops.items()}
+        if self.service.site.partitioned:
+            for o in self.service.store.operations():
+                if o.machine_id not in self.service.books:
+                    ops.setdefault(o.key, o)
+        return ops
 
     def _dispatch(self, cmd: Dispatch, via: str, now: int, at: int) -> dict[str, Any]:
         if (cmd.machine is None) == (cmd.cell is None):
@@ -127,6 +193,16 @@ class Intake:
             if cmd.cell not in self.cells:
                 raise CommandError(f"dispatch: no cell {cmd.cell!r} in the site model", 404)
             scope, machines = f"cell {cmd.cell}", self.cells[cmd.cell]
+            by_worker: dict[str, list[str]] = {}
+            for m in machines:
+                by_worker.setdefault(self.workers[m], []).append(m)
+            if len(by_worker) > 1:
+                kept = "; ".join(f"{w!r}: {', '.join(names)}" for w, names in by_worker.items())
+                raise CommandError(
+                    f"dispatch: the machines of cell {cmd.cell} are kept by several context workers"
+                    f" ({kept}): send a dispatch for each machine",
+                    409,
+                )
         existing = self._all_ops()
         ops: list[Operation] = []
         seen: set[tuple[str, str]] = set()
@@ -183,7 +259,7 @@ class Intake:
         have two planned candidates lapse. A dispatch that says when the work was released (`at`)
         recomputes the record from then (it decides where a machine had no work)."""
         store = self.service.store
-        for machine_id in machines:
+        for machine_id in sorted(machines & self.service.books.keys()):  # (the others: not ours)
             book = self.service.books[machine_id]
             book.ops = {o.key: o for o in store.operations(machine_id)}
             ctx = self.service.contexts[machine_id]
@@ -306,6 +382,12 @@ class Intake:
                 raise CommandError(f"{where}: a hold with this id exists already", 409)
             if cmd.machine is None and cmd.job is None:
                 raise CommandError(f"{where}: give the machine, the job, or both")
+            if cmd.machine is None and service.site.partitioned:
+                raise CommandError(
+                    f"{where}: the context service is split into workers (context.workers), each"
+                    " keeping its own machines: a hold names its machine (one hold per machine of"
+                    " the job)"
+                )
             if cmd.operation is not None and cmd.job is None:
                 raise CommandError(f"{where}: an operation needs its job")
             if cmd.machine is not None:
@@ -337,7 +419,11 @@ class Intake:
     def _held(self, hold: Hold) -> set[str]:
         if hold.machine_id is not None:
             return {hold.machine_id}
-        return {o.machine_id for o in self._all_ops().values() if o.job == hold.job}
+        return {
+            o.machine_id
+            for o in self._all_ops().values()
+            if o.job == hold.job and o.machine_id in self.service.trackers
+        }
 
     def _parts(self, cmd: PartsCommand, at: int, via: str) -> dict[str, Any]:
         machine_id = self._machine(cmd.machine, "parts")
