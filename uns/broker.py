@@ -231,10 +231,12 @@ def render_config(
     log_file: Path,
     tls: ServerTls | None = None,
     tls_port: int | None = None,
+    extra: str = "",
 ) -> str:
     """The shipped config with this run's listeners and paths: the plain listener on `port` of the
     loopback interface; the TLS listener on `tls_port`, also loopback, with `tls`'s files, or left
-    out (with its options) when `tls` is None."""
+    out (with its options) when `tls` is None. `extra` goes at the end as it is (a bridge's
+    `connection` section: uns/enterprise.py)."""
     if tls is not None and tls_port is None:
         raise ValueError("render_config: a TLS listener needs its port")
     replaced = {
@@ -269,7 +271,19 @@ def render_config(
     if os.geteuid() == 0:
         # Started as root, Mosquitto drops to the `mosquitto` user; these files are ours.
         lines.insert(0, f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+    if extra:
+        lines += ["", extra.rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def acl_users(acl: str) -> tuple[str, ...]:
+    """The users an ACL names (its `user NAME` lines, in order), as compose-entrypoint.sh reads them."""
+    users = tuple(
+        dict.fromkeys(f[1] for line in acl.splitlines() if len(f := line.split()) == 2 and f[0] == "user")
+    )
+    if not users:
+        raise ValueError("the ACL names no user (no `user NAME` line)")
+    return users
 
 
 def make_password_file(path: Path, creds: Credentials) -> None:
@@ -285,6 +299,9 @@ class Mosquitto:
     With `edge_nodes` (`for_site`), the ACL is the site's: a user per edge node. Without, it has the
     `bridge` user that may publish as any edge node, for tests and benchmarks with made-up ones.
     With `tls`, the shipped TLS listener is on too, on `tls_port`.
+    With `acl_text`, that ACL instead (an enterprise broker's: uns/enterprise.py), its users those of
+    its `user` lines. `extra_config` is appended to the config (a site broker's bridge section).
+    Stopped and started again, it keeps its ports, passwords and persistence (a restart).
     """
 
     def __init__(
@@ -297,6 +314,8 @@ class Mosquitto:
         group: str = "any",
         edge_nodes: Sequence[EdgeNodeUser] | None = None,
         tls: ServerTls | None = None,
+        acl_text: str | None = None,
+        extra_config: str = "",
     ) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (make test / make demo installs it with apt-get)")
@@ -307,7 +326,9 @@ class Mosquitto:
         self.enterprise = enterprise
         self.group = group
         self.edge_nodes = tuple(edge_nodes) if edge_nodes is not None else None
-        self.users = _users(self.edge_nodes)
+        self.acl_text = acl_text
+        self.extra_config = extra_config
+        self.users = _users(self.edge_nodes) if acl_text is None else acl_users(acl_text)
         self.creds = creds or Credentials.generate(self.users)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_file = workdir / "mosquitto.log"
@@ -321,6 +342,7 @@ class Mosquitto:
         port: int | None = None,
         creds: Credentials | None = None,
         tls: ServerTls | None = None,
+        extra_config: str = "",
     ) -> Mosquitto:
         """A broker with the site's ACL (what `uns broker-acl` renders) and a password per user."""
         return cls(
@@ -331,9 +353,12 @@ class Mosquitto:
             group=site.group_id,
             edge_nodes=edge_node_users(site),
             tls=tls,
+            extra_config=extra_config,
         )
 
     def acl(self) -> str:
+        if self.acl_text is not None:
+            return self.acl_text
         return _render_acl(self.enterprise, self.group, self.edge_nodes)
 
     def write_files(self) -> Path:
@@ -354,6 +379,7 @@ class Mosquitto:
                 log_file=self.log_file,
                 tls=self.tls,
                 tls_port=self.tls_port,
+                extra=self.extra_config,
             )
         )
         return conf
