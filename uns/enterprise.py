@@ -82,6 +82,11 @@ class EnterpriseLink:
     ) -> EnterpriseLink:
         """`host` or `host:port` (8883 by default); host a DNS name or an IPv4 address, which the
         enterprise broker's certificate must name (the bridge checks it)."""
+        if "://" in address:
+            raise EnterpriseError(
+                f"enterprise broker address {address!r}: give host or host:port, not a URL"
+                " (the bridge always uses TLS)"
+            )
         host, sep, port_text = address.strip().rpartition(":")
         if not sep:
             host, port_text = port_text, str(TLS_PORT)
