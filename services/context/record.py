@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from services.context.jobs import Operation, Pending
 from services.context.state import LOST, Interval, MachineState, PartsMade, SignalValue, Story, Value
@@ -246,48 +246,68 @@ CREATE TABLE shift_time (
 ) WITHOUT ROWID
 """
 DAY_MS = 86_400_000
-_BUCKET = "coalesce(R.shift, strftime('%Y-%m-%d/', R.start_ms / 1000, 'unixepoch'))"
-_GROUP = (  # the shift_time group of a state_interval row (R: NEW or OLD)
-    f"machine_id = R.machine_id AND shift = {_BUCKET} AND job = coalesce(R.job, '')"
-    " AND operation = coalesce(R.operation, '') AND state = R.state AND reason = coalesce(R.reason, '')"
-)
-_BEGINS_STOP = "(coalesce(R.stop_start_ms, R.run_start_ms, R.start_ms) BETWEEN R.start_ms AND R.end_ms - 1)"
-_ADD = (  # constants all
-    "INSERT INTO shift_time VALUES"  # noqa: S608
-    f" (R.machine_id, {_BUCKET}, coalesce(R.job, ''), coalesce(R.operation, ''), R.state,"
-    f" coalesce(R.reason, ''), R.end_ms - R.start_ms, 1, {_BEGINS_STOP}, R.start_ms, R.end_ms)"
-    " ON CONFLICT DO UPDATE SET ms = ms + excluded.ms, pieces = pieces + 1, stops = stops + excluded.stops,"
-    " first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms);"
+_UTC_DAY = {  # the UTC date R began on, as `<date>/`
+    "sqlite": "strftime('%Y-%m-%d/', R.start_ms / 1000, 'unixepoch')",
+    "postgresql": "to_char(to_timestamp(R.start_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD') || '/'",
+}
+_BEGINS_STOP = (
+    "(CASE WHEN coalesce(R.stop_start_ms, R.run_start_ms, R.start_ms) BETWEEN R.start_ms AND R.end_ms - 1"
+    " THEN 1 ELSE 0 END)"
 )
 _DAY_OF_R = (  # i began on the UTC day R began on
     f"i.start_ms >= R.start_ms / {DAY_MS} * {DAY_MS} AND i.start_ms < (R.start_ms / {DAY_MS} + 1) * {DAY_MS}"
 )
-_MEMBERS = (  # the state_interval rows of R's group (but R): in a shift, outside every shift
-    ("R.shift IS NOT NULL", "INDEXED BY state_interval_shift WHERE i.shift = R.shift"),
-    ("R.shift IS NULL", f"WHERE i.shift IS NULL AND {_DAY_OF_R}"),
-)
-_SAME = (
-    " AND i.machine_id = R.machine_id AND i.state = R.state AND i.reason IS R.reason"
-    " AND i.job IS R.job AND i.operation IS R.operation"
-)
-_TAKE = (
-    "UPDATE shift_time SET ms = ms - (R.end_ms - R.start_ms), pieces = pieces - 1,"  # noqa: S608
-    f" stops = stops - {_BEGINS_STOP} WHERE {_GROUP};"
-    f" DELETE FROM shift_time WHERE {_GROUP} AND pieces = 0;"
-    + "".join(
-        " UPDATE shift_time SET"  # noqa: S608
-        f" first_ms = (SELECT min(i.start_ms) FROM state_interval i {members}{_SAME}),"
-        f" last_ms = (SELECT max(i.end_ms) FROM state_interval i {members}{_SAME})"
-        f" WHERE {when} AND {_GROUP} AND (first_ms = R.start_ms OR last_ms = R.end_ms);"
-        for when, members in _MEMBERS
+_SHIFT_TIME_KEY = "machine_id, shift, state, reason, job, operation"
+
+
+def _shift_time_sql(dialect: str) -> tuple[str, str]:
+    """What adds a state_interval row R to shift_time, and what takes it out (R: NEW or OLD), in the
+    SQL of the dialect (`sqlite`, `postgresql`; PostgreSQL's scalar min and max are LEAST and GREATEST,
+    its `IS` between values IS NOT DISTINCT FROM, and it has no INDEXED BY)."""
+    pg = dialect == "postgresql"
+    bucket = f"coalesce(R.shift, {_UTC_DAY[dialect]})"
+    group = (
+        f"machine_id = R.machine_id AND shift = {bucket} AND job = coalesce(R.job, '')"
+        " AND operation = coalesce(R.operation, '') AND state = R.state AND reason = coalesce(R.reason, '')"
     )
-)
+    least, greatest, same_as = ("LEAST", "GREATEST", "IS NOT DISTINCT FROM") if pg else ("min", "max", "IS")
+    add = (
+        "INSERT INTO shift_time VALUES"  # noqa: S608 (constants all)
+        f" (R.machine_id, {bucket}, coalesce(R.job, ''), coalesce(R.operation, ''), R.state,"
+        f" coalesce(R.reason, ''), R.end_ms - R.start_ms, 1, {_BEGINS_STOP}, R.start_ms, R.end_ms)"
+        f" ON CONFLICT ({_SHIFT_TIME_KEY}) DO UPDATE SET ms = shift_time.ms + excluded.ms,"
+        " pieces = shift_time.pieces + 1, stops = shift_time.stops + excluded.stops,"
+        f" first_ms = {least}(shift_time.first_ms, excluded.first_ms),"
+        f" last_ms = {greatest}(shift_time.last_ms, excluded.last_ms);"
+    )
+    members = (  # the state_interval rows of R's group (but R): in a shift, outside every shift
+        ("R.shift IS NOT NULL", f"{'' if pg else 'INDEXED BY state_interval_shift '}WHERE i.shift = R.shift"),
+        ("R.shift IS NULL", f"WHERE i.shift IS NULL AND {_DAY_OF_R}"),
+    )
+    same = (
+        f" AND i.machine_id = R.machine_id AND i.state = R.state AND i.reason {same_as} R.reason"
+        f" AND i.job {same_as} R.job AND i.operation {same_as} R.operation"
+    )
+    take = (
+        "UPDATE shift_time SET ms = ms - (R.end_ms - R.start_ms), pieces = pieces - 1,"  # noqa: S608
+        f" stops = stops - {_BEGINS_STOP} WHERE {group};"
+        f" DELETE FROM shift_time WHERE {group} AND pieces = 0;"
+        + "".join(
+            " UPDATE shift_time SET"  # noqa: S608
+            f" first_ms = (SELECT min(i.start_ms) FROM state_interval i {among}{same}),"
+            f" last_ms = (SELECT max(i.end_ms) FROM state_interval i {among}{same})"
+            f" WHERE {when} AND {group} AND (first_ms = R.start_ms OR last_ms = R.end_ms);"
+            for when, among in members
+        )
+    )
+    return add, take
 
 
 def _as(row: str, sql: str) -> str:
     return sql.replace("R.", f"{row}.")
 
 
+_ADD, _TAKE = _shift_time_sql("sqlite")
 _SHIFT_TIME_TRIGGERS = tuple(
     f"CREATE TRIGGER IF NOT EXISTS shift_time_{name} AFTER {name.upper()} ON state_interval BEGIN {body} END"
     for name, body in (
@@ -300,7 +320,7 @@ _SHIFT_TIME_TRIGGERS = tuple(
 _LONG_OUTSIDE = f"shift IS NULL AND end_ms - start_ms > {DAY_MS}"
 _SHIFT_TIME_FILL = (  # a record from before shift_time: its sums, once
     "INSERT INTO shift_time SELECT"  # noqa: S608
-    f" machine_id, {_as('state_interval', _BUCKET)}, coalesce(job, ''),"
+    f" machine_id, coalesce(shift, {_as('state_interval', _UTC_DAY['sqlite'])}), coalesce(job, ''),"
     " coalesce(operation, ''), state, coalesce(reason, ''), sum(end_ms - start_ms), count(*),"
     f" sum({_as('state_interval', _BEGINS_STOP)}), min(start_ms), max(end_ms)"
     " FROM state_interval GROUP BY 1, 2, 3, 4, 5, 6"
@@ -383,8 +403,44 @@ class CurrentState:
     piece: dict[str, Any] | None = None  # the open interval's current piece: reason, evidence, job...
 
 
+class Rows(Protocol):
+    """What a statement gives back (sqlite3's cursor, psycopg's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchmany(self, size: int, /) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Db(Protocol):
+    """A connection to the record: the store's SQL is written in SQLite's dialect with `?` and `?N`
+    parameters; record_pg.py's connection takes the same statements to PostgreSQL."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Rows: ...
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Rows: ...
+
+
+class RecordError(Exception):
+    """The record cannot be opened or used (a newer schema, an unreachable database), said plainly."""
+
+
+# The record's schema version: migrations take older records (SQLite's user_version, PostgreSQL's
+# record_schema table) up to it, and a program refuses a record of a newer version than its own.
+SCHEMA_VERSION = 1
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";\n") if part.strip()]
+
+
 class _Record:
-    """A SQLite record. Safe to share between the asyncio loop and the API's worker threads."""
+    """A SQLite record (one file, WAL). Safe to share between the asyncio loop and the API's worker
+    threads: one connection, taken under a lock. PostgreSQL (record_pg.py) keeps the same statements
+    and has a connection pool instead."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -397,34 +453,73 @@ class _Record:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA recursive_triggers=ON")  # the rows REPLACE deletes leave shift_time too
-        self._db.executescript(SCHEMA)
+        with self._transaction("BEGIN IMMEDIATE") as db:  # of two processes opening it, one migrates it
+            self._migrate(db)
+
+    def _migrate(self, db: Db) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RecordError(
+                f"record {self.path} has schema version {version}, newer than this program's"
+                f" ({SCHEMA_VERSION}): run a newer version of uns on it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        # version 0 -> 1: a new record, or one from before schema versions (which may lack the
+        # columns added since the first schema, and shift_time, summed here once)
+        for statement in _statements(SCHEMA):
+            db.execute(statement)
         for table, added in _ADDED_COLUMNS.items():
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             for column in added:
                 if column not in columns:
                     kind = "INTEGER" if column.endswith("_ms") else "TEXT"
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        with self._transaction("BEGIN IMMEDIATE") as db:  # one of two processes opening it fills it
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'shift_time'").fetchone():
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'shift_time'").fetchone():
+            if db.execute("SELECT 1 FROM state_interval LIMIT 1").fetchone():
                 logger.info("record %s: summing its time by shift, once (shift_time)", self.path)
-                db.execute(_SHIFT_TIME)
-                db.execute(_SHIFT_TIME_FILL)
-            for trigger in _SHIFT_TIME_TRIGGERS:
-                db.execute(trigger)
+            db.execute(_SHIFT_TIME)
+            db.execute(_SHIFT_TIME_FILL)
+        for trigger in _SHIFT_TIME_TRIGGERS:
+            db.execute(trigger)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        with self._use() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[Db]:
+        """A connection for one or more statements, each its own transaction."""
+        with self._lock:
+            yield self._db
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[Db]:
+        """A connection in a transaction: committed at the end, rolled back on an exception."""
+        with self._lock:
+            db = self._db
+            db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     def data_version(self) -> int:
         """Changes when another connection (another process: the context service) commits."""
-        with self._lock:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        with self._use() as db:
+            return int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def register_machines(self, machines: Iterable[tuple[str, str, str]]) -> None:
         """(machine id, ISA-95 path, name) of every machine in the site model."""
-        with self._lock:
-            self._db.executemany(
+        with self._use() as db:
+            db.executemany(
                 "INSERT INTO machine VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE "
                 "SET path = excluded.path, name = excluded.name",
                 list(machines),
@@ -438,23 +533,12 @@ class _Record:
         events: Iterable[Event] = (),
     ) -> None:
         """Store closed intervals, part counts, current states and logged events in one transaction."""
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             self._put(db, intervals, parts, current, events)
-
-    @contextlib.contextmanager
-    def _transaction(self, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute(begin)
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     @staticmethod
     def _put(
-        db: sqlite3.Connection,
+        db: Db,
         intervals: Iterable[Interval],
         parts: Iterable[PartsMade],
         current: Iterable[Current],
@@ -511,9 +595,7 @@ class _Record:
         `cover_to`: they go into the event log (once, however often they come), and the comms-loss
         markers the host wrote in that window are void. Returns how much changed (0: nothing to redo)."""
         events = list(events)
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN")
+        with self._transaction() as db:
             added = db.executemany(
                 "INSERT OR IGNORE INTO signal_event VALUES (?, ?, ?, ?, 'historical')",
                 [(machine_id, v.timestamp, v.name, value_json(v.value)) for v in events],
@@ -525,17 +607,16 @@ class _Record:
             if added + voided:
                 first = min((v.timestamp for v in events), default=cover_from)
                 _revised(db, machine_id, min(first, cover_from))
-            db.execute("COMMIT")
         return added + voided
 
     def rebuild_start(self, machine_id: str, from_ms: int) -> RebuildStart:
         """Where to recompute a machine's record from, to take in events at or after `from_ms`."""
-        with self._lock:
-            db = self._db
+        with self._use() as db:
             row = db.execute(
                 "SELECT max(s) FROM (SELECT start_ms AS s FROM state_interval"
                 " WHERE machine_id = ? AND start_ms <= ?"
-                " UNION ALL SELECT since_ms FROM current_state WHERE machine_id = ? AND since_ms <= ?)",
+                " UNION ALL SELECT since_ms FROM current_state WHERE machine_id = ? AND since_ms <= ?)"
+                " AS starts",
                 (machine_id, from_ms, machine_id, from_ms),
             ).fetchone()
             start = row[0] if row and row[0] is not None else from_ms
@@ -558,11 +639,12 @@ class _Record:
                 "SELECT max(ts_ms) FROM signal_event WHERE machine_id = ? AND name = ? AND ts_ms < ?",
                 (machine_id, LOST, start),
             ).fetchone()[0]
-            signals = {
+            signals = {  # each signal's last value before the start (since the last comms loss)
                 name: json.loads(value)
-                for name, value, _ in db.execute(
-                    "SELECT name, value, max(ts_ms) FROM signal_event WHERE machine_id = ? AND name != ? "
-                    "AND ts_ms < ? AND ts_ms > ? GROUP BY name",
+                for name, value in db.execute(
+                    "SELECT e.name, e.value FROM signal_event e JOIN (SELECT name, max(ts_ms) AS ts"
+                    " FROM signal_event WHERE machine_id = ?1 AND name != ?2 AND ts_ms < ?3 AND ts_ms > ?4"
+                    " GROUP BY name) m ON e.machine_id = ?1 AND e.name = m.name AND e.ts_ms = m.ts",
                     (machine_id, LOST, start, -1 if lost is None else lost),
                 )
             }
@@ -600,7 +682,7 @@ class _Record:
     ) -> None:
         """Put a recomputed stretch of a machine's record in place of what was there."""
         first = start.previous_start if start.previous_start is not None else start.start_ms
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "DELETE FROM state_interval WHERE machine_id = ? AND start_ms >= ?", (machine_id, first)
             )
@@ -613,19 +695,17 @@ class _Record:
     # -- health ---------------------------------------------------------------------------------
     def write_health(self, rows: Iterable[tuple[str, str, float | None, int]]) -> None:
         """(scope, name, value, updated) for `host/<id>`, `edge/<id>` and `machine/<id>` scopes."""
-        with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?)", list(rows))
+        with self._use() as db:
+            db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?)", list(rows))
 
     def health(self) -> list[tuple[str, str, float | None, int]]:
-        with self._lock:
-            return list(
-                self._db.execute("SELECT scope, name, value, updated_ms FROM health ORDER BY scope, name")
-            )
+        with self._use() as db:
+            return list(db.execute("SELECT scope, name, value, updated_ms FROM health ORDER BY scope, name"))
 
     # -- queries -------------------------------------------------------------------------------
     def current_states(self) -> list[CurrentState]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT m.machine_id, m.path, m.name, c.state, c.since_ms, c.updated_ms, c.counter,"
                 " c.story, c.memory, c.piece"
                 " FROM machine m LEFT JOIN current_state c USING (machine_id) ORDER BY m.path"
@@ -651,8 +731,8 @@ class _Record:
 
     def intervals(self, machine_id: str, start_ms: int, end_ms: int) -> list[Interval]:
         """Closed intervals that overlap [start, end), in time order, not clipped."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 f"SELECT {_INTERVAL_COLUMNS} FROM state_interval "  # noqa: S608 (constants)
                 "WHERE machine_id = ? AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
                 (machine_id, start_ms, end_ms),
@@ -660,8 +740,8 @@ class _Record:
         return [_interval(row) for row in rows]
 
     def parts(self, machine_id: str, start_ms: int, end_ms: int) -> list[PartsMade]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT ts_ms, delta, counter, job, operation, shift FROM part_count "
                 "WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
                 (machine_id, start_ms, end_ms),
@@ -679,16 +759,16 @@ class _Record:
         issued_ms: int,
         expires_ms: int | None,
     ) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._use() as db:
+            db.execute(
                 "INSERT INTO api_token VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (token_id, digest, name, role, json.dumps(scope), issued_ms, expires_ms),
             )
 
     def token(self, token_id: str) -> tuple[str, str, str, list[str], int | None, int | None] | None:
         """(digest, name, role, scope, expires, revoked) of a token id, or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._use() as db:
+            row = db.execute(
                 "SELECT digest, name, role, scope, expires_ms, revoked_ms FROM api_token WHERE token_id = ?",
                 (token_id,),
             ).fetchone()
@@ -699,8 +779,8 @@ class _Record:
 
     def tokens(self) -> list[tuple[str, str, str, list[str], int, int | None, int | None]]:
         """(id, name, role, scope, issued, expires, revoked) of every token, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT token_id, name, role, scope, issued_ms, expires_ms, revoked_ms FROM api_token"
                 " ORDER BY issued_ms, token_id"
             ).fetchall()
@@ -708,8 +788,8 @@ class _Record:
 
     def revoke_tokens(self, who: str, revoked_ms: int) -> int:
         """Revoke the token with this id, or every token of this name; how many were revoked."""
-        with self._lock:
-            return self._db.execute(
+        with self._use() as db:
+            return db.execute(
                 "UPDATE api_token SET revoked_ms = ? WHERE (token_id = ? OR name = ?) AND revoked_ms IS NULL",
                 (revoked_ms, who, who),
             ).rowcount
@@ -717,15 +797,15 @@ class _Record:
     # -- commands, once ---------------------------------------------------------------------------
     def applied(self, command_id: str) -> str | None:
         """The answer (JSON) given when the command with this id was applied, if it was."""
-        with self._lock:
-            row = self._db.execute(
+        with self._use() as db:
+            row = db.execute(
                 "SELECT result FROM applied_command WHERE command_id = ?", (command_id,)
             ).fetchone()
         return None if row is None else str(row[0])
 
     def mark_applied(self, command_id: str, kind: str, applied_ms: int, result: str) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._use() as db:
+            db.execute(
                 "INSERT OR IGNORE INTO applied_command VALUES (?, ?, ?, ?)",
                 (command_id, kind, applied_ms, result),
             )
@@ -733,22 +813,22 @@ class _Record:
     # -- for readers that keep a copy (the historian) ------------------------------------------
     def revisions(self, after_seq: int) -> list[tuple[int, str, int]]:
         """(seq, machine, from when) of every rewrite of the past after `after_seq`, in order."""
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT seq, machine_id, from_ms FROM record_revision WHERE seq > ? ORDER BY seq",
                     (after_seq,),
                 )
             )
 
     def last_revision(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM record_revision").fetchone()[0])
+        with self._use() as db:
+            return int(db.execute("SELECT coalesce(max(seq), 0) FROM record_revision").fetchone()[0])
 
     def intervals_from(self, machine_id: str, start_ms: int, limit: int) -> list[Interval]:
         """Up to `limit` closed intervals of a machine that start at or after `start_ms`, in order."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 f"SELECT {_INTERVAL_COLUMNS} FROM state_interval "  # noqa: S608 (constants)
                 "WHERE machine_id = ? AND start_ms >= ? ORDER BY start_ms LIMIT ?",
                 (machine_id, start_ms, limit),
@@ -758,8 +838,8 @@ class _Record:
     def signal_events(self, machine_id: str, from_ms: int, limit: int) -> list[tuple[int, str, Value | None]]:
         """Up to `limit` logged signal values of a machine from `from_ms` on: (when, signal, value),
         in time order (comms-loss markers left out)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT ts_ms, name, value FROM signal_event WHERE machine_id = ? AND ts_ms >= ?"
                 " AND name != ? ORDER BY ts_ms, name LIMIT ?",
                 (machine_id, from_ms, LOST, limit),
@@ -824,7 +904,7 @@ def _summed(among: str, columns: Callable[[str], str], by: str, where: str, outs
     )
 
 
-def _revised(db: sqlite3.Connection, machine_id: str, from_ms: int) -> None:
+def _revised(db: Db, machine_id: str, from_ms: int) -> None:
     db.execute("INSERT INTO record_revision (machine_id, from_ms) VALUES (?, ?)", (machine_id, from_ms))
 
 
@@ -864,11 +944,12 @@ class RecordStore(_Record):
     ) -> int:
         """A new version of the dispatch list: `ops` added or changed, `drop` taken off (not started)
         at `dropped_ms` (default `ts_ms`); what was taken off is kept, for when the machine had work."""
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             version = db.execute(
-                "INSERT INTO dispatch_version (ts_ms, scope, by, via, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO dispatch_version (ts_ms, scope, by, via, body) VALUES (?, ?, ?, ?, ?)"
+                " RETURNING version",
                 (ts_ms, scope, by, via, body),
-            ).lastrowid
+            ).fetchall()[0][0]
             db.executemany(
                 "INSERT OR REPLACE INTO operation (job, operation, machine_id, program, quantity, sequence,"
                 " part_number, ideal_cycle_ms, planned_start_ms, planned_end_ms, status, actual_start_ms,"
@@ -901,8 +982,7 @@ class RecordStore(_Record):
                 [(ts_ms if dropped_ms is None else dropped_ms, j, o) for j, o in drop],
             )
             db.executemany("DELETE FROM operation WHERE job = ? AND operation = ?", drop)
-        assert version is not None
-        return version
+        return int(version)
 
     def operations(self, machine_id: str | None = None, job: str | None = None) -> list[Operation]:
         where, args = [], []
@@ -912,7 +992,7 @@ class RecordStore(_Record):
         if job is not None:
             where.append("job = ?")
             args.append(job)
-        with self._lock:
+        with self._use() as db:
             sql = (  # the WHERE is built from constants; values are bound
                 "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"  # noqa: S608
                 " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms, dispatched_ms"
@@ -920,17 +1000,17 @@ class RecordStore(_Record):
                 + (f" WHERE {' AND '.join(where)}" if where else "")
                 + " ORDER BY machine_id, sequence, job, operation"
             )
-            rows = self._db.execute(sql, args).fetchall()
+            rows = db.execute(sql, args).fetchall()
             counts = {
                 (j, o): (made or 0)
-                for j, o, made in self._db.execute(
+                for j, o, made in db.execute(
                     "SELECT job, operation, sum(delta) FROM part_count WHERE job IS NOT NULL"
                     " GROUP BY job, operation"
                 )
             }
             quality = {
                 (j, o, r): q
-                for j, o, r, q in self._db.execute(
+                for j, o, r, q in db.execute(
                     "SELECT job, operation, result, sum(quantity) FROM quality_count"
                     " WHERE job IS NOT NULL GROUP BY job, operation, result"
                 )
@@ -946,13 +1026,11 @@ class RecordStore(_Record):
         return out
 
     def dispatch_version(self) -> int:
-        with self._lock:
-            return int(
-                self._db.execute("SELECT coalesce(max(version), 0) FROM dispatch_version").fetchone()[0]
-            )
+        with self._use() as db:
+            return int(db.execute("SELECT coalesce(max(version), 0) FROM dispatch_version").fetchone()[0])
 
     def add_op_events(self, events: list[OpEvent], ops: list[Operation]) -> None:
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT INTO operation_event (machine_id, ts_ms, job, operation, action, cause, by)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -965,9 +1043,9 @@ class RecordStore(_Record):
             )
 
     def op_events(self, machine_id: str | None = None) -> list[OpEvent]:
-        with self._lock:
+        with self._use() as db:
             where = " WHERE machine_id = ?" if machine_id else ""
-            rows = self._db.execute(
+            rows = db.execute(
                 f"SELECT machine_id, ts_ms, job, operation, action, cause, by FROM operation_event{where}"  # noqa: S608
                 " ORDER BY ts_ms, seq",
                 (machine_id,) if machine_id else (),
@@ -975,18 +1053,18 @@ class RecordStore(_Record):
         return [OpEvent(*row) for row in rows]
 
     def set_pending(self, machine_id: str, pending: Pending | None) -> None:
-        with self._lock:
+        with self._use() as db:
             if pending is None:
-                self._db.execute("DELETE FROM pending_confirmation WHERE machine_id = ?", (machine_id,))
+                db.execute("DELETE FROM pending_confirmation WHERE machine_id = ?", (machine_id,))
             else:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO pending_confirmation VALUES (?, ?, ?, ?)",
                     (machine_id, pending.ts, pending.program, json.dumps(pending.candidates)),
                 )
 
     def pending(self, machine_id: str) -> Pending | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._use() as db:
+            row = db.execute(
                 "SELECT ts_ms, program, candidates FROM pending_confirmation WHERE machine_id = ?",
                 (machine_id,),
             ).fetchone()
@@ -996,24 +1074,24 @@ class RecordStore(_Record):
 
     # -- operators, holds, reasons, quality ----------------------------------------------------
     def add_operator_event(self, machine_id: str, ts_ms: int, operator: str | None, via: str) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._use() as db:
+            db.execute(
                 "INSERT INTO operator_event (machine_id, ts_ms, operator, via) VALUES (?, ?, ?, ?)",
                 (machine_id, ts_ms, operator, via),
             )
 
     def operator_events(self, machine_id: str) -> list[tuple[int, str | None]]:
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT ts_ms, operator FROM operator_event WHERE machine_id = ? ORDER BY ts_ms, seq",
                     (machine_id,),
                 )
             )
 
     def put_hold(self, hold: Hold, opened_by: str | None, closed_by: str | None) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._use() as db:
+            db.execute(
                 "INSERT OR REPLACE INTO quality_hold VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     hold.hold_id,
@@ -1029,8 +1107,8 @@ class RecordStore(_Record):
             )
 
     def holds(self) -> list[Hold]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT hold_id, opened_ms, closed_ms, machine_id, job, operation, note FROM quality_hold"
                 " ORDER BY opened_ms"
             ).fetchall()
@@ -1048,7 +1126,7 @@ class RecordStore(_Record):
         note: str,
     ) -> None:
         """An operator's reason for a stop (every piece of it), and the audit row that says so."""
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO reason_override VALUES (?, ?, ?)", (machine_id, run_start_ms, new)
             )
@@ -1068,8 +1146,8 @@ class RecordStore(_Record):
 
     def overrides(self, machine_id: str) -> dict[int, tuple[str, str]]:
         """Stop start -> the operator's reason and who said it when (from the latest audit row)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT o.run_start_ms, o.reason, a.by, a.via, a.changed_ms, a.note FROM reason_override o"
                 " LEFT JOIN reason_audit a ON a.seq = (SELECT max(seq) FROM reason_audit"
                 " WHERE machine_id = o.machine_id AND run_start_ms = o.run_start_ms)"
@@ -1083,9 +1161,9 @@ class RecordStore(_Record):
 
     def dropped(self, machine_id: str) -> list[tuple[int | None, int]]:
         """When operations taken off the machine's list before they started had been on it."""
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT dispatched_ms, dropped_ms FROM dropped_operation WHERE machine_id = ?"
                     " ORDER BY dropped_ms",
                     (machine_id,),
@@ -1094,19 +1172,19 @@ class RecordStore(_Record):
 
     def verdicts(self, machine_id: str) -> list[int]:
         """When inspection results (pass, fail, scrap, rework, good) were reported for the machine."""
-        with self._lock:
+        with self._use() as db:
             return [
                 ts
-                for (ts,) in self._db.execute(
+                for (ts,) in db.execute(
                     "SELECT ts_ms FROM quality_count WHERE machine_id = ? ORDER BY ts_ms", (machine_id,)
                 )
             ]
 
     def reason_audit(self, machine_id: str) -> list[tuple[int, str | None, str, str | None, str, int, str]]:
         """(stop start, old, new, by, via, when changed, note), oldest first."""
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT run_start_ms, old_reason, new_reason, by, via, changed_ms, note FROM reason_audit"
                     " WHERE machine_id = ? ORDER BY seq",
                     (machine_id,),
@@ -1124,7 +1202,7 @@ class RecordStore(_Record):
         by: str | None,
         via: str,
     ) -> None:
-        with self._lock, self._transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT INTO quality_count"
                 " (machine_id, ts_ms, job, operation, shift, result, quantity, by, via)"
@@ -1138,9 +1216,9 @@ class RecordStore(_Record):
     ) -> list[tuple[int, str | None, str | None, str | None, int]]:
         """(when, job, operation, shift, quantity) of the scrap and rework reported for the machine in
         [start, end) (`fail` is scrap)."""
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT ts_ms, job, operation, shift, quantity FROM quality_count"
                     " WHERE machine_id = ? AND ts_ms >= ? AND ts_ms < ?"
                     " AND result IN ('scrap', 'fail', 'rework')"
@@ -1154,9 +1232,9 @@ class RecordStore(_Record):
     ) -> list[tuple[str, str | None, str | None, str | None, str, int]]:
         """(machine, shift, job, operation, kind, quantity): parts made (kind `made`) and scrap, rework
         and good reports, in [start, end)."""
-        with self._lock:
+        with self._use() as db:
             return list(
-                self._db.execute(
+                db.execute(
                     "SELECT machine_id, shift, job, operation, 'made', sum(delta) FROM part_count"
                     " WHERE ts_ms >= ? AND ts_ms < ? GROUP BY machine_id, shift, job, operation"
                     " UNION ALL SELECT machine_id, shift, job, operation,"
@@ -1198,8 +1276,8 @@ class RecordStore(_Record):
             return f"{clipped_op}, state, reason, {clipped}, NULL"
 
         # the values are bound. Shift keys begin with their date
-        running = "state = 'running'" if running_outside else "1"
-        in_shifts = _summed(among, columns, f"{group_op}state, reason", "1", None if by_start else running)
+        running = "state = 'running'" if running_outside else "TRUE"
+        in_shifts = _summed(among, columns, f"{group_op}state, reason", "TRUE", None if by_start else running)
         outside = (
             f"SELECT machine_id, NULL, {op}, state, reason, {clipped}, {piece}"  # noqa: S608
             " FROM state_interval INDEXED BY state_interval_end"
@@ -1208,9 +1286,9 @@ class RecordStore(_Record):
             + f" GROUP BY machine_id, {group_op}state, reason, {piece}"
         )
         args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
-        with self._lock:
-            rows = self._db.execute(in_shifts, args).fetchall()
-            return rows + self._db.execute(outside, args).fetchall() if by_start else rows
+        with self._use() as db:
+            rows = db.execute(in_shifts, args).fetchall()
+            return rows + db.execute(outside, args).fetchall() if by_start else rows
 
     def oee_parts(
         self, machines: Iterable[str], start_ms: int, end_ms: int, *, by_start: bool
@@ -1234,8 +1312,8 @@ class RecordStore(_Record):
             f" GROUP BY machine_id, job, operation, {when}"
         )
         args = (start_ms, end_ms, by_start, *_shift_days(start_ms, end_ms), *ids)
-        with self._lock:
-            return [*self._db.execute(in_shifts, args), *self._db.execute(outside, args)]
+        with self._use() as db:
+            return [*db.execute(in_shifts, args), *db.execute(outside, args)]
 
     def oee_rejects(
         self, machines: Iterable[str], start_ms: int, end_ms: int
@@ -1256,14 +1334,14 @@ class RecordStore(_Record):
             f" FROM quality_count q WHERE q.machine_id IN ({', '.join('?' * len(ids))})"
             f" AND q.ts_ms >= ? AND q.ts_ms < ? AND q.{rejected} ORDER BY q.ts_ms, q.seq"
         )
-        with self._lock:
-            return self._db.execute(sql, (*ids, start_ms, end_ms)).fetchall()
+        with self._use() as db:
+            return db.execute(sql, (*ids, start_ms, end_ms)).fetchall()
 
     def operation_ideals(self) -> dict[tuple[str, str], tuple[str, str, int | None]]:
         """(job, operation) -> (machine, part number, the dispatch list's ideal cycle ms) of every
         operation on the list."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT job, operation, machine_id, part_number, ideal_cycle_ms FROM operation"
             ).fetchall()
         return {(j, o): (m, part, ideal) for j, o, m, part, ideal in rows}
@@ -1288,19 +1366,19 @@ class RecordStore(_Record):
             for st in ("running", "comms_loss")
             for col in ("start_ms", "end_ms")
         )
-        with self._lock:
+        with self._use() as db:
             for m, of_machine in jobs.items():
                 listed = sorted(of_machine)
                 for n in range(0, len(listed), 500):  # SQLite's limit of bound values
                     chunk = listed[n : n + 500]
                     among = ", ".join("?" * len(chunk))
-                    counts = self._db.execute(
+                    counts = db.execute(
                         "SELECT job, operation, group_concat(ts_ms), group_concat(delta)"  # noqa: S608
                         " FROM part_count INDEXED BY part_count_operation"
                         f" WHERE machine_id = ? AND job IN ({among}) GROUP BY job, operation",
                         (m, *chunk),
                     ).fetchall()
-                    spans = self._db.execute(
+                    spans = db.execute(
                         f"SELECT job, operation, {joined}"  # noqa: S608
                         " FROM state_interval INDEXED BY state_interval_operation"
                         f" WHERE machine_id = ? AND job IN ({among}) AND state IN ('running', 'comms_loss')"
@@ -1319,8 +1397,8 @@ class RecordStore(_Record):
     def change_marks(self) -> tuple[int, int, int]:
         """(last revision, newest part count row, newest interval row): readers that keep what they
         derived from the record compare these to see whether anything was added or rewritten."""
-        with self._lock:
-            row = self._db.execute(
+        with self._use() as db:
+            row = db.execute(
                 "SELECT (SELECT coalesce(max(seq), 0) FROM record_revision),"
                 " (SELECT coalesce(max(rowid), 0) FROM part_count),"
                 " (SELECT coalesce(max(rowid), 0) FROM state_interval)"
@@ -1330,8 +1408,8 @@ class RecordStore(_Record):
     def operations_written_since(self, part_row: int, interval_row: int) -> set[tuple[str, str, str]]:
         """(machine, job, operation) of the part counts and intervals written after those rows
         (`change_marks`)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT machine_id, job, operation FROM part_count WHERE rowid > ? AND job IS NOT NULL"
                 " UNION SELECT machine_id, job, operation FROM state_interval"
                 " WHERE rowid > ? AND job IS NOT NULL",
@@ -1342,18 +1420,18 @@ class RecordStore(_Record):
     def operation_time(self, job: str, operation: str) -> tuple[dict[str, float], dict[str, float], int]:
         """Seconds of record time by state and stopped seconds by reason while the operation ran, and
         how often it was interrupted (stops that began while it ran, and pauses)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT state, reason, sum(end_ms - start_ms)"
                 " FROM state_interval WHERE job = ? AND operation = ? GROUP BY state, reason",
                 (job, operation),
             ).fetchall()
-            stops = self._db.execute(
+            stops = db.execute(
                 "SELECT count(DISTINCT coalesce(stop_start_ms, run_start_ms, start_ms)) FROM state_interval"
                 " WHERE job = ? AND operation = ? AND state != 'running'",
                 (job, operation),
             ).fetchone()[0]
-            pauses = self._db.execute(
+            pauses = db.execute(
                 "SELECT count(*) FROM operation_event WHERE job = ? AND operation = ? AND action = 'pause'",
                 (job, operation),
             ).fetchone()[0]
@@ -1374,13 +1452,13 @@ class RecordStore(_Record):
         ids = list(machines)
         among = ", ".join("?" * len(ids))
         out = dict.fromkeys(ids, (0, 0))
-        with self._lock:
-            made = self._db.execute(
+        with self._use() as db:
+            made = db.execute(
                 f"SELECT machine_id, sum(delta) FROM part_count WHERE machine_id IN ({among})"  # noqa: S608
                 " AND ts_ms >= ? AND ts_ms < ? GROUP BY machine_id",
                 (*ids, start_ms, end_ms),
             ).fetchall()
-            rejected = self._db.execute(
+            rejected = db.execute(
                 f"SELECT machine_id, sum(quantity) FROM quality_count WHERE machine_id IN ({among})"  # noqa: S608
                 " AND ts_ms >= ? AND ts_ms < ? AND result IN ('scrap', 'fail', 'rework') GROUP BY machine_id",
                 (*ids, start_ms, end_ms),
@@ -1399,8 +1477,8 @@ class RecordStore(_Record):
         and time."""
         ids = list(machines)
         among = ", ".join("?" * len(ids))
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT machine_id, start_ms, end_ms, coalesce(stop_start_ms, run_start_ms, start_ms),"  # noqa: S608
                 " state, shift, job, operation FROM state_interval INDEXED BY state_interval_end"
                 f" WHERE machine_id IN ({among}) AND end_ms > ? AND start_ms < ? AND reason = ?"
@@ -1425,11 +1503,11 @@ class RecordStore(_Record):
         ids = list(machines)
         day_from, day_to = _shift_days(start_ms, end_ms)
         stop = "coalesce(stop_start_ms, run_start_ms, start_ms)"
-        with self._lock:
+        with self._use() as db:
             keyed = [
                 m
                 for m in ids
-                if self._db.execute(
+                if db.execute(
                     "SELECT 1 FROM state_interval INDEXED BY state_interval_shift WHERE machine_id = ?"
                     " AND shift >= ? AND shift < ? AND end_ms > ? AND start_ms < ? LIMIT 1",
                     (m, day_from, day_to, start_ms, end_ms),
@@ -1446,17 +1524,18 @@ class RecordStore(_Record):
                         return "state, nullif(reason, ''), sum(ms), sum(stops), min(first_ms)"
                     return (
                         "state, reason, sum(min(end_ms, ?2) - max(start_ms, ?1)),"
-                        f" sum({counted} >= start_ms AND {counted} < end_ms), min(max(start_ms, ?1))"
+                        f" sum(CASE WHEN {counted} >= start_ms AND {counted} < end_ms THEN 1 ELSE 0 END),"
+                        " min(max(start_ms, ?1))"
                     )
 
-                summed = self._db.execute(
-                    _summed(among, columns, "state, reason", "state != 'running'", "1"),
+                summed = db.execute(
+                    _summed(among, columns, "state, reason", "state != 'running'", "TRUE"),
                     (start_ms, end_ms, None, day_from, day_to, *keyed),
                 ).fetchall()
             pieces = []
             if other:
                 among = ", ".join(f"?{3 + n}" for n in range(len(other)))
-                pieces = self._db.execute(
+                pieces = db.execute(
                     f"SELECT machine_id, start_ms, end_ms, state, reason, {stop} FROM state_interval"  # noqa: S608
                     f" WHERE machine_id IN ({among}) AND end_ms > ?1 AND start_ms < ?2 AND state != 'running'"
                     " ORDER BY machine_id, start_ms",
@@ -1493,8 +1572,8 @@ class RecordStore(_Record):
             " ORDER BY o.machine_id, o.sequence, o.job, o.operation"
         )
         args = (*ids, *([job] if job is not None else []), end_ms, start_ms, end_ms, end_ms, start_ms)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        with self._use() as db:
+            rows = db.execute(sql, args).fetchall()
         out = []
         for row in rows:
             op = Operation(*row[:10])
@@ -1505,8 +1584,8 @@ class RecordStore(_Record):
 
     def held(self, hold_id: str) -> tuple[dict[str, float], list[str]]:
         """Seconds each machine stood under a hold, and the job/operations it held up."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT machine_id, job, operation, sum(end_ms - start_ms) FROM state_interval"
                 " WHERE hold = ? AND state != 'running' GROUP BY machine_id, job, operation",
                 (hold_id,),
@@ -1522,7 +1601,7 @@ class RecordStore(_Record):
     # transaction: one consistent record however long the export takes, and the writer's lock is never
     # held while the API sends. Nothing of a range is ever held whole.
     @contextlib.contextmanager
-    def _export_snapshot(self) -> Iterator[sqlite3.Connection]:
+    def _export_snapshot(self) -> Iterator[Db]:
         db = sqlite3.connect(
             f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
         )
@@ -1592,7 +1671,7 @@ class RecordStore(_Record):
             " ORDER BY machine_id, ts_ms, seq"
         )
 
-        def made(db: sqlite3.Connection) -> Iterator[Any]:
+        def made(db: Db) -> Iterator[Any]:
             for machine_id in ids:
                 last: tuple[int, int] | None = (start_ms - 1, 0)
                 while last is not None:
@@ -1601,7 +1680,7 @@ class RecordStore(_Record):
                     yield from rows
                     last = (rows[-1][1], rows[-1][4]) if len(rows) == page else None
 
-        def reports(db: sqlite3.Connection) -> Iterator[Any]:
+        def reports(db: Db) -> Iterator[Any]:
             cursor = db.execute(reports_sql, (*ids, start_ms, end_ms))
             while rows := cursor.fetchmany(page):
                 yield from rows
@@ -1689,3 +1768,15 @@ class RecordStore(_Record):
                 if rows:
                     yield rows
                 after = rows[-1][0] if len(rows) == page else None
+
+
+def open_record(where: str | Path, *, wait_s: float | None = None) -> RecordStore:
+    """The record at `where`: a PostgreSQL URL (`postgresql://...`: record_pg.py; tried again with
+    backoff for up to `wait_s` seconds while the server cannot be reached, None: until it can) or a
+    SQLite file's path."""
+    text = str(where)
+    if text.startswith(("postgresql://", "postgres://")):
+        from services.context.record_pg import PgRecordStore
+
+        return PgRecordStore(text, wait_s=wait_s)
+    return RecordStore(where)

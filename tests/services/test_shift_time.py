@@ -85,6 +85,7 @@ def fresh_sums(path: Path) -> list[tuple[Any, ...]]:
     copy.execute("DROP TABLE shift_time")
     for (name,) in copy.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         copy.execute(f"DROP TRIGGER {name}")
+    copy.execute("PRAGMA user_version = 0")  # records from before shift_time had no schema version
     copy.commit()
     backup = path.parent / "from-before.db"
     backup.unlink(missing_ok=True)
