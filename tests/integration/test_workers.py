@@ -418,3 +418,21 @@ async def test_a_partition_held_by_a_live_worker_is_refused_and_free_once_it_die
     if a._health_task is not None:
         a._health_task.cancel()
     store.close()
+
+
+def test_uns_context_names_the_workers_when_the_worker_is_wrong_or_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unscli.cli import main
+
+    monkeypatch.setenv("UNS_MQTT_PASSWORD", "not-used")
+    (tmp_path / "two.yaml").write_text(SITE + WORKERS)
+    (tmp_path / "one.yaml").write_text(SITE)
+    record = ["--record", str(tmp_path / "record.db")]
+    assert main(["context", "--site", str(tmp_path / "two.yaml"), *record, "--worker", "c"]) == 2
+    assert "uns: no context worker 'c' in the site model (its workers: a, b)" in capsys.readouterr().err
+    assert main(["context", "--site", str(tmp_path / "two.yaml"), *record]) == 2
+    assert "say which one this is (uns context --worker NAME)" in capsys.readouterr().err
+    assert main(["context", "--site", str(tmp_path / "one.yaml"), *record, "--worker", "a"]) == 2
+    assert "the site model has no context.workers" in capsys.readouterr().err
+    assert not (tmp_path / "record.db").exists()  # refused before anything was opened
