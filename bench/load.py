@@ -14,8 +14,11 @@ step added against the metrics sent), how long after the last message the record
 p50/p99 from the source timestamp of a value that changed a machine's state to the retained `state`
 JSON that shows it (its `since`), and the context process's CPU (of one core) over the step and the
 catch-up. Per run: the host's seq gaps and rebirth requests (its `_health` report) and the process's
-peak RSS (VmHWM). CPU and RSS come from /proc: Linux only. One worker: the context service does not
-yet split a site's edge nodes among workers (issue #13).
+peak RSS (VmHWM). CPU and RSS come from /proc: Linux only.
+
+With one worker (one `uns context`) at 50 and 500 machines, and with two workers (`context.workers`,
+each `uns context --worker` keeping half the edge nodes, one record) at 500: CPU is then the two
+processes' together (of one core: above 100 % is more than one core), RSS the larger one's peak.
 
 Everything shares this machine's cores (generator, broker, service, both subscribers): the figures
 are what one box does, not the service alone. `BENCH_LOAD_STEP_S` sets a step's length (3 s).
@@ -61,14 +64,14 @@ SIGNALS = (
     Signal.SPINDLE_LOAD,
     Signal.FEED_OVERRIDE,
 )
-SIZES = (50, 200, 500)
+SIZES = ((1, 50), (1, 500), (2, 500))  # (context workers, machines)
 STEP_S = float(os.environ.get("BENCH_LOAD_STEP_S", "3"))
 # messages per second, by shape: a low rate first (the UNS's own latency), then up
 RATES = {"worst": (50, 2_000, 5_000, 10_000), "realistic": (2_000, 5_000, 10_000, 17_000)}
 EXECUTIONS = ("READY", "ACTIVE", "READY", "INTERRUPTED")  # n from 1: the first is a change
 
 
-def site_yaml(machines: int) -> str:
+def site_yaml(machines: int, workers: int = 1) -> str:
     lines = [
         "enterprise: acme",
         "site: bench",
@@ -87,7 +90,17 @@ def site_yaml(machines: int) -> str:
                 f"              - {{id: m{i:03d}, edge_node: {_edge(i)}, source: {{protocol: opcua,"
                 f" endpoint: 'opc.tcp://127.0.0.1:4840', signals: {{{signals}}}}}}}"
             )
+    if workers > 1:  # the edge nodes split in `workers` runs of about the same length
+        edges = [_edge(i) for i in range(0, machines, PER_EDGE)]
+        lines += ["context:", "  workers:"]
+        for w in range(workers):
+            share = edges[w * len(edges) // workers : (w + 1) * len(edges) // workers]
+            lines.append(f"    w{w}: {{edge_nodes: [{', '.join(share)}]}}")
     return "\n".join(lines) + "\n"
+
+
+def _hosts(workers: int) -> list[str]:
+    return ["bench-host"] if workers == 1 else [f"bench-host-w{w}" for w in range(workers)]
 
 
 # -- the load generator (its own process) ----------------------------------------------------
@@ -172,18 +185,18 @@ class _States:
     """A subscriber to the readable tree (the services login): the delay of every state JSON that
     shows a new state after the value that began it (`since`), and the host's retained health."""
 
-    def __init__(self, address: BrokerAddress) -> None:
+    def __init__(self, address: BrokerAddress, hosts: list[str]) -> None:
         self.delays: list[float] = []
         self._since: dict[str, str | None] = {}
-        self.health: dict[str, Any] = {}
+        self.hosts = hosts
+        self.health: dict[str, dict[str, Any]] = {}  # by host
+        self._online: set[str] = set()
         self.online = threading.Event()
         c = paho.Client(
             CallbackAPIVersion.VERSION2, client_id="bench-states", protocol=MQTTProtocolVersion.MQTTv5
         )
         c.username_pw_set(address.username, address.password)
-        c.on_connect = lambda client, *_: client.subscribe(
-            [("acme/bench/#", 0), ("spBv1.0/STATE/bench-host", 0)]
-        )
+        c.on_connect = lambda client, *_: client.subscribe([("acme/bench/#", 0), ("spBv1.0/STATE/+", 0)])
         c.on_message = self._on_message
         self._client = c
         c.connect(address.host, address.port, 30)
@@ -198,11 +211,19 @@ class _States:
             if not msg.retain and since is not None and self._since.get(topic) != since:
                 self.delays.append(arrived - parse_iso(since))  # a new state: since its value's time
             self._since[topic] = since
-        elif topic == "spBv1.0/STATE/bench-host":
+        elif topic.startswith("spBv1.0/STATE/"):
             if msg.payload and json.loads(msg.payload).get("online"):
-                self.online.set()
-        elif topic == "acme/bench/_health/host/bench-host":
-            self.health = json.loads(msg.payload)
+                self._online.add(topic.rpartition("/")[2])
+                if self._online >= set(self.hosts):
+                    self.online.set()
+        elif topic.startswith("acme/bench/_health/host/"):
+            self.health[topic.rpartition("/")[2]] = json.loads(msg.payload)
+
+    def counter(self, name: str) -> float | None:
+        """A counter summed over the hosts (None before every host has reported its health)."""
+        if set(self.health) < set(self.hosts):
+            return None
+        return float(sum(h.get(name, 0) for h in self.health.values()))  # (one never moved: not in it)
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -276,28 +297,37 @@ class Step:
 class Run:
     machines: int
     shape: str
+    workers: int = 1
     steps: list[Step] = field(default_factory=list)
     peak_rss_mib: float = 0.0
     seq_gaps: float | None = None
     rebirths: float | None = None
 
 
-def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_S) -> Run:
-    result = Run(machines, shape)
+def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_S, workers: int = 1) -> Run:
+    result = Run(machines, shape, workers)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         broker = Mosquitto(root / "broker", "acme")
         broker.start()
         site, record = root / "site.yaml", root / "record.db"
-        site.write_text(site_yaml(machines))
+        site.write_text(site_yaml(machines, workers))
         env = {**os.environ, "UNS_MQTT_PASSWORD": broker.creds.password("services")}
         uns = Path(sys.executable).with_name("uns")
-        context = subprocess.Popen(
-            [str(uns), "--log-level", "WARNING", "context", "--site", str(site)]  # noqa: RUF005
-            + ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--record", str(record)],
-            env=env,
-        )
-        states = _States(broker.address("services"))
+        contexts = [
+            subprocess.Popen(
+                [str(uns), "--log-level", "WARNING", "context", "--site", str(site)]
+                + ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--record", str(record)]
+                + ([] if workers == 1 else ["--worker", f"w{w}"]),
+                env=env,
+            )
+            for w in range(workers)
+        ]
+
+        def cpu_s() -> float:
+            return sum(_cpu_s(c.pid) for c in contexts)
+
+        states = _States(broker.address("services"), _hosts(workers))
         bare = BareCounter(broker.address("services"), "spBv1.0/bench/DDATA/#", "bench-bare")
         bare.start()
         ours, theirs = multiprocessing.get_context("spawn").Pipe()
@@ -312,7 +342,7 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
             rows, _ = _settle(record, born)
             for rate in rates:
                 states.delays.clear()
-                heard0, cpu0 = bare.count, _cpu_s(context.pid)
+                heard0, cpu0 = bare.count, cpu_s()
                 ours.send((rate, step_s))
                 sent, seconds = ours.recv()
                 metrics = sent * 3
@@ -325,21 +355,22 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
                     rows + metrics - now_rows,
                     bare.count - heard0,
                     list(states.delays),
-                    (_cpu_s(context.pid) - cpu0) / (seconds + catch_up),
+                    (cpu_s() - cpu0) / (seconds + catch_up),
                     catch_up,
                 )
                 rows = now_rows
                 result.steps.append(step)
                 if step.lost:
                     break  # past what it keeps up with
-            result.peak_rss_mib = _peak_rss_mib(context.pid)
-            deadline = time.monotonic() + 12  # the host reports its health every 10 s
-            seen = states.health.get("updated")
-            while time.monotonic() < deadline and states.health.get("updated") == seen:
+            result.peak_rss_mib = max(_peak_rss_mib(c.pid) for c in contexts)
+            deadline = time.monotonic() + 12  # the hosts report their health every 10 s
+            seen = {h: v.get("updated") for h, v in states.health.items()}
+            while time.monotonic() < deadline and any(
+                h not in seen or states.health[h].get("updated") == seen[h] for h in states.hosts
+            ):
                 time.sleep(0.2)
-            if states.health:  # (a counter that never moved is not in it)
-                result.seq_gaps = states.health.get("seq_gaps", 0)
-                result.rebirths = states.health.get("rebirths_requested", 0)
+            result.seq_gaps = states.counter("seq_gaps")
+            result.rebirths = states.counter("rebirths_requested")
         finally:
             if gen.is_alive():
                 with contextlib.suppress(OSError):
@@ -347,11 +378,13 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
                 gen.join(10)
             states.stop()
             bare.stop()
-            context.terminate()
-            try:
-                context.wait(30)
-            except subprocess.TimeoutExpired:
-                context.kill()
+            for context in contexts:
+                context.terminate()
+            for context in contexts:
+                try:
+                    context.wait(30)
+                except subprocess.TimeoutExpired:
+                    context.kill()
             broker.stop()
     return result
 
@@ -359,10 +392,11 @@ def run(machines: int, shape: str, rates: tuple[int, ...], step_s: float = STEP_
 def report() -> None:
     print("load: N machines (edge nodes of 10) through Mosquitto into `uns context`, 3 metrics a message:")
     for shape, rates in RATES.items():
-        for machines in SIZES:
-            r = run(machines, shape, rates)
+        for workers, machines in SIZES:
+            r = run(machines, shape, rates, workers=workers)
+            who = "one worker" if workers == 1 else f"{workers} workers"
             print(
-                f"  {shape} shape, {machines} machines, one worker: peak RSS {r.peak_rss_mib:.0f} MiB,"
+                f"  {shape} shape, {machines} machines, {who}: peak RSS {r.peak_rss_mib:.0f} MiB,"
                 f" seq gaps {r.seq_gaps}, rebirths asked {r.rebirths}"
             )
             for step in r.steps:
