@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,26 @@ def _instant(text: str) -> int:
         return parse_iso(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time with an offset ({exc})") from None
+
+
+def _record(text: str) -> str | Path:
+    """--record: a PostgreSQL URL as it is, anything else a SQLite file's path."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
+RECORD_HELP = (
+    "the record: a SQLite file, or a PostgreSQL URL (postgresql://user@host/db; the password from"
+    " PGPASSWORD or ~/.pgpass); default UNS_RECORD, else var/record.db"
+)
+
+
+def _record_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record",
+        type=_record,
+        default=_record(os.environ.get("UNS_RECORD", "var/record.db")),
+        help=RECORD_HELP,
+    )
 
 
 def _clock_options(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     context.add_argument("--site", type=Path, default=DEFAULT_SITE)
     context.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    context.add_argument("--record", type=Path, default=Path("var/record.db"))
+    _record_option(context)
     context.add_argument(
         "--worker",
         default=None,
@@ -144,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _clock_options(context)
 
     api = sub.add_parser("api", help="serve the HTTP API over the record (UNS_API_TOKEN)")
-    api.add_argument("--record", type=Path, default=Path("var/record.db"))
+    _record_option(api)
     api.add_argument("--site", type=Path, default=None, help="site model, for its shift calendar")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=_port, default=8000)
@@ -160,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the record to InfluxDB (UNS_INFLUX_URL, _ORG, _BUCKET, _TOKEN)",
     )
     historian.add_argument("--site", type=Path, default=DEFAULT_SITE)
-    historian.add_argument("--record", type=Path, default=Path("var/record.db"))
+    _record_option(historian)
     historian.add_argument(
         "--memory", type=Path, default=None, help="where it is in the record (default: beside the record)"
     )
@@ -185,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id, or every token of a name")
     revoke.add_argument("who", help="a token id (the 12 hex digits after uns_) or a name")
     for cmd in (issue, listing, revoke):
-        cmd.add_argument("--record", type=Path, default=Path("var/record.db"))
+        _record_option(cmd)
         cmd.add_argument(
             "--site", type=Path, default=DEFAULT_SITE, help="checks an operator's cells and machines"
         )
@@ -256,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--days", type=_positive, default=825, help="validity of the certificates it makes (825)"
     )
+    from unscli import enterprise
+
+    enterprise.add_parser(sub)
     return p
 
 
@@ -276,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in site.machines:
                 print(f"{m.id:12} {m.path}  edge node {m.edge_node}  {m.where}")
             return 0
+        if args.command == "enterprise":
+            from unscli import enterprise
+
+            return enterprise.run(args)
         if args.command == "token":
             return _token(args)
         if args.command == "probe":
@@ -376,10 +404,10 @@ def _token(args: argparse.Namespace) -> int:
     import time
 
     from services.api import tokens
-    from services.context.record import RecordStore
+    from services.context.record import open_record
     from uns.clock import iso
 
-    store = RecordStore(args.record)
+    store = open_record(args.record, wait_s=10.0)  # a person waits, not forever
     now = int(time.time() * 1000)
     try:
         if args.action == "issue":

@@ -28,7 +28,7 @@ from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.app import ContextService, check_unheld
 from services.context.reasons import taxonomy
-from services.context.record import RecordStore
+from services.context.record import open_record
 from services.context.shifts import calendar_for
 from services.historian.app import HistorianService, memory_path
 from services.historian.writer import InfluxSettings
@@ -149,7 +149,7 @@ async def bridge(
 
 
 async def context(
-    site: Site, url: str, record: Path, clock: Clock | None = None, worker: str | None = None
+    site: Site, url: str, record: str | Path, clock: Clock | None = None, worker: str | None = None
 ) -> None:
     """The context service, or one worker of a partitioned site (`worker`): refused (ValueError,
     PartitionHeldError) for a worker the site does not have or one another live worker holds."""
@@ -157,7 +157,7 @@ async def context(
     site.partition(worker)  # a worker the site model does not have: said before anything starts
     if site.partitioned:
         await check_unheld(site, worker, address)
-    store = RecordStore(record)
+    store = open_record(record)
     service = ContextService(site, store, address, clock or WallClock(), worker)
     service.start(asyncio.get_running_loop())
 
@@ -180,10 +180,15 @@ def influx_settings() -> InfluxSettings:
         raise ConfigError(f"the historian's InfluxDB settings: {problems}") from None
 
 
-async def historian(site: Site, record: Path, memory: Path | None) -> None:
+async def historian(site: Site, record: str | Path, memory: Path | None) -> None:
     settings = influx_settings()
-    store = RecordStore(record)  # (made empty if the context service has not started yet)
-    service = HistorianService(site, store, settings, memory or memory_path(record), WallClock().now_ms)
+    store = open_record(record)  # (made empty if the context service has not started yet)
+    if memory is None and not isinstance(record, Path):
+        store.close()
+        raise ConfigError(
+            "uns historian --memory FILE: where it is in a PostgreSQL record (no file to keep it beside)"
+        )
+    service = HistorianService(site, store, settings, memory or memory_path(Path(record)), WallClock().now_ms)
     try:
         await _until_signal(service.run)
     finally:
@@ -191,7 +196,7 @@ async def historian(site: Site, record: Path, memory: Path | None) -> None:
 
 
 def api(
-    record: Path,
+    record: str | Path,
     host: str,
     port: int,
     site: Site | None = None,
@@ -202,7 +207,7 @@ def api(
     if not token:
         raise ConfigError("set UNS_API_TOKEN (at least 16 characters) to the bearer token clients must send")
     settings = ApiSettings(api_token=SecretStr(token))  # UNS_API_TOKEN_<ROLE> are read too
-    store = RecordStore(record)
+    store = open_record(record)
     try:
         shifts = site.config.shifts if site is not None else None
         calendar = (

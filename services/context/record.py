@@ -422,7 +422,7 @@ class Db(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Rows: ...
 
 
-class RecordError(Exception):
+class RecordError(RuntimeError):
     """The record cannot be opened or used (a newer schema, an unreachable database), said plainly."""
 
 
@@ -499,8 +499,10 @@ class _Record:
             yield self._db
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str = "BEGIN") -> Iterator[Db]:
-        """A connection in a transaction: committed at the end, rolled back on an exception."""
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[Db]:
+        """A connection in a transaction: committed at the end, rolled back on an exception. SQLite
+        takes the write lock at the start (IMMEDIATE): a transaction of one of several writers that
+        read before it wrote would fail at once, not wait its turn."""
         with self._lock:
             db = self._db
             db.execute(begin)

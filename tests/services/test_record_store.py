@@ -344,6 +344,8 @@ class _LateProxy:
                 client, _ = self._server.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # stopped: the socket is closed
             upstream = socket.create_connection(self.target)
             self._open += (client, upstream)
             for a, b in ((client, upstream), (upstream, client)):
