@@ -294,8 +294,10 @@ def _shift_time_sql(dialect: str) -> tuple[str, str]:
         f" DELETE FROM shift_time WHERE {group} AND pieces = 0;"
         + "".join(
             " UPDATE shift_time SET"  # noqa: S608
-            f" first_ms = (SELECT min(i.start_ms) FROM state_interval i {among}{same}),"
-            f" last_ms = (SELECT max(i.end_ms) FROM state_interval i {among}{same})"
+            # (PostgreSQL fires these after the whole statement: an UPDATE that moves several pieces
+            # out of a group finds none left in it before the last is taken out, which deletes it)
+            f" first_ms = coalesce((SELECT min(i.start_ms) FROM state_interval i {among}{same}), first_ms),"
+            f" last_ms = coalesce((SELECT max(i.end_ms) FROM state_interval i {among}{same}), last_ms)"
             f" WHERE {when} AND {group} AND (first_ms = R.start_ms OR last_ms = R.end_ms);"
             for when, among in members
         )

@@ -210,6 +210,7 @@ class Translator:
         sql = _JULIANDAY.sub(r"(extract(epoch from CAST(\1 AS date)) / 86400)", sql)
         sql = _functions(sql)
         sql = _order_by(sql)
+        sql = sql.replace(" IN ()", " IN (SELECT NULL WHERE FALSE)")  # SQLite's empty list
         m = _INSERT_OR.match(sql)
         if m is not None:
             action, table, listed = m.groups()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,8 @@ T0 = 1_795_300_000_000  # 2026-11-21T22:26:40Z
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    store = RecordStore(tmp_path / "record.db")
+def client(make_record: Callable[..., RecordStore], tmp_path: Path) -> Iterator[TestClient]:
+    store = make_record("record")
     store.register_machines(
         [
             ("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),
@@ -150,12 +150,14 @@ def test_prometheus_metrics(client: TestClient, tmp_path: Path) -> None:
     assert 'uns_machine_samples_per_second{machine="vf2-01"} 3.5' in text
 
 
-def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(tmp_path: Path) -> None:
+def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
     from datetime import time
 
     from services.context.shifts import ShiftCalendar, ShiftDef
 
-    store = RecordStore(tmp_path / "shifts.db")
+    store = make_record("shifts")
     store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2")])
     # 2026-11-23 13:00 to 15:00 New York time, running across the 14:00 change of shift
     midnight = 1_795_410_000_000  # 2026-11-23T00:00:00-05:00
@@ -185,12 +187,12 @@ def test_intervals_are_cut_at_shift_boundaries_when_the_site_has_shifts(tmp_path
     store.close()
 
 
-def test_downtime_by_shift_and_reason(tmp_path: Path) -> None:
+def test_downtime_by_shift_and_reason(make_record: Callable[..., RecordStore], tmp_path: Path) -> None:
     from datetime import time
 
     from services.context.shifts import BreakDef, ShiftCalendar, ShiftDef
 
-    store = RecordStore(tmp_path / "downtime.db")
+    store = make_record("downtime")
     store.register_machines(
         [
             ("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2"),

@@ -3,6 +3,7 @@ once however often it comes; where nothing was buffered, comms_loss stays."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from services.context.app import ContextService
@@ -36,8 +37,10 @@ def ready(ts: int, count: int = 10) -> list[Sample]:
     ]
 
 
-def setup(tmp_path: Path) -> tuple[ContextService, RecordStore, EdgeSession, Clock]:
-    store = RecordStore(tmp_path / "record.db")
+def setup(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> tuple[ContextService, RecordStore, EdgeSession, Clock]:
+    store = make_record("record")
     clock = Clock()
     service = ContextService(parse_site(SITE), store, BrokerAddress("127.0.0.1", 1), clock)
     edge = EdgeSession("dayton", "edge1", DEFS)
@@ -79,8 +82,10 @@ def history(edge: EdgeSession) -> list[tuple[str, bytes]]:
     return out
 
 
-def test_history_fills_the_gap_once_however_often_it_comes(tmp_path: Path) -> None:
-    service, store, edge, clock = setup(tmp_path)
+def test_history_fills_the_gap_once_however_often_it_comes(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
+    service, store, edge, clock = setup(make_record, tmp_path)
     assert store.intervals("vf2-01", 0, 20_000) == [
         Interval("vf2-01", 1000, 2000, S.IDLE),
         Interval("vf2-01", 2000, 2500, S.RUNNING),
@@ -110,8 +115,10 @@ def test_history_fills_the_gap_once_however_often_it_comes(tmp_path: Path) -> No
     store.close()
 
 
-def test_where_nothing_was_buffered_comms_loss_stays(tmp_path: Path) -> None:
-    service, store, edge, clock = setup(tmp_path)
+def test_where_nothing_was_buffered_comms_loss_stays(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
+    service, store, edge, clock = setup(make_record, tmp_path)
     reconnect(service, edge, clock)
     intervals = store.intervals("vf2-01", 0, 20_000)
     assert intervals[-1] == Interval("vf2-01", 2500, 9000, S.COMMS_LOSS)

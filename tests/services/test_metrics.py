@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -76,8 +76,8 @@ def scrape(store: RecordStore) -> dict[str, Family]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RecordStore]:
-    s = RecordStore(tmp_path / "record.db")
+def store(make_record: Callable[..., RecordStore], tmp_path: Path) -> Iterator[RecordStore]:
+    s = make_record("record")
     s.register_machines(MACHINES)
     yield s
     s.close()
@@ -226,6 +226,9 @@ ODD: list[tuple[Any, Any, Any, Any]] = [
 ]
 
 
+# SQLite only: its columns take a string where a number belongs, as another program may have written
+# it; PostgreSQL's refuse it at the write
+@pytest.mark.parametrize("record_backend", ["sqlite"])
 def test_odd_health_rows_do_not_break_the_scrape(store: RecordStore) -> None:
     store.write_health(cast(list[tuple[str, str, float | None, int]], ODD))
     f = scrape(store)  # parses; every family once, with help and type

@@ -4,6 +4,7 @@ and `/api/v1/oee` on a record the context service wrote (no broker)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -659,14 +660,20 @@ areas:
 """
 
 
-def night(tmp_path: Path, start: str, end: str, down: tuple[str, str] | None) -> dict[str, Tally]:
+def night(
+    make_record: Callable[..., RecordStore],
+    tmp_path: Path,
+    start: str,
+    end: str,
+    down: tuple[str, str] | None,
+) -> dict[str, Tally]:
     """vf2-01 runs J9 (ideal 8 min a part) through a third shift from `start` to `end` (UTC), down
     over `down`, counting a part 5 min into every 10 min it runs; the record written as the context
     service writes it (cut at shift edges). OEE of the night by shift."""
     site = parse_site(NIGHTS)
     assert site.config.shifts is not None
     calendar = calendar_for(site.config.shifts, site.config.timezone)
-    store = RecordStore(tmp_path / "night.db")
+    store = make_record("night")
     store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "vf2-01")])
     t0, t1 = parse_iso(start), parse_iso(end)
     store.save_dispatch(
@@ -702,12 +709,15 @@ def night(tmp_path: Path, start: str, end: str, down: tuple[str, str] | None) ->
     return {dict(k)["shift"] or "": v for k, v in out.items()}
 
 
-def test_the_fall_back_night_shift_is_nine_hours(tmp_path: Path) -> None:
+def test_the_fall_back_night_shift_is_nine_hours(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
     """Saturday 31 October 2026, 22:00 EDT (02:00 UTC) to Sunday 06:00 EST (11:00 UTC): 9 h. Down for an
     hour from the first 01:30 (05:30 UTC) to the second (06:30 UTC). 21 parts before, 27 after (one
     every 10 min of running). Planned 9 h, run 8 h: availability 8/9 = 0.8889; performance 48 x 8 min /
     480 min = 0.8; quality 1; OEE 0.7111."""
     shifts = night(
+        make_record,
         tmp_path,
         "2026-11-01T02:00:00Z",
         "2026-11-01T11:00:00Z",
@@ -726,10 +736,12 @@ def test_the_fall_back_night_shift_is_nine_hours(tmp_path: Path) -> None:
     assert set(shifts) == {"2026-10-31/third"}  # the hour before it (second shift): nothing recorded
 
 
-def test_the_spring_forward_night_shift_is_seven_hours(tmp_path: Path) -> None:
+def test_the_spring_forward_night_shift_is_seven_hours(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
     """Saturday 13 March 2027, 22:00 EST (03:00 UTC) to Sunday 06:00 EDT (10:00 UTC): 7 h, running all of
     it: 42 parts. Availability 1, performance 42 x 8 / 420 = 0.8, OEE 0.8."""
-    shifts = night(tmp_path, "2027-03-14T03:00:00Z", "2027-03-14T10:00:00Z", None)
+    shifts = night(make_record, tmp_path, "2027-03-14T03:00:00Z", "2027-03-14T10:00:00Z", None)
     third = shifts["2027-03-13/third"]
     assert (third.planned_s, third.run_s, third.made) == (7 * 3600, 7 * 3600, 42)
     assert (third.availability, third.performance, third.oee) == pytest.approx((1.0, 0.8, 0.8))

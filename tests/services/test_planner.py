@@ -7,7 +7,7 @@ morning unless said otherwise."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from tests.services.test_review import AUTH, app_for, at, write_day
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RecordStore]:
-    s = RecordStore(tmp_path / "record.db")
+def store(make_record: Callable[..., RecordStore], tmp_path: Path) -> Iterator[RecordStore]:
+    s = make_record("record")
     write_day(s)
     yield s
     s.close()

@@ -6,6 +6,7 @@ and a rebuild from the stored events gives the same reasons and evidence."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge.signals import metric_defs
@@ -27,12 +28,14 @@ ORIGIN_MS = parse_iso("2026-11-18T19:00:00.000Z")  # Wednesday 14:00 in Dayton: 
 HOURS = 8  # through the dinner break and into the third shift
 
 
-def run_scenario(tmp_path: Path) -> tuple[ContextService, MachineScenario, int]:
+def run_scenario(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> tuple[ContextService, MachineScenario, int]:
     site = load_site(DEFAULT_SITE).only((MACHINE,))
     [machine] = site.machines
     assert isinstance(machine.source, OpcUaSource)
     clock = Clock(ORIGIN_MS)
-    store = RecordStore(tmp_path / "record.db")
+    store = make_record("record")
     service = ContextService(site, store, BrokerAddress("127.0.0.1", 1), clock)
     scenario = MachineScenario(MACHINE, SEED, ORIGIN_MS)
     end_ms = ORIGIN_MS + HOURS * 3_600_000
@@ -60,8 +63,10 @@ def run_scenario(tmp_path: Path) -> tuple[ContextService, MachineScenario, int]:
     return service, scenario, end_ms
 
 
-def test_the_reason_a_supervisor_would_write_for_95_percent_of_stopped_time(tmp_path: Path) -> None:
-    service, scenario, end_ms = run_scenario(tmp_path)
+def test_the_reason_a_supervisor_would_write_for_95_percent_of_stopped_time(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
+    service, scenario, end_ms = run_scenario(make_record, tmp_path)
     store = service.store
     phases = {p for t in scenario.truth(end_ms) if t.state != "running" for p in t.phases}
     assert phases == set(PHASE_REASONS)  # every kind of stop the scenario has

@@ -15,7 +15,7 @@ after its planned end. J4/10 is queued, due 10:00 the next day, and can make it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time
 from pathlib import Path
@@ -170,8 +170,8 @@ def app_for(store: RecordStore, now: int = NOW) -> Any:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    store = RecordStore(tmp_path / "record.db")
+def client(make_record: Callable[..., RecordStore], tmp_path: Path) -> Iterator[TestClient]:
+    store = make_record("record")
     write_day(store)
     with TestClient(app_for(store)) as c:
         yield c
@@ -284,12 +284,14 @@ def test_the_review_of_yesterday_by_shift(client: TestClient) -> None:
     assert r["unclassified_hm"] == "1:25"
 
 
-def test_asked_on_the_day_itself_the_open_stop_counts_up_to_now(tmp_path: Path) -> None:
+def test_asked_on_the_day_itself_the_open_stop_counts_up_to_now(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
     """At 16:30, for vf2-01 only: it ran 14:00-16:00 and has stood since, unclassified (its open
     interval): the stop is in the list, going on, and is the day's loss so far."""
-    store = RecordStore(tmp_path / "record.db")
+    store = make_record("record")
     write_day(store)
-    fresh = RecordStore(tmp_path / "today.db")
+    fresh = make_record("today")
     fresh.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2 (1)")])
     now = {"reason": "unclassified", "stop_start": "2026-11-18T21:00:00.000Z", "job": "J2", "operation": "10"}
     fresh.write(
@@ -309,8 +311,10 @@ def test_asked_on_the_day_itself_the_open_stop_counts_up_to_now(tmp_path: Path) 
     fresh.close()
 
 
-def test_without_a_shift_calendar_the_day_is_the_local_date(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "record.db")
+def test_without_a_shift_calendar_the_day_is_the_local_date(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
+    store = make_record("record")
     write_day(store)
     app = create_app(
         ApiSettings(api_token=SecretStr(TOKEN)), store, timezone="America/New_York", clock=lambda: NOW
@@ -331,9 +335,11 @@ def test_without_a_shift_calendar_the_day_is_the_local_date(tmp_path: Path) -> N
     store.close()
 
 
-def test_the_page_lists_the_worst_twenty_of_a_long_list(tmp_path: Path) -> None:
+def test_the_page_lists_the_worst_twenty_of_a_long_list(
+    make_record: Callable[..., RecordStore], tmp_path: Path
+) -> None:
     """30 unclassified stops of 2 to 31 minutes: the JSON has them all, the page the 20 longest."""
-    store = RecordStore(tmp_path / "record.db")
+    store = make_record("record")
     store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "Haas VF-2 (1)")])
     stops = [
         piece("vf2-01", at(6) + n * 32 * MIN, at(6) + n * 32 * MIN + (2 + n) * MIN, S.IDLE, "unclassified")

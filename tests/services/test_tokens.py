@@ -4,10 +4,10 @@ still work, for bootstrap."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,8 @@ NOW = int(time.time() * 1000)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RecordStore:
-    return RecordStore(tmp_path / "record.db")
+def store(make_record: Callable[..., RecordStore], tmp_path: Path) -> RecordStore:
+    return make_record("record")
 
 
 def client(store: RecordStore) -> TestClient:
@@ -49,7 +49,7 @@ def test_a_named_token_is_checked_by_its_hash_and_refused_once_revoked_or_expire
         assert get(c, "b" * 24) == 200  # the bootstrap token from the environment
         assert store.revoke_tokens("Ann Smith", NOW) == 1
         assert get(c, ann) == 401  # revoked: refused at once, no restart
-    with sqlite3.connect(tmp_path / "record.db") as db:
+    with store._use() as db:  # what the record keeps: on SQLite and on PostgreSQL
         kept = db.execute("SELECT digest FROM api_token WHERE token_id = ?", (ann_id,)).fetchone()[0]
     assert ann.split("_", 2)[2] not in kept
     assert len(kept) == 64
