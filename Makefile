@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_ARGS ?=
 
-.PHONY: demo test lint bench proto mosquitto servers chromium dashboards clean
+.PHONY: demo test lint bench proto mosquitto servers postgres chromium dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@# Debian's python3 needs python3-venv for this; install it when the first try fails
@@ -35,6 +35,23 @@ servers:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq victoria-metrics influxdb; \
 	fi
+
+# The record store's tests run on SQLite and on a real PostgreSQL: Debian's, started when it is not
+# running. The tests make a database of their own on UNS_TEST_POSTGRES (a role that may create
+# databases) and drop it at the end.
+UNS_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/postgres
+export UNS_TEST_POSTGRES
+postgres: $(STAMP)
+	@if ! command -v pg_ctlcluster >/dev/null; then \
+	  echo "installing PostgreSQL from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
+	fi
+	@for c in $$(ls /etc/postgresql 2>/dev/null); do \
+	  pg_lsclusters -h | grep -q "^$$c .* online" || $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$c main start; \
+	done
+	@$(PY) -c "import psycopg, os; psycopg.connect(os.environ['UNS_TEST_POSTGRES'], connect_timeout=10).close()" \
+	  || { echo "make test: cannot log in to PostgreSQL at $(UNS_TEST_POSTGRES): set UNS_TEST_POSTGRES to a" \
+	    "role that may create databases (README, Tests)"; exit 1; }
 
 # The floor view's and the review's pages are tested in Debian's Chromium, driven by playwright
 # (which is told where it is: it downloads no browser of its own).
@@ -64,10 +81,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) mosquitto servers chromium $(GRAFANA_NODE) lint
+test: $(STAMP) mosquitto servers postgres chromium $(GRAFANA_NODE) lint
 	$(PY) -m pytest -q -n 3
 
-bench: $(STAMP) mosquitto servers
+bench: $(STAMP) mosquitto servers postgres
 	$(PY) -m bench
 
 # Regenerate the Sparkplug payload module from our own schema (uns/sparkplug/sparkplug_b.proto).
