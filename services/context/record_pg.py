@@ -368,6 +368,7 @@ class PgRecordStore(RecordStore):
             kwargs={"autocommit": True},
             configure=lambda conn: conn.adapters.register_loader("numeric", _Numeric),
             name="record",
+            timeout=5.0,  # a connection not had in 5 s: the write fails (and is tried again later)
             open=False,
         )
         self._pool.open(wait=True, timeout=30.0)
