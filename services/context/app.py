@@ -29,7 +29,7 @@ from services.context.commands import CommandError, CommandResult, parse, shape_
 from services.context.foreign import ForeignMetrics
 from services.context.intake import Intake
 from services.context.jobs import Operation, OperationBook
-from services.context.record import Event, RecordStore
+from services.context.record import Event, RecordStore, RecordUnavailableError
 from services.context.shifts import calendar_for
 from services.context.state import (
     LOST,
@@ -145,12 +145,19 @@ class ContextService:
         self._published: list[tuple[Interval, bool]] = []  # closed record intervals to announce
         self._written: dict[str, dict[str, Any] | None] = {}  # the open pieces' context as last written
         self._stopped = False  # after stop(): nothing more is taken or written
+        self._record_retry: float | None = None  # while the record cannot be written: the next wait
         self.intake = Intake(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._client = MqttClient(
+        self._client = self._connect(loop)
+        self._health_task = loop.create_task(
+            self._report_health(self.health_interval_s), name="context.health"
+        )
+
+    def _connect(self, loop: asyncio.AbstractEventLoop) -> MqttClient:
+        client = MqttClient(
             f"uns-host.{self.host_id}",
             self.address,
             self,
@@ -158,10 +165,64 @@ class ContextService:
             will=self._will,
             subscriptions=(*self._sparkplug_filters(), (f"{self.root}/_command/+", 1)),
         )
-        self._client.start()
-        self._health_task = loop.create_task(
-            self._report_health(self.health_interval_s), name="context.health"
-        )
+        client.start()
+        return client
+
+    # -- the record cannot be written ------------------------------------------------------------
+    # The host goes offline (STATE), so that the edge nodes buffer on their disks instead of sending
+    # into a service that cannot keep what they send; what it holds is tried again with backoff
+    # (0.5 s doubling to 30 s), and once written it comes back online on a new connection (a new
+    # Will and STATE timestamp): the edge nodes send their births and then what they buffered.
+    def _record_unavailable(self, exc: RecordUnavailableError) -> None:
+        client = self._client
+        if self._record_retry is None:
+            self._record_retry = 0.5
+            self.host.counters["record_outages"] += 1
+            logger.error(
+                "the record cannot be written (%s): offline as Sparkplug host %s, the edge nodes buffer;"
+                " what came in is kept and tried again",
+                exc,
+                self.host_id,
+            )
+            if client is not None and client.connected:
+                client.publish(
+                    state_topic(self.host_id), state_payload(False, self._state_ts), qos=1, retain=True
+                )
+        else:
+            self._record_retry = min(self._record_retry * 2, 30.0)
+            logger.warning(
+                "the record still cannot be written (%s); next try in %.1f s", exc, self._record_retry
+            )
+        if self._loop is not None:
+            self._loop.call_later(self._record_retry, self._try_record)
+
+    def _try_record(self) -> None:
+        if not self._stopped and self._loop is not None:
+            self._loop.create_task(self._retry_record(), name="context.record-retry")
+
+    async def _retry_record(self) -> None:
+        """Whether the record answers is asked off the loop (a database that is gone can take
+        seconds to say so); only then is what was kept written, and the host back online."""
+        if self._stopped or self._record_retry is None:
+            return
+        if not await asyncio.to_thread(self.store.answers):
+            self._record_unavailable(RecordUnavailableError("it does not answer"))
+            return
+        self.flush(retry=True)
+        if self._record_retry is None and not self._stopped:
+            await self._online_again()
+
+    async def _online_again(self) -> None:
+        """A new connection, so that the Will and the online STATE carry a timestamp later than the
+        offline one the edge nodes saw."""
+        old = self._client
+        if old is not None:
+            old.stop()
+            old.drain()
+        if self._stopped or self._loop is None:
+            return
+        logger.info("the record is written again: Sparkplug host %s comes back online", self.host_id)
+        self._client = self._connect(self._loop)
 
     def _sparkplug_filters(self) -> tuple[tuple[str, int], ...]:
         """Everything Sparkplug, or (a worker of a partitioned site) its edge nodes' topics only:
@@ -571,13 +632,14 @@ class ContextService:
             else:
                 self._loop.call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self, *, retry: bool = False) -> None:
         """Publish the changed machines' state, write what changed to the record, then publish what
         the record now says (intervals, jobs, and the state of machines whose history came in). The
         state goes out first so the UNS does not wait for the disk; the record is written whatever
-        happens to the publish."""
+        happens to the publish. While the record cannot be written, only the retry (`retry`) writes:
+        until then everything is kept as it is."""
         self._flush_scheduled = False
-        if self._stopped:
+        if self._stopped or (self._record_retry is not None and not retry):
             return
         if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
             return
@@ -593,7 +655,6 @@ class ContextService:
                 self._publish_state(client, machine_id, pieces[machine_id])
                 early.add(machine_id)
         current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
-        self._written.update((row[0], row[-1]) for row in current)
         intervals = [
             p
             for i in self._intervals
@@ -604,14 +665,26 @@ class ContextService:
             for p in self._parts
             for a in timeline.attribute([p], self.contexts[p.machine_id], self.calendar)
         ]
-        self.store.write(intervals, parts, current, self._events)
+        try:
+            self.store.write(intervals, parts, current, self._events)
+        except RecordUnavailableError as exc:
+            self._record_unavailable(exc)
+            return
+        self._written.update((row[0], row[-1]) for row in current)
         self._published += [(i, False) for i in intervals]
         self._intervals, self._parts, self._dirty, self._events = [], [], set(), []
         history, self._history = self._history, {}
-        for machine_id, batches in history.items():
-            self._backfill(machine_id, batches)
+        for machine_id, batches in list(history.items()):
+            try:
+                self._backfill(machine_id, batches)
+            except RecordUnavailableError as exc:  # this machine's history and the rest wait with the retry
+                self._history = {**history, **self._history}
+                self._record_unavailable(exc)
+                return
+            del history[machine_id]
             dirty.append(machine_id)
             pieces.pop(machine_id, None)
+        self._record_retry = None
         published, self._published = self._published, []
         jobs, self._jobs_dirty = self._jobs_dirty, set()
         client = self._client

@@ -428,6 +428,15 @@ class RecordError(RuntimeError):
     """The record cannot be opened or used (a newer schema, an unreachable database), said plainly."""
 
 
+class RecordUnavailableError(RecordError):
+    """The record cannot be reached or written just now (a database down, a disk gone): what was to
+    be written is kept and tried again by the caller."""
+
+
+# What SQLite says when the file cannot take a write just now (or at all): a reason to keep the
+# writes and try again, not a fault in them
+_UNAVAILABLE = ("disk", "locked", "unable to open", "readonly", "no such file")
+
 # The record's schema version: migrations take older records (SQLite's user_version, PostgreSQL's
 # record_schema table) up to it, and a program refuses a record of a newer version than its own.
 SCHEMA_VERSION = 1
@@ -497,7 +506,7 @@ class _Record:
     @contextlib.contextmanager
     def _use(self) -> Iterator[Db]:
         """A connection for one or more statements, each its own transaction."""
-        with self._lock:
+        with self._lock, self._unavailable():
             yield self._db
 
     @contextlib.contextmanager
@@ -505,15 +514,36 @@ class _Record:
         """A connection in a transaction: committed at the end, rolled back on an exception. SQLite
         takes the write lock at the start (IMMEDIATE): a transaction of one of several writers that
         read before it wrote would fail at once, not wait its turn."""
-        with self._lock:
+        with self._lock, self._unavailable():
             db = self._db
             db.execute(begin)
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A full disk, a file gone or made read-only, a lock held past the timeout:
+        RecordUnavailableError (the caller keeps what it was writing)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if any(m in str(exc) for m in _UNAVAILABLE):
+                raise RecordUnavailableError(f"record {self.path}: {exc}") from exc
+            raise
+
+    def answers(self) -> bool:
+        """Whether the record answers now (a cheap read; any thread)."""
+        try:
+            with self._use() as db:
+                db.execute("SELECT 1").fetchall()
+        except RecordUnavailableError:
+            return False
+        return True
 
     def data_version(self) -> int:
         """Changes when another connection (another process: the context service) commits."""

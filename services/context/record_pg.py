@@ -24,10 +24,18 @@ from typing import Any
 import psycopg
 import psycopg.adapt
 import psycopg.conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.context import record
-from services.context.record import SCHEMA, SCHEMA_VERSION, Db, RecordError, RecordStore, Rows
+from services.context.record import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    Db,
+    RecordError,
+    RecordStore,
+    RecordUnavailableError,
+    Rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -423,13 +431,23 @@ class PgRecordStore(RecordStore):
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[Db]:
-        with self._pool.connection() as conn:
+        with self._unavailable(), self._pool.connection() as conn:
             yield PgDb(conn, self._translator)
 
     @contextlib.contextmanager
     def _transaction(self, begin: str = "BEGIN") -> Iterator[Db]:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._unavailable(), self._pool.connection() as conn, conn.transaction():
             yield PgDb(conn, self._translator)
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A lost or refused connection, or none had in time: RecordUnavailableError (the transaction was
+        rolled back; the caller keeps what it was writing)."""
+        try:
+            yield
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            said = " ".join(str(exc).split()) or type(exc).__name__
+            raise RecordUnavailableError(f"the record at {where(self.url)}: {said}") from exc
 
     def data_version(self) -> int:
         """Changes with every write to the database (its WAL position): a coalesced read is shared
