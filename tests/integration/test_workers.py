@@ -3,6 +3,7 @@ config and ACL:
 - two `uns context --worker` processes give the record one `uns context` gives on the same seeded
   scenario, also when one is killed (SIGKILL) mid-run and a replacement takes its partition over: its
   edge nodes buffer while its STATE is offline and backfill the replacement, nothing lost or doubled;
+  on a shared SQLite file and on a PostgreSQL record (`--record postgresql://...`);
 - a second worker for a partition a live worker holds refuses to start and says why;
 - every command is answered by exactly one worker: the one that keeps its machine, or the lead,
   which refuses what spans workers.
@@ -30,7 +31,8 @@ from bridge.edge_node import EdgeNode
 from bridge.runner import make_edge_node
 from services.api.sender import CommandSender
 from services.context.app import ContextService, PartitionHeldError, check_unheld
-from services.context.record import RecordStore
+from services.context.record import RecordStore, open_record
+from tests.conftest import postgres_url
 from tests.helpers import CNC_AT_REST, Recorder, address, recorder, track
 from uns.broker import Mosquitto
 from uns.clock import WallClock
@@ -117,7 +119,9 @@ def scenario(seed: int, steps: int) -> list[tuple[int, str, list[Sample]]]:
     return out
 
 
-def context(site: Path, record: Path, broker: Mosquitto, log: Path, *more: str) -> subprocess.Popen[bytes]:
+def context(
+    site: Path, record: Path | str, broker: Mosquitto, log: Path, *more: str
+) -> subprocess.Popen[bytes]:
     """`uns context` as a process of its own, its output in `log`."""
     env = {**os.environ, "UNS_MQTT_PASSWORD": broker.creds.password("services")}
     with log.open("wb") as out:
@@ -166,9 +170,9 @@ def updated(rec: Recorder, machine_id: str) -> int | None:
     return parse_iso(said[-1]) if said else None
 
 
-def recorded(path: Path, at_least: dict[str, int]) -> bool:
+def recorded(path: Path | str, at_least: dict[str, int]) -> bool:
     """Whether the record's current state of these machines is as recent as that."""
-    store = RecordStore(path)
+    store = open_record(path)
     try:
         now = {c.machine_id: c.updated_ms or 0 for c in store.current_states()}
     finally:
@@ -176,10 +180,10 @@ def recorded(path: Path, at_least: dict[str, int]) -> bool:
     return all(now.get(m, 0) >= ms for m, ms in at_least.items())
 
 
-def record_of(path: Path, until_ms: int) -> dict[str, Any]:
+def record_of(path: Path | str, until_ms: int) -> dict[str, Any]:
     """What the record says up to `until_ms`: each machine's closed intervals (state, reason) and
     its part counts."""
-    store = RecordStore(path)
+    store = open_record(path)
     try:
         return {
             m: (
@@ -217,9 +221,25 @@ def play(
         nodes[site.machine(m).edge_node].data(m, samples)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """Where the one service and the two workers keep their records: two SQLite files, or two
+    empty schemas of the tests' PostgreSQL database (URLs, as `uns context --record` takes them)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "one.db"), str(tmp_path / "two.db")
+    import psycopg
+
+    two = str(request.getfixturevalue("pg_url"))
+    schema = two.rsplit("search_path%3D", 1)[1] + "_one"  # next to pg_url's, dropped with the database
+    with psycopg.connect(postgres_url(two), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return postgres_url(two, schema=schema), two
+
+
 async def test_two_workers_give_the_record_of_one_and_a_killed_one_is_replaced(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, records: tuple[str, str]
 ) -> None:
+    one_record, record = records
     steps = scenario(seed=13, steps=400)
     last = steps[-1][0]
     half = len(steps) // 2
@@ -232,7 +252,7 @@ async def test_two_workers_give_the_record_of_one_and_a_killed_one_is_replaced(
         one_site = tmp_path / "one.yaml"
         one_site.write_text(SITE)
         site = parse_site(SITE)
-        procs.append(context(one_site, tmp_path / "one.db", mosquitto, tmp_path / "one.log"))
+        procs.append(context(one_site, one_record, mosquitto, tmp_path / "one.log"))
         await until(lambda: state_of(watch, "uns-host") is True, "the context service to go online")
         clock = ScriptClock()
         nodes = await edge_nodes(site, mosquitto, clock)
@@ -244,14 +264,13 @@ async def test_two_workers_give_the_record_of_one_and_a_killed_one_is_replaced(
             await node.stop()
         procs[0].send_signal(signal.SIGINT)
         assert procs[0].wait(30) == 0, (tmp_path / "one.log").read_text()
-        expected = record_of(tmp_path / "one.db", last)
+        expected = record_of(one_record, last)
         assert all(expected[m][0] and expected[m][1] for m in MACHINES), expected
 
         # two workers on one record, one killed half way and replaced
         two_site = tmp_path / "two.yaml"
         two_site.write_text(SITE + WORKERS)
         site = parse_site(SITE + WORKERS)
-        record = tmp_path / "two.db"
         watch.messages.clear()
         a = context(two_site, record, mosquitto, tmp_path / "a.log", "--worker", "a")
         b = context(two_site, record, mosquitto, tmp_path / "b.log", "--worker", "b")
