@@ -18,8 +18,10 @@ What is checked:
 outlives a restart (mosquitto_sub -c, QoS 1: the way an enterprise historian would subscribe), and
 by the retained messages a new subscriber gets. No timing is asserted; waits have timeouts.
 
-The one API answering for both sites from one PostgreSQL record is not here yet (see the marked
-place below): it needs the PostgreSQL record store.
+One API answers for both sites: each site's context service (in process, on its own site broker,
+fed by that site's own Sparkplug edge nodes) writes one PostgreSQL record; one API over that record
+lists both sites' machines with their ISA-95 paths and answers a machine's intervals and the downtime
+report for a machine of each site.
 """
 
 from __future__ import annotations
@@ -34,12 +36,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Recorder, track
+from bridge.edge_node import EdgeNode
+from bridge.runner import make_edge_node
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.context.app import ContextService
+from services.context.record import RecordStore, open_record
+from tests.helpers import CNC_AT_REST, Recorder, address, track
 from uns.broker import Mosquitto, ServerTls
 from uns.certs import make_certs
 from uns.enterprise import EnterpriseLink, bridge_topics, render_bridge, render_enterprise_acl, site_user
 from uns.mqtt import BrokerAddress, MqttClient, TlsFiles
 from uns.site import Site, load_site
+from uns.sparkplug.edge import Sample
 
 pytestmark = pytest.mark.integration
 
@@ -299,12 +308,6 @@ async def test_both_sites_trees_reach_the_enterprise_and_only_the_tree(enterpris
     assert pub(ent, "site.toledo", "acme/toledo/_command/dispatch", ca) == "not authorized"
     assert pub(ent, "site.dayton", "spBv1.0/dayton/NDATA/edge-machining", ca) == "not authorized"
     assert pub(ent, "viewer", "acme/dayton/machining/x", ca) == "not authorized"
-    # ---------------------------------------------------------------------------------------------
-    # TO DO (issue #13, with the PostgreSQL record store): one API answers for both sites.
-    # Each site's context service writes into one PostgreSQL record (its machines' paths already
-    # carry acme/<site>/...); one `uns api` over that record must list the machines and current
-    # states of both dayton and toledo. Write that part here once the store exists.
-    # ---------------------------------------------------------------------------------------------
 
 
 async def test_a_site_broker_restart_loses_nothing_at_the_enterprise(enterprise: Enterprise) -> None:
@@ -370,3 +373,128 @@ async def test_the_enterprise_link_down_queues_at_the_site_and_delivers_after(en
     for name in enterprise.sites:
         states = [p for t, p in seen if t == f"acme/{name}/_bridge/enterprise"]
         assert states[-1] == "1", states
+
+
+# -- one API for both sites ---------------------------------------------------------------------
+MIN = 60_000
+T0 = (int(time.time()) // 3600 - 48) * 3_600_000  # the scenario's event time: two days ago on
+TOKEN = "enterprise-api-token-0123456789"
+
+
+class ScriptClock:
+    """The edge nodes' clock: the event time the scenario has reached."""
+
+    speed = 1.0
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+async def site_edge_nodes(s: SiteBroker, clock: ScriptClock) -> list[EdgeNode]:
+    """The site's own edge nodes (the bridge's), every machine at rest at T0, on its site broker."""
+    nodes = []
+    for edge, machines in s.site.edge_nodes().items():
+        user = f"{s.site.group_id}.{edge}"
+        node = make_edge_node(s.site, edge, address(s.broker, user), clock)
+        for m in machines:
+            signals = {str(k) for k in m.source.signals}
+            node.device_online(m.id, [Sample(k, v, T0) for k, v in CNC_AT_REST.items() if k in signals])
+        node.start(asyncio.get_running_loop())
+        track(node._client)
+        nodes.append(node)
+    return nodes
+
+
+async def test_one_api_answers_for_both_sites_from_one_postgresql_record(
+    enterprise: Enterprise, pg_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from uns.clock import WallClock, iso
+
+    sites = list(enterprise.sites.values())
+    ids = [m.id for s in sites for m in s.site.machines]
+    assert len(ids) == len(set(ids)), "machine ids differ across the sites: the record keys on them"
+    # each site's context service on its own broker, with a connection of its own to the one record
+    services: list[tuple[ContextService, RecordStore]] = []
+    for s in sites:
+        store = open_record(pg_url)
+        service = ContextService(s.site, store, address(s.broker, "services"), WallClock())
+        service.start(asyncio.get_running_loop())
+        track(service._client)
+        services.append((service, store))
+    for service, _ in services:
+        deadline = time.monotonic() + 10
+        while service._client is None or not service._client.connected:
+            assert time.monotonic() < deadline, f"{service.site.config.site}: no broker"
+            await asyncio.sleep(0.05)
+    clocks = {s.name: ScriptClock() for s in sites}
+    nodes = {s.name: await site_edge_nodes(s, clocks[s.name]) for s in sites}
+    every = [n for ns in nodes.values() for n in ns]
+    deadline = time.monotonic() + 30
+    while not all(n.publishable for n in every):
+        assert time.monotonic() < deadline, "the edge nodes never could publish"
+        await asyncio.sleep(0.05)
+    # every machine of both sites: runs at 10 min (a part), stops at 30, runs again at 50
+    for s in sites:
+        clock = clocks[s.name]
+        for at, execution, count in ((10, "ACTIVE", 2), (30, "READY", 2), (50, "ACTIVE", 3)):
+            clock.now = T0 + at * MIN
+            for node in nodes[s.name]:
+                for m in s.site.edge_nodes()[node.session.edge_node_id]:
+                    node.data(
+                        m.id,
+                        [Sample("execution", execution, clock.now), Sample("part_count", count, clock.now)],
+                    )
+
+    reader = open_record(pg_url)  # the API's own connection
+    try:
+
+        def recorded() -> bool:
+            now = {c.machine_id: c.since_ms for c in reader.current_states()}
+            return all(now.get(m) == T0 + 50 * MIN for m in ids) and all(
+                any(i.end_ms == T0 + 50 * MIN for i in reader.intervals(m, T0, T0 + 60 * MIN)) for m in ids
+            )
+
+        deadline = time.monotonic() + 30
+        while not recorded():
+            assert time.monotonic() < deadline, {c.machine_id: c.since_ms for c in reader.current_states()}
+            await asyncio.sleep(0.2)
+
+        app = create_app(ApiSettings(api_token=SecretStr(TOKEN)), reader)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        with TestClient(app) as api:
+            listed = api.get("/api/v1/machines", headers=auth)
+            assert listed.status_code == 200, listed.text
+            paths = {m["id"]: m["path"] for m in listed.json()}
+            assert paths == {m.id: str(m.path) for s in sites for m in s.site.machines}
+            assert {p.split("/")[1] for p in paths.values()} == {"dayton", "toledo"}
+            assert {m["state"] for m in listed.json()} == {"running"}
+            window = {"start": iso(T0), "end": iso(T0 + 60 * MIN)}
+            for s in sites:
+                m = s.site.machines[0]
+                got = api.get(f"/api/v1/machines/{m.id}/intervals", params=window, headers=auth)
+                assert got.status_code == 200, got.text
+                said = [(i["start"], i["end"], i["state"]) for i in got.json()["intervals"]]
+                assert said == [
+                    (iso(T0), iso(T0 + 10 * MIN), "idle"),
+                    (iso(T0 + 10 * MIN), iso(T0 + 30 * MIN), "running"),
+                    (iso(T0 + 30 * MIN), iso(T0 + 50 * MIN), "idle"),
+                    (iso(T0 + 50 * MIN), None, "running"),
+                ], (s.name, said)
+                down = api.get("/api/v1/downtime", params={**window, "machine": m.id}, headers=auth)
+                assert down.status_code == 200, down.text
+                rows = down.json()["rows"]
+                assert {r["machine"] for r in rows} == {m.id}, rows
+                assert sum(r["duration_s"] for r in rows) == 30 * 60, rows  # two stops of 10 and 20 min
+    finally:
+        reader.close()
+        for node in every:
+            await node.stop()
+        for service, store in services:
+            await service.stop()
+            store.close()
