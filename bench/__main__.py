@@ -12,6 +12,7 @@ from bench import (
     load,
     mtconnect,
     oee,
+    record_writes,
     state_latency,
     store_forward,
     tokens,
@@ -30,3 +31,4 @@ if __name__ == "__main__":
     exports.report()
     mtconnect.report()
     api_latency.report()
+    record_writes.report()
