@@ -551,8 +551,23 @@ class _Record:
             return int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def register_machines(self, machines: Iterable[tuple[str, str, str]]) -> None:
-        """(machine id, ISA-95 path, name) of every machine in the site model."""
-        with self._use() as db:
+        """(machine id, ISA-95 path, name) of every machine in the site model. A machine id the record
+        holds for another site (one record for several sites: the ids must differ) is refused."""
+        machines = list(machines)
+        with self._transaction() as db:
+            known = dict(db.execute("SELECT machine_id, path FROM machine").fetchall())
+            clash = [
+                (m, known[m], path)
+                for m, path, _ in machines
+                if m in known and known[m].split("/")[:2] != path.split("/")[:2]
+            ]
+            if clash:
+                m, theirs, ours = clash[0]
+                raise RecordError(
+                    f"machine id {m!r} is already in this record for another site ({theirs}), not"
+                    f" {ours}: machine ids must differ across the sites that share a record"
+                    + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else "")
+                )
             db.executemany(
                 "INSERT INTO machine VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE "
                 "SET path = excluded.path, name = excluded.name",

@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +369,14 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
         for s in (a, b):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_machine_id_of_another_site_is_refused(make_record: Callable[..., RecordStore]) -> None:
+    """One record for several sites: machine ids must differ across them (the record keys on them)."""
+    store = make_record()
+    store.register_machines([("vf2-01", "acme/dayton/machining/mills/cell-1/vf2-01", "VF2")])
+    store.register_machines([("vf2-01", "acme/dayton/milling/mills/cell-1/vf2-01", "VF2")])  # renamed area
+    said = r"'vf2-01' is already in this record for another site \(acme/dayton"
+    with pytest.raises(RecordError, match=said):
+        store.register_machines([("vf2-01", "acme/toledo/machining/mills/cell-1/vf2-01", "VF2")])
+    assert [c.path for c in store.current_states()] == ["acme/dayton/milling/mills/cell-1/vf2-01"]
