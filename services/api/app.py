@@ -45,7 +45,7 @@ from services.api.limits import BodyLimit
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import DEFAULT_REASONS, Reason
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import Definition
 from uns.site import OeeConfig
@@ -53,7 +53,7 @@ from uns.site import OeeConfig
 
 def create_app(
     settings: ApiSettings,
-    store: RecordStore,
+    store: RecordReader,
     calendar: ShiftCalendar | None = None,
     reasons: dict[str, Reason] | None = None,
     commands: CommandSender | None = None,

@@ -14,11 +14,11 @@ import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, cast
 
 from fastapi import Request, Response
 
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 
 P = ParamSpec("P")
 _Key = tuple[Any, ...]
@@ -71,9 +71,8 @@ def shared(route: Callable[P, Response]) -> Callable[P, Response]:
     @functools.wraps(route)
     def run(*args: P.args, **kwargs: P.kwargs) -> Response:
         request = kwargs["request"]
-        store = kwargs["store"]
+        store = cast(RecordReader, kwargs["store"])  # (the route's own parameter)
         assert isinstance(request, Request)
-        assert isinstance(store, RecordStore)
         key = (
             id(store),
             store.data_version(),

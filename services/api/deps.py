@@ -15,7 +15,7 @@ from services.api.errors import ApiError
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.reasons import Reason
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import Definition
 
@@ -27,8 +27,8 @@ def get_settings(request: Request) -> ApiSettings:
     return settings
 
 
-def get_store(request: Request) -> RecordStore:
-    store: RecordStore = request.app.state.store
+def get_store(request: Request) -> RecordReader:
+    store: RecordReader = request.app.state.store
     return store
 
 
@@ -131,7 +131,7 @@ def author(caller: tokens.Caller, given: str | None) -> str:
     return given[: max(1, 64 - len(suffix))] + suffix
 
 
-def acting_on(store: RecordStore, caller: tokens.Caller, machine_id: str) -> None:
+def acting_on(store: RecordReader, caller: tokens.Caller, machine_id: str) -> None:
     """403 when an operator's token is limited to cells or machines and this machine is not one of
     them. An unknown machine passes here: the context service answers 404 for it."""
     if not caller.scope:
@@ -172,7 +172,7 @@ def get_oee(request: Request) -> Definition:
     return definition
 
 
-Store = Annotated[RecordStore, Depends(get_store)]
+Store = Annotated[RecordReader, Depends(get_store)]
 OeeDefinition = Annotated[Definition, Depends(get_oee)]
 Reasons = Annotated[dict[str, Reason], Depends(get_reasons)]
 Calendar = Annotated[ShiftCalendar | None, Depends(get_calendar)]

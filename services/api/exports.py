@@ -41,7 +41,7 @@ from services.api.when import (
     site_zone,
 )
 from services.context.reasons import Reason
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
 from services.context.state import Interval
 
@@ -355,7 +355,7 @@ def last_production_day(calendar: ShiftCalendar, zone: str, now_ms: int) -> tupl
 
 def window(
     request: Request,
-    store: RecordStore,
+    store: RecordReader,
     max_days: int,
     calendar: ShiftCalendar | None,
     start: datetime | None,
@@ -476,7 +476,7 @@ def export(
 
 def _rows(
     kind: str,
-    store: RecordStore,
+    store: RecordReader,
     machines: list[str],
     start_ms: int,
     end_ms: int,

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.api.deps import Store
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.state import MachineState
 
 router = APIRouter(tags=["metrics"])
@@ -142,7 +142,7 @@ class _Names:
 class RecordCollector:
     """Yields every series from the record at each scrape."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordReader) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -248,7 +248,7 @@ def _undocumented(metric: str, scope: str, name: str, label: str, names: _Names)
     )
 
 
-def render(store: RecordStore) -> bytes:
+def render(store: RecordReader) -> bytes:
     """The Prometheus text exposition of the record, as of now."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecordCollector(store))

@@ -12,7 +12,7 @@ from services.api.deps import Calendar, OeeDefinition, Settings, Store
 from services.api.errors import ApiError, responses
 from services.api.settings import ApiSettings
 from services.api.when import Range, When, Window, hm, resolve
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import NONE, Tally
 from services.oee.observed import ObservedCycles
@@ -130,7 +130,7 @@ def ordered(
     return [(dict(k), t) for k, t in sorted(tallies.items(), key=lambda kv: [v or "" for _, v in kv[0]])]
 
 
-def observed_cycles(request: Request, store: RecordStore) -> ObservedCycles:
+def observed_cycles(request: Request, store: RecordReader) -> ObservedCycles:
     """The operations' observed cycles, kept by the app between requests (a wall display asks every
     minute; they are read again where the record changed)."""
     kept: ObservedCycles | None = getattr(request.app.state, "oee_cycles", None)
@@ -141,7 +141,7 @@ def observed_cycles(request: Request, store: RecordStore) -> ObservedCycles:
 
 def window(
     request: Request,
-    store: RecordStore,
+    store: RecordReader,
     settings: ApiSettings,
     calendar: ShiftCalendar | None,
     start: datetime | None,
@@ -154,7 +154,7 @@ def window(
     return resolve(request, store, settings.max_interval_days, calendar, start, end)
 
 
-def known_machines(store: RecordStore, machine: list[str] | None) -> list[str]:
+def known_machines(store: RecordReader, machine: list[str] | None) -> list[str]:
     """The machines asked for (all, without `machine=`); 404 naming `machine` for unknown ones."""
     known = [c.machine_id for c in store.current_states()]
     unknown = sorted(set(machine or []) - set(known))

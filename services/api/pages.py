@@ -46,7 +46,7 @@ from services.api.deps import PageCaller, Settings, acting_on, page_caller
 from services.api.errors import ApiError
 from services.context.jobs import Operation
 from services.context.reasons import Reason
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.shifts import ShiftCalendar
 from services.context.state import MachineState
 from services.oee.engine import Definition
@@ -130,7 +130,7 @@ class FloorBoard:
 
     def __init__(self, app: FastAPI, monotonic: Callable[[], float] = time.monotonic) -> None:
         state = app.state
-        self.store: RecordStore = state.store
+        self.store: RecordReader = state.store
         self.calendar: ShiftCalendar | None = state.calendar
         self.reasons: dict[str, Reason] = state.reasons
         self.definition: Definition = state.oee
@@ -458,7 +458,7 @@ def operator_page(
 ) -> HTMLResponse:
     """The operator's stop-reason screen of one machine: for the roles that may set reasons (an
     operator limited to cells: on those only). A display link is refused."""
-    store: RecordStore = request.app.state.store
+    store: RecordReader = request.app.state.store
     try:
         caller = page_caller(request, settings, credentials, key)
         if caller.role == tokens.DISPLAY:

@@ -40,7 +40,7 @@ from services.api.when import (
     sent_as,
 )
 from services.context.jobs import ACTIVE, CANCELLED, COMPLETE, PAUSED, PLANNED, Operation
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.oee.engine import Definition, Tally
 from services.oee.observed import ObservedCycles, Op, OpenPiece
 from services.oee.report import oee
@@ -135,7 +135,7 @@ def open_pieces(states: Iterable[CurrentState], now_ms: int) -> dict[str, OpenPi
 
 
 def estimates(
-    store: RecordStore,
+    store: RecordReader,
     definition: Definition,
     cycles: ObservedCycles,
     ops: list[Operation],

@@ -54,7 +54,7 @@ from services.api.when import (
 )
 from services.context.jobs import COMPLETE
 from services.context.reasons import Reason
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import Definition, Tally
 from services.oee.losses import big_loss
@@ -252,7 +252,7 @@ class _Ask:
 
 def build(
     request: Request,
-    store: RecordStore,
+    store: RecordReader,
     calendar: ShiftCalendar | None,
     definition: Definition,
     taxonomy: dict[str, Reason],
@@ -458,7 +458,7 @@ class _Stop:
 
 
 def _unclassified(
-    store: RecordStore,
+    store: RecordReader,
     calendar: ShiftCalendar | None,
     states: list[CurrentState],
     machines: list[str],
@@ -519,7 +519,9 @@ def _unclassified(
 
 
 # -- the routes ---------------------------------------------------------------------------------------
-def _ask(request: Request, store: RecordStore, day: date | None, top: int, machine: list[str] | None) -> _Ask:
+def _ask(
+    request: Request, store: RecordReader, day: date | None, top: int, machine: list[str] | None
+) -> _Ask:
     machines = known_machines(store, machine)
     if day is not None:
         return _Ask(day, None, machines, top)
@@ -594,7 +596,7 @@ def review_page(
     return HTMLResponse(text, headers=headers)
 
 
-def _site(store: RecordStore) -> str:
+def _site(store: RecordReader) -> str:
     paths = [c.path for c in store.current_states()]
     return "/".join(paths[0].split("/")[:2]) if paths else ""
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from services.api.deps import Settings, Store
 from services.api.errors import ApiError, responses
 from services.context.reasons import DEFAULT_REASON, Reason
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.state import MachineState
 from uns.clock import iso, parse_iso
 from uns.site import DowntimeConfig
@@ -99,7 +99,7 @@ class _Stop:
 
 
 def stops_of(
-    store: RecordStore,
+    store: RecordReader,
     current: CurrentState,
     now_ms: int,
     window_ms: int,

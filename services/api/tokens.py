@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 
 ROLES = ("viewer", "operator", "planner", "quality", "admin", "display")
 DISPLAY = "display"  # a wall display's link: opens the floor view and nothing else (services/api/deps.py)
@@ -47,7 +47,7 @@ def _digest(secret: str) -> str:
 
 
 def issue(
-    store: RecordStore,
+    store: RecordReader,
     name: str,
     role: str,
     now_ms: int,
@@ -70,7 +70,7 @@ def issue(
     return token_id, f"uns_{token_id}_{secret}"
 
 
-def check(store: RecordStore, token: str, now_ms: int) -> Caller | None:
+def check(store: RecordReader, token: str, now_ms: int) -> Caller | None:
     """The caller a named token belongs to, or None (unknown, wrong, revoked or expired)."""
     m = _FORM.match(token)
     if m is None:

@@ -32,7 +32,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, 
 from pydantic_core import to_json
 
 from services.api.errors import ApiError
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import Shift, ShiftCalendar
 from uns.clock import iso
 
@@ -178,7 +178,7 @@ def site_zone(request: Request) -> str:
     return zone
 
 
-def now_of(request: Request, store: RecordStore) -> int:
+def now_of(request: Request, store: RecordReader) -> int:
     """Now (UTC ms): the API's clock, or the record's latest event time if that is later (a
     simulation ahead of the wall clock); a standing machine stands until now."""
     latest = max((c.updated_ms or 0 for c in store.current_states()), default=0)
@@ -210,7 +210,7 @@ def check(start_ms: int, end_ms: int, max_days: int, *, end_given: bool = True) 
 
 def resolve(
     request: Request,
-    store: RecordStore,
+    store: RecordReader,
     max_days: int,
     calendar: ShiftCalendar | None,
     start: datetime | None,

@@ -1829,3 +1829,156 @@ def open_record(where: str | Path, *, wait_s: float | None = None) -> RecordStor
 
         return PgRecordStore(text, wait_s=wait_s)
     return RecordStore(where)
+
+
+class RecordReader(Protocol):
+    """What the record's readers (the API, the OEE engine, the historian, exports) may ask of it: the
+    reads, and the API's own named tokens. The context service writes through RecordStore; nothing
+    outside this module writes SQL. Both stores (SQLite here, PostgreSQL in record_pg.py) are one."""
+
+    def current_states(self) -> list[CurrentState]: ...
+
+    def current_state(self, machine_id: str) -> CurrentState | None: ...
+
+    def report_operations(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, job: str | None = None
+    ) -> list[Operation]: ...
+
+    def operations(self, machine_id: str | None = None, job: str | None = None) -> list[Operation]: ...
+
+    def intervals(self, machine_id: str, start_ms: int, end_ms: int) -> list[Interval]: ...
+
+    def revisions(self, after_seq: int) -> list[tuple[int, str, int]]: ...
+
+    def intervals_from(self, machine_id: str, start_ms: int, limit: int) -> list[Interval]: ...
+
+    def change_marks(self) -> tuple[int, int, int]: ...
+
+    def token(self, token_id: str) -> tuple[str, str, str, list[str], int | None, int | None] | None: ...
+
+    def tokens(self) -> list[tuple[str, str, str, list[str], int, int | None, int | None]]: ...
+
+    def stops_with_reason(
+        self, machines: Iterable[str], reason: str, start_ms: int, end_ms: int
+    ) -> list[tuple[str, int, int, int, str, str | None, str | None, str | None]]: ...
+
+    def stopped_by_shift(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> tuple[
+        list[tuple[str, str | None, str, str | None, int, int, int]],
+        list[tuple[str, int, int, str, str | None, int]],
+    ]: ...
+
+    def signal_events(
+        self, machine_id: str, from_ms: int, limit: int
+    ) -> list[tuple[int, str, Value | None]]: ...
+
+    def reason_audit(
+        self, machine_id: str
+    ) -> list[tuple[int, str | None, str, str | None, str, int, str]]: ...
+
+    def parts(self, machine_id: str, start_ms: int, end_ms: int) -> list[PartsMade]: ...
+
+    def operations_written_since(self, part_row: int, interval_row: int) -> set[tuple[str, str, str]]: ...
+
+    def operation_time(self, job: str, operation: str) -> tuple[dict[str, float], dict[str, float], int]: ...
+
+    def operation_ideals(self) -> dict[tuple[str, str], tuple[str, str, int | None]]: ...
+
+    def operation_cycles(
+        self, operations: Iterable[tuple[str, str, str]]
+    ) -> dict[
+        tuple[str, str, str], tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]
+    ]: ...
+
+    def oee_time(
+        self,
+        machines: Iterable[str],
+        start_ms: int,
+        end_ms: int,
+        *,
+        by_operation: bool,
+        by_start: bool,
+        running_outside: bool,
+    ) -> list[tuple[str, str | None, str | None, str | None, str, str | None, int, int | None]]: ...
+
+    def oee_rejects(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> list[tuple[str, int, str | None, str | None, str | None, int, int, int]]: ...
+
+    def oee_parts(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, *, by_start: bool
+    ) -> list[tuple[str, str | None, str | None, str | None, int, int | None]]: ...
+
+    def made_by_machine(
+        self, machines: Iterable[str], start_ms: int, end_ms: int
+    ) -> dict[str, tuple[int, int]]: ...
+
+    def last_revision(self) -> int: ...
+
+    def holds(self) -> list[Hold]: ...
+
+    def held(self, hold_id: str) -> tuple[dict[str, float], list[str]]: ...
+
+    def health(self) -> list[tuple[str, str, float | None, int]]: ...
+
+    def export_reason_audit(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[tuple[int, str, int, str | None, str, str | None, str, int, str]]]: ...
+
+    def export_operations(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[tuple[Any, ...]]]: ...
+
+    def export_intervals(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[list[Interval]]: ...
+
+    def export_counts(
+        self, machines: Iterable[str], start_ms: int, end_ms: int, page: int = 5000
+    ) -> Iterator[
+        list[
+            tuple[str, int, str, int, int | None, str | None, str | None, str | None, str | None, str | None]
+        ]
+    ]: ...
+
+    def dispatch_version(self) -> int: ...
+
+    def data_version(self) -> int: ...
+
+    def counts(
+        self, start_ms: int, end_ms: int
+    ) -> list[tuple[str, str | None, str | None, str | None, str, int]]: ...
+
+    def add_token(
+        self,
+        token_id: str,
+        digest: str,
+        name: str,
+        role: str,
+        scope: list[str],
+        issued_ms: int,
+        expires_ms: int | None,
+    ) -> None: ...
+
+    def answers(self) -> bool: ...
+
+    def schema_version(self) -> int: ...
+
+    def overrides(self, machine_id: str) -> dict[int, tuple[str, str]]: ...
+
+    def dropped(self, machine_id: str) -> list[tuple[int | None, int]]: ...
+
+    def verdicts(self, machine_id: str) -> list[int]: ...
+
+    def rejects(
+        self, machine_id: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, str | None, str | None, str | None, int]]: ...
+
+    def op_events(self, machine_id: str | None = None) -> list[OpEvent]: ...
+
+    def pending(self, machine_id: str) -> Pending | None: ...
+
+    def operator_events(self, machine_id: str) -> list[tuple[int, str | None]]: ...
+
+    def applied(self, command_id: str) -> str | None: ...

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.context.reasons import taxonomy
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.shifts import calendar_for
 from services.historian.follow import Historian
 from services.historian.memory import Memory
@@ -30,7 +30,7 @@ class HistorianService:
     def __init__(
         self,
         site: Site,
-        store: RecordStore,
+        store: RecordReader,
         settings: InfluxSettings,
         memory: Path,
         now_ms: Callable[[], int],

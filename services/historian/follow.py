@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from services.context.reasons import Reason
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.shifts import ShiftCalendar
 from services.context.state import MachineState
 from services.historian.lines import Encoder, line, machine_tags, retraction
@@ -64,7 +64,7 @@ class Historian:
     def __init__(
         self,
         site: Site,
-        store: RecordStore,
+        store: RecordReader,
         sink: Sink,
         memory: Memory,
         *,

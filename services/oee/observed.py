@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from services.context.record import RecordStore
+from services.context.record import RecordReader
 from services.context.state import MachineState
 from services.oee.cycles import cycles_of
 
@@ -32,7 +32,7 @@ class OpenPiece:
 class ObservedCycles:
     """Each operation's cycles, kept until the record changes under them. Thread-safe."""
 
-    def __init__(self, store: RecordStore, max_operations: int = 100_000) -> None:
+    def __init__(self, store: RecordReader, max_operations: int = 100_000) -> None:
         self.store = store
         self.max_operations = max_operations
         self._lock = threading.Lock()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from services.context.record import CurrentState, RecordStore
+from services.context.record import CurrentState, RecordReader
 from services.context.shifts import Shift, ShiftCalendar
 from services.context.state import Interval, MachineState
 from services.oee.cycles import best_observed
@@ -68,7 +68,7 @@ class Where:
 
 
 def oee(
-    store: RecordStore,
+    store: RecordReader,
     calendar: ShiftCalendar | None,
     definition: Definition,
     start_ms: int,
@@ -182,7 +182,7 @@ class _Ideals:
 
     def __init__(
         self,
-        store: RecordStore,
+        store: RecordReader,
         definition: Definition,
         states: list[CurrentState],
         start_ms: int,

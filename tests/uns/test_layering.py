@@ -37,3 +37,22 @@ def test_a_package_imports_nothing_above_it(package: str) -> None:
     }
     assert {k: v for k, v in wrong.items() if v} == {}
     assert wrong  # (the package has modules)
+
+
+READERS = ("services/api", "services/oee", "services/historian")
+
+
+def test_the_readers_of_the_record_see_its_reader_interface_only() -> None:
+    """The API, the OEE engine and the historian take the record as `RecordReader` (its reads and the
+    API's tokens): mypy then refuses any write through it; none names the writer, `RecordStore`."""
+    naming = sorted(
+        str(path.relative_to(ROOT))
+        for folder in READERS
+        for path in (ROOT / folder).rglob("*.py")
+        if any(
+            isinstance(node, ast.Name | ast.alias)
+            and "RecordStore" in (getattr(node, "id", None), getattr(node, "name", None))
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        )
+    )
+    assert naming == []
