@@ -26,7 +26,8 @@ from bridge.sim.cnc import run_simulator
 from services.api.app import create_app
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
-from services.context.app import ContextService, check_unheld
+from services.context.app import ContextService
+from services.context.partition import check_unheld
 from services.context.reasons import taxonomy
 from services.context.record import open_record
 from services.context.shifts import calendar_for

@@ -1,12 +1,24 @@
 """The context service: the Sparkplug host application that keeps the record.
 
-It decodes every Sparkplug message (`HostSession`), derives each machine's state on event time
-(`MachineTracker`), follows which dispatched operation each machine is on (`OperationBook`), takes
-commands (dispatch lists, operators, holds, reasons, scrap: services/context/intake.py) on
-`<enterprise>/<site>/_command/<kind>`, writes closed intervals with their job, operation, shift,
-operator and reason (services/context/timeline.py) and part counts to the record, and publishes per
-machine, under `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`: `state` and `job` (retained
-JSON) and `intervals` (each closed record interval as it is written; not retained).
+A payload's way, each stage in the module that owns it:
+
+1. decode: `on_message` hands a Sparkplug message to `HostSession.handle` (uns/sparkplug/host.py:
+   topic, protobuf, aliases, seq and bdSeq, births and deaths, rebirth requests), which gives
+   `MetricsUpdate`, `Death` and `RebirthRequest` events (`_host_events`);
+2. state: `_update` gives a machine's values to its `MachineTracker` (state.py), which derives its
+   state on event time and closes intervals and part counts; historical values wait for the flush;
+3. context: `_follow_operations` moves the machine's `OperationBook` (jobs.py); at the flush
+   `timeline.enrich` and `timeline.attribute` give closed intervals and counts their job,
+   operation, shift, operator, hold and reason (timeline.py, reasons.py);
+4. record: `flush` writes them, the open pieces and the event log in one transaction
+   (record.py; `_backfill` recomputes from history); a record that cannot be written sends the host
+   offline until it can (`_record_unavailable`);
+5. publish: the changed machines' `state` (before the record write: the UNS does not wait for the
+   disk), `job` and `intervals`, documents shaped by tree.py, under
+   `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`.
+
+Commands (dispatch lists, operators, holds, reasons, scrap) come on
+`<enterprise>/<site>/_command/<kind>` and are applied by services/context/intake.py.
 
 A site model with `context.workers` splits it: each worker keeps the machines of its edge nodes only,
 is a Sparkplug host of its own (its own host id and STATE, which its edge nodes take as their primary
@@ -21,14 +33,13 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
-from services.context import reasons, timeline
+from services.context import reasons, timeline, tree
 from services.context.commands import CommandError, CommandResult, parse, shape_problem
 from services.context.foreign import ForeignMetrics
 from services.context.intake import Intake
-from services.context.jobs import Operation, OperationBook
+from services.context.jobs import OperationBook
 from services.context.record import Event, RecordStore, RecordUnavailableError
 from services.context.shifts import calendar_for
 from services.context.state import (
@@ -42,13 +53,14 @@ from services.context.state import (
     birth_time,
     replay,
 )
+from services.context.tree import context_json, interval_json
 from uns.clock import Clock, iso
 from uns.mqtt import BrokerAddress, MqttClient, Will
 from uns.site import Machine, Partition, Signal, Site, SparkplugSource
 from uns.sparkplug.host import Death, HostSession, MetricsUpdate, RebirthRequest, state_payload
 from uns.sparkplug.host import Event as HostEvent
 from uns.sparkplug.payload import Metric, Quality
-from uns.sparkplug.topic import parse_state, state_topic
+from uns.sparkplug.topic import state_topic
 
 logger = logging.getLogger(__name__)
 
@@ -529,7 +541,7 @@ class ContextService:
             t.counter,
             t.story_at_start,
             t.story,
-            None if piece is None else _context_json(piece),
+            None if piece is None else context_json(piece),
         )
 
     def _refresh_stops(self) -> None:
@@ -539,7 +551,7 @@ class ContextService:
             if t.since_ms is None or t.state is MachineState.RUNNING:
                 continue
             piece = self.current(machine_id)
-            if piece is not None and _context_json(piece) != self._written.get(machine_id):
+            if piece is not None and context_json(piece) != self._written.get(machine_id):
                 self._dirty.add(machine_id)
         self._schedule_flush()
 
@@ -726,184 +738,10 @@ class ContextService:
 
     def state_json(self, machine: Machine, piece: Interval | None = None) -> dict[str, Any]:
         """The retained `state` JSON (`piece`: the open interval's current piece, if known)."""
-        t = self.trackers[machine.id]
-        sig = t.signals
-        alarm = sig.get(Signal.ALARM_CODE)
-        return {
-            "machine": machine.id,
-            "name": machine.name,
-            "path": str(machine.path),
-            "state": t.state.value,
-            "since": iso(t.since_ms) if t.since_ms is not None else None,
-            "updated": iso(t.updated_ms) if t.updated_ms is not None else None,
-            "execution": sig.get(Signal.EXECUTION),
-            "mode": sig.get(Signal.MODE),
-            "program": sig.get(Signal.PROGRAM),
-            "alarm": {"code": alarm, "text": sig.get(Signal.ALARM_TEXT)} if alarm else None,
-            "emergency_stop": sig.get(Signal.ESTOP),
-            "part_count": t.counter,
-            **_context_json(piece or self.current(machine.id)),
-        }
+        return tree.state_document(machine, self.trackers[machine.id], piece or self.current(machine.id))
 
     def job_json(self, machine: Machine) -> dict[str, Any]:
-        """The machine's current operation with its counts, what is queued next, and whether a
-        program change waits for a confirmation."""
-        book = self.books[machine.id]
-        op = book.active
-        queue = book.queue()
-        pending = book.pending
-        return {
-            "machine": machine.id,
-            "updated": iso(self.clock.now_ms()),
-            "operation": None if op is None else operation_json(op),
-            "next": [operation_json(o) for o in queue[:3]],
-            "queued": len(queue),
-            "confirmation_needed": None
-            if pending is None
-            else {
-                "since": iso(pending.ts),
-                "program": pending.program,
-                "candidates": [{"job": j, "operation": o} for j, o in pending.candidates],
-            },
-        }
-
-
-class PartitionHeldError(RuntimeError):
-    """A context worker that must not start: another live one holds its partition (or the broker
-    could not be asked)."""
-
-
-class _StateCheck:
-    """Reads the retained STATE of one host id. The marker it sends itself after subscribing comes
-    back after any retained message of that subscription (the broker sends those first), so it
-    knows when there is none."""
-
-    def __init__(self, host_id: str, marker: str) -> None:
-        self.host_id = host_id
-        self.marker = marker
-        self.client: MqttClient | None = None
-        self.state: bytes | None = None
-        self.done = asyncio.Event()
-
-    def on_connected(self) -> None:
-        assert self.client is not None
-        self.client.publish(self.marker, b"check", 1, False)
-
-    def on_disconnected(self, reason: str) -> None:
-        pass
-
-    def on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self.marker:
-            self.done.set()
-        elif parse_state(topic) == self.host_id:
-            self.state = payload
-
-    def on_retained(self, topic: str, payload: bytes) -> None:
-        if parse_state(topic) == self.host_id:
-            self.state = payload
-
-
-async def check_unheld(
-    site: Site, worker: str | None, address: BrokerAddress, timeout_s: float = 30.0
-) -> None:
-    """Refuse to start a context worker whose host STATE (`spBv1.0/STATE/<host id>`, retained) says
-    online: another live worker holds the partition. One that died has had its Will (offline)
-    published by the broker, so its replacement may start. PartitionHeldError says which and why."""
-    partition = site.partition(worker)
-    host = partition.host_id
-    root = f"{site.config.enterprise}/{site.config.site}"
-    check = _StateCheck(host, f"{root}/_reply/context/{host}/{uuid.uuid4().hex}")
-    check.client = MqttClient(
-        f"uns-check.{host}.{uuid.uuid4().hex[:8]}",
-        address,
-        check,
-        asyncio.get_running_loop(),
-        subscriptions=((state_topic(host), 1), (check.marker, 1)),
-    )
-    check.client.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            await check.done.wait()
-    except TimeoutError:
-        raise PartitionHeldError(
-            f"{partition}: could not read {state_topic(host)} from the broker {address} within"
-            f" {timeout_s:g} s, so whether another worker holds the partition is unknown; not started"
-        ) from None
-    finally:
-        check.client.stop()
-    if check.state is None:
-        return
-    try:
-        doc = json.loads(check.state)
-        online, since = bool(doc["online"]), int(doc["timestamp"])
-    except (ValueError, KeyError, TypeError):
-        logger.warning("%s: unreadable STATE %r; taken as offline", state_topic(host), check.state[:100])
-        return
-    if online:
-        raise PartitionHeldError(
-            f"{partition} is held by another live worker: {state_topic(host)} says online since"
-            f" {iso(since)}. Stop that one first (one that died is replaced as soon as the broker has"
-            " published its Will, offline)"
-        )
-
-
-def _context_json(piece: Interval | None) -> dict[str, Any]:
-    if piece is None:
-        return {
-            "reason": None,
-            "reason_source": None,
-            "reason_evidence": None,
-            "stop_start": None,
-            "job": None,
-            "operation": None,
-            "operator": None,
-            "shift": None,
-            "hold": None,
-        }
-    return {
-        "reason": piece.reason,
-        "reason_source": piece.source,
-        "reason_evidence": piece.evidence,
-        "stop_start": iso(piece.stop_start_ms) if piece.stop_start_ms is not None else None,
-        "job": piece.job,
-        "operation": piece.operation,
-        "operator": piece.operator,
-        "shift": piece.shift,
-        "hold": piece.hold,
-    }
-
-
-def operation_json(op: Operation) -> dict[str, Any]:
-    return {
-        "job": op.job,
-        "operation": op.operation,
-        "part_number": op.part_number,
-        "program": op.program,
-        "status": op.status,
-        "quantity": op.quantity,
-        "made": op.made,
-        "good": op.good,
-        "scrap": op.scrap,
-        "rework": op.rework,
-        "planned_start": iso(op.planned_start_ms) if op.planned_start_ms is not None else None,
-        "planned_end": iso(op.planned_end_ms) if op.planned_end_ms is not None else None,
-        "actual_start": iso(op.actual_start_ms) if op.actual_start_ms is not None else None,
-        "actual_end": iso(op.actual_end_ms) if op.actual_end_ms is not None else None,
-    }
-
-
-def interval_json(i: Interval, *, revised: bool = False) -> dict[str, Any]:
-    """A closed record interval as published on `<machine>/intervals` (`revised`: a recomputation
-    after a backfill or a correction replaces what was announced before for that time)."""
-    return {
-        "machine": i.machine_id,
-        "start": iso(i.start_ms),
-        "end": iso(i.end_ms),
-        "duration_s": (i.end_ms - i.start_ms) / 1000,
-        "state": i.state.value,
-        **_context_json(i),
-        "revised": revised,
-    }
+        return tree.job_document(machine, self.books[machine.id], self.clock.now_ms())
 
 
 def _envelope(payload: bytes) -> tuple[str | None, str | None]:

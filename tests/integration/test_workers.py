@@ -30,7 +30,8 @@ import pytest
 from bridge.edge_node import EdgeNode
 from bridge.runner import make_edge_node
 from services.api.sender import CommandSender
-from services.context.app import ContextService, PartitionHeldError, check_unheld
+from services.context.app import ContextService
+from services.context.partition import PartitionHeldError, check_unheld
 from services.context.record import RecordStore, open_record
 from tests.conftest import postgres_url
 from tests.helpers import CNC_AT_REST, Recorder, address, recorder, track
