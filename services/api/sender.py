@@ -119,7 +119,13 @@ class CommandSender:
             future.set_result(result)
 
 
-REFUSALS = (404, 409, 413, 422)  # what the context service answers a command it does not apply
+REFUSALS = (
+    404,
+    409,
+    413,
+    422,
+    503,
+)  # what the context service answers a command it does not apply (503: its record cannot be written now)
 
 
 async def forward(sender: CommandSender, kind: str, body: dict[str, Any]) -> dict[str, Any]:

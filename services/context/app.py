@@ -30,6 +30,7 @@ that a live one holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -158,6 +159,8 @@ class ContextService:
         self._written: dict[str, dict[str, Any] | None] = {}  # the open pieces' context as last written
         self._stopped = False  # after stop(): nothing more is taken or written
         self._record_retry: float | None = None  # while the record cannot be written: the next wait
+        self._rebuilds: dict[str, int] = {}  # rebuilds the record could not take yet: machine, from
+        self._stopping = False
         self.intake = Intake(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -215,13 +218,18 @@ class ContextService:
     async def _retry_record(self) -> None:
         """Whether the record answers is asked off the loop (a database that is gone can take
         seconds to say so); only then is what was kept written, and the host back online."""
-        if self._stopped or self._record_retry is None:
+        if self._stopped or self._stopping or self._record_retry is None:
             return
         if not await asyncio.to_thread(self.store.answers):
             self._record_unavailable(RecordUnavailableError("it does not answer"))
             return
-        self.flush(retry=True)
-        if self._record_retry is None and not self._stopped:
+        try:
+            self.flush(retry=True)
+        except Exception as exc:  # a fault of another kind: logged, and tried again all the same
+            logger.exception("the kept writes failed on the record")
+            self._record_unavailable(RecordUnavailableError(f"{type(exc).__name__}: {exc}"))
+            return
+        if self._record_retry is None and not (self._stopped or self._stopping):
             await self._online_again()
 
     async def _online_again(self) -> None:
@@ -231,7 +239,7 @@ class ContextService:
         if old is not None:
             old.stop()
             old.drain()
-        if self._stopped or self._loop is None:
+        if self._stopped or self._stopping or self._loop is None:
             return
         logger.info("the record is written again: Sparkplug host %s comes back online", self.host_id)
         self._client = self._connect(self._loop)
@@ -255,6 +263,7 @@ class ContextService:
         """Clean exit: STATE offline first, then every machine to comms_loss, the record flushed.
         In order: stop taking messages (the last ones paho handed over are applied), flush, and only
         then may the owner close the store."""
+        self._stopping = True  # no retry of the record brings the host back online from here
         if self._health_task is not None:
             self._health_task.cancel()
         client = self._client
@@ -272,14 +281,23 @@ class ContextService:
             )
             self._dirty.add(tracker.machine_id)
         self._client = None  # nothing more is published: the tree keeps what was last said
-        self.flush()
+        self.flush(retry=True)  # (while the record could not be written: one last try)
+        if self._record_retry is not None:
+            logger.error(
+                "stopped while the record cannot be written: %d intervals, %d part counts and %d values"
+                " that came in live are not in the record",
+                len(self._intervals),
+                len(self._parts),
+                len(self._events),
+            )
         self._stopped = True
 
     # -- MqttHandler ----------------------------------------------------------------------------
     def on_connected(self) -> None:
         assert self._client is not None
+        online = self._record_retry is None  # (a reconnect while the record cannot be written: offline)
         self._client.publish(
-            state_topic(self.host_id), state_payload(True, self._state_ts), qos=1, retain=True
+            state_topic(self.host_id), state_payload(online, self._state_ts), qos=1, retain=True
         )
         self._dirty.update(self.trackers)  # republish the retained tree
         self._schedule_flush()
@@ -441,6 +459,16 @@ class ContextService:
         command_id, reply_to = _envelope(payload)
         if reply_to is not None and reply_to.startswith(f"{self.root}/_reply/api/"):
             via = "api"
+        if self._record_retry is not None:  # what it changes could not be kept: said, not half done
+            self.host.counters["commands_refused"] += 1
+            result = CommandResult(
+                id=command_id,
+                ok=False,
+                status=503,
+                error="the record cannot be written now: send it again later",
+            )
+            self._reply(kind, reply_to, result)
+            return result
         first = self.store.applied(command_id) if command_id is not None else None
         if first is not None:  # delivered again (a QoS 1 redelivery, a sender's retry): the first answer
             self.host.counters["commands_repeated"] += 1
@@ -479,7 +507,11 @@ class ContextService:
         if flush:
             self.flush()  # what is still in memory goes to the record first
         old = self.trackers[machine_id]
-        start = self.store.rebuild_start(machine_id, from_ms)
+        try:
+            start = self.store.rebuild_start(machine_id, from_ms)
+        except RecordUnavailableError:
+            self._rebuilds[machine_id] = min(from_ms, self._rebuilds.get(machine_id, from_ms))
+            raise
         program = start.signals.get(Signal.PROGRAM)
         # a record from before stories were kept: at least the program loaded then is known
         known = Story(program=program if isinstance(program, str) and program else None)
@@ -497,13 +529,18 @@ class ContextService:
         intervals = self._enrich(machine_id, closed)
         tracker.late_values = old.late_values
         self.trackers[machine_id] = tracker
-        self.store.replace_from(
-            machine_id,
-            start,
-            intervals,
-            timeline.attribute(parts, self.contexts[machine_id], self.calendar),
-            self._current_row(machine_id),
-        )
+        try:
+            self.store.replace_from(
+                machine_id,
+                start,
+                intervals,
+                timeline.attribute(parts, self.contexts[machine_id], self.calendar),
+                self._current_row(machine_id),
+            )
+        except RecordUnavailableError:
+            self.trackers[machine_id] = old  # as the record still has it; redone with the retry
+            self._rebuilds[machine_id] = min(from_ms, self._rebuilds.get(machine_id, from_ms))
+            raise
         self._published += [(i, True) for i in intervals]
         self._dirty.add(machine_id)
         self._jobs_dirty.add(machine_id)
@@ -586,11 +623,13 @@ class ContextService:
                 },
                 **self._health,
             }
-            self.store.write_health(
-                (scope, name, None if value is None else float(value), now)
-                for scope, values in scopes.items()
-                for name, value in values.items()
-            )
+            # while the record cannot be written the retained JSON below still says it
+            with contextlib.suppress(RecordUnavailableError):
+                self.store.write_health(
+                    (scope, name, None if value is None else float(value), now)
+                    for scope, values in scopes.items()
+                    for name, value in values.items()
+                )
             client = self._client
             if client is None or not client.connected:
                 continue
@@ -685,6 +724,15 @@ class ContextService:
         self._written.update((row[0], row[-1]) for row in current)
         self._published += [(i, False) for i in intervals]
         self._intervals, self._parts, self._dirty, self._events = [], [], set(), []
+        for machine_id, from_ms in sorted(self._rebuilds.items()):
+            del self._rebuilds[machine_id]
+            try:
+                self.rebuild(machine_id, from_ms, flush=False)
+            except RecordUnavailableError as exc:  # (it put itself back)
+                self._record_unavailable(exc)
+                return
+            dirty.append(machine_id)
+            pieces.pop(machine_id, None)
         history, self._history = self._history, {}
         for machine_id, batches in list(history.items()):
             try:
