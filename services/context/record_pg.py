@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import psycopg.adapt
 import psycopg.conninfo
+import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.context import record
@@ -135,8 +136,10 @@ _ORDER_BY = re.compile(r"\bORDER BY\s+", re.IGNORECASE)
 _ORDER_END = re.compile(r"\s+(LIMIT|OFFSET)\b|\)", re.IGNORECASE)
 
 
-def _order_by(sql: str) -> str:
-    """NULLs sorted as SQLite sorts them, lowest: first going up, last going down."""
+def _order_by(sql: str, never_null: frozenset[str] = frozenset()) -> str:
+    """NULLs sorted as SQLite sorts them, lowest: first going up, last going down; not said for a
+    column that is NOT NULL in every table that has it (`never_null`), so that an index can still
+    give the order (a `NULLS FIRST` the index does not have means reading every row and sorting)."""
     out, at = [], 0
     for m in _ORDER_BY.finditer(sql):
         out.append(sql[at : m.end()])
@@ -163,7 +166,11 @@ def _order_by(sql: str) -> str:
             if c == "," and depth == 0:
                 item = sql[start:j].strip()
                 down = item.upper().endswith(" DESC")
-                items.append(f"{item} NULLS LAST" if down else f"{item} NULLS FIRST")
+                column = (item[: -len(" DESC")] if down else item).strip().rpartition(".")[2]
+                if column in never_null:
+                    items.append(item)
+                else:
+                    items.append(f"{item} NULLS LAST" if down else f"{item} NULLS FIRST")
                 start = j + 1
         out.append(", ".join(items))
         at = end
@@ -208,8 +215,11 @@ class Translator:
     """SQLite's statements as PostgreSQL's, once each. It knows the tables' columns and keys (read
     from the database), for INSERT OR REPLACE."""
 
-    def __init__(self, tables: dict[str, tuple[list[str], list[str]]]) -> None:
+    def __init__(
+        self, tables: dict[str, tuple[list[str], list[str]]], never_null: frozenset[str] = frozenset()
+    ) -> None:
         self.tables = tables  # table -> (columns, primary key)
+        self.never_null = never_null  # columns NOT NULL in every table that has them
         self.translate = functools.lru_cache(maxsize=1024)(self._translate)
 
     def _translate(self, sql: str) -> tuple[str, str]:
@@ -217,7 +227,7 @@ class Translator:
         sql = sql.replace("+shift", "shift")  # SQLite's "not by this index"
         sql = _JULIANDAY.sub(r"(extract(epoch from CAST(\1 AS date)) / 86400)", sql)
         sql = _functions(sql)
-        sql = _order_by(sql)
+        sql = _order_by(sql, self.never_null)
         sql = sql.replace(" IN ()", " IN (SELECT NULL WHERE FALSE)")  # SQLite's empty list
         m = _INSERT_OR.match(sql)
         if m is not None:
@@ -270,7 +280,7 @@ class PgDb:
             cursor: psycopg.Cursor[Any] = self.conn.cursor(name=f"record_export_{next(self._names)}")
             self.cursors.append(cursor)
             cursor.execute(text, _bind(style, parameters))
-            return cursor
+            return _Streamed(cursor)
         return self.conn.execute(text, _bind(style, parameters))
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Rows:
@@ -281,6 +291,38 @@ class PgDb:
         cursor = self.conn.cursor()
         cursor.executemany(text, rows)
         return cursor
+
+
+class _Streamed:
+    """A server cursor of an export's snapshot, closed as soon as it is read to its end (an export
+    runs many statements in one transaction: their portals are not kept until it ends)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self.cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone()
+        self.cursor.close()
+        return row
+
+    def fetchall(self) -> list[Any]:
+        rows = self.cursor.fetchall()
+        self.cursor.close()
+        return rows
+
+    def fetchmany(self, size: int, /) -> list[Any]:
+        rows = self.cursor.fetchmany(size)
+        if not rows:
+            self.cursor.close()
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.cursor
+        self.cursor.close()
 
 
 class _NoRows:
@@ -308,8 +350,11 @@ def where(url: str) -> str:
     """A PostgreSQL URL without its password, for messages."""
     try:
         parts = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise RecordError(f"the record's PostgreSQL URL is not one: {exc}") from None
+    except psycopg.ProgrammingError:  # (libpq's message quotes the URL, password and all: not said)
+        raise RecordError(
+            "the record's PostgreSQL URL is not one libpq can read (postgresql://user@host:5432/db;"
+            " a password in it must be percent-encoded, or given in PGPASSWORD)"
+        ) from None
     host, user = parts.get("host") or "localhost", parts.get("user")
     port, dbname = parts.get("port", 5432), parts.get("dbname", "")
     return f"postgresql://{f'{user}@' if user else ''}{host}:{port}/{dbname}"
@@ -366,9 +411,12 @@ class PgRecordStore(RecordStore):
         try:
             self._migrate_pg(first)
             tables = self._catalog(first)
+            never_null = self._never_null(first)
+            row = first.execute("SELECT hashtext(current_schema() || '.uns record writer')").fetchone()
+            self._writer_lock = int(row[0]) if row else 0
         finally:
             first.close()
-        self._translator = Translator(tables)
+        self._translator = Translator(tables, never_null)
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -422,6 +470,14 @@ class PgRecordStore(RecordStore):
             keys.setdefault(table, []).append(column)
         return {t: (c, keys.get(t, [])) for t, c in columns.items()}
 
+    @staticmethod
+    def _never_null(conn: psycopg.Connection[Any]) -> frozenset[str]:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+            " GROUP BY column_name HAVING bool_and(is_nullable = 'NO')"
+        ).fetchall()
+        return frozenset(r[0] for r in rows)
+
     def schema_version(self) -> int:
         with self._use() as db:
             return int(db.execute("SELECT max(version) FROM record_schema").fetchone()[0])
@@ -436,7 +492,12 @@ class PgRecordStore(RecordStore):
 
     @contextlib.contextmanager
     def _transaction(self, begin: str = "BEGIN") -> Iterator[Db]:
+        """One writer at a time, as on SQLite: a transaction first takes the record's advisory lock
+        (held to its commit), so the sequences readers follow (record_revision's seq, the rows'
+        rowid, dispatch versions) are taken in commit order and a reader that has seen N has seen
+        everything before it; a check and its write (register_machines) are not raced either."""
         with self._unavailable(), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._writer_lock,))
             yield PgDb(conn, self._translator)
 
     @contextlib.contextmanager
@@ -445,7 +506,7 @@ class PgRecordStore(RecordStore):
         rolled back; the caller keeps what it was writing)."""
         try:
             yield
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
             said = " ".join(str(exc).split()) or type(exc).__name__
             raise RecordUnavailableError(f"the record at {where(self.url)}: {said}") from exc
 
@@ -459,7 +520,7 @@ class PgRecordStore(RecordStore):
 
     @contextlib.contextmanager
     def _export_snapshot(self) -> Iterator[Db]:
-        with self._pool.connection() as conn:
+        with self._unavailable(), self._pool.connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             db = PgDb(conn, self._translator, streamed=True)
             try:

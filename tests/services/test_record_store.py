@@ -314,9 +314,80 @@ def test_a_wrong_database_is_refused_at_once(postgres_db: str) -> None:
     assert time.monotonic() - started < 30, "not tried again for a minute"
 
 
-def test_a_bad_url_is_said_plainly() -> None:
-    with pytest.raises(RecordError, match="PostgreSQL URL"):
-        open_record("postgresql://[::1")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://[::1",
+        "postgresql://u:p%zzsecret@h/db",
+        "postgresql://u:sec ret@h/db",
+        "postgresql://u:secret@[::1/db",
+    ],
+)
+def test_a_bad_url_is_said_plainly_and_without_its_password(url: str) -> None:
+    with pytest.raises(RecordError, match="PostgreSQL URL is not one libpq can read") as info:
+        open_record(url)
+    assert "secret" not in str(info.value)
+    assert "sec ret" not in str(info.value)
+
+
+def test_sorts_leave_never_null_columns_to_their_index() -> None:
+    """NULLs are sorted as SQLite sorts them only where a column can hold one: a `NULLS FIRST` on
+    ts_ms would keep PostgreSQL from reading `ORDER BY ts_ms DESC LIMIT 1` off the index."""
+    from services.context.record_pg import Translator
+
+    t = Translator({}, frozenset({"ts_ms", "start_ms"}))
+    sql, _ = t.translate("SELECT value FROM signal_event WHERE ts_ms < ? ORDER BY ts_ms DESC LIMIT 1")
+    assert sql.endswith("ORDER BY ts_ms DESC LIMIT 1")
+    sql, _ = t.translate("SELECT 1 FROM state_interval ORDER BY i.start_ms, shift DESC, 3")
+    assert sql.endswith("ORDER BY i.start_ms, shift DESC NULLS LAST, 3 NULLS FIRST")
+
+
+def test_writers_take_turns_so_readers_following_a_sequence_miss_nothing(pg_url: str) -> None:
+    """Two writers of one PostgreSQL record (a context worker, an API replica): the second waits for
+    the first's commit before it takes a revision number, so a reader that has seen revision N has
+    seen every one before it."""
+    import psycopg
+
+    from services.context.record import _revised
+
+    worker, replica, reader = open_record(pg_url), open_record(pg_url), open_record(pg_url)
+    for store in (worker, replica):
+        store.register_machines([("m1", "acme/plant/a/l/c/m1", "M1"), ("m2", "acme/plant/a/l/c/m2", "M2")])
+    taken, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with worker._transaction() as db:
+            _revised(db, "m1", 100)  # its revision number taken; not committed yet
+            taken.set()
+            release.wait(30)
+
+    def second() -> None:
+        replica.add_quality("m2", 200, None, None, "scrap", 1, None, "api")
+        done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert taken.wait(30)
+    threads[1].start()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the second waits on the writers' lock
+        deadline = time.monotonic() + 30
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        while not (conn.execute(waiting).fetchone() or (0,))[0]:
+            assert time.monotonic() < deadline, "the second writer never waited"
+            time.sleep(0.01)
+    assert reader.revisions(0) == []
+    assert not done.is_set()
+    release.set()
+    for t in threads:
+        t.join(30)
+    seen = reader.revisions(0)
+    assert [(m, f) for _, m, f in seen] == [("m1", 100), ("m2", 200)]
+    assert seen[0][0] < seen[1][0]
+    for store in (worker, replica, reader):
+        store.close()
 
 
 class _LateProxy:
