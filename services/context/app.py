@@ -91,7 +91,6 @@ class ContextService:
         self.host_id = self.partition.host_id
         # the machines this one keeps: all of them, or those of its partition's edge nodes
         owned = tuple(m for m in site.machines if site.edge_key(m) in self.partition.edge_nodes)
-        self.owned = owned
         self.host = HostSession()
         self._machines: dict[tuple[str, str, str], Machine] = {site.sparkplug_key(m): m for m in owned}
         # machines of foreign edge nodes: their metric names and values, as ours
@@ -508,10 +507,14 @@ class ContextService:
             self.flush()  # what is still in memory goes to the record first
         old = self.trackers[machine_id]
         try:
-            start = self.store.rebuild_start(machine_id, from_ms)
+            self._recompute(machine_id, from_ms, old)
         except RecordUnavailableError:
+            self.trackers[machine_id] = old  # as the record still has it; redone with the retry
             self._rebuilds[machine_id] = min(from_ms, self._rebuilds.get(machine_id, from_ms))
             raise
+
+    def _recompute(self, machine_id: str, from_ms: int, old: MachineTracker) -> None:
+        start = self.store.rebuild_start(machine_id, from_ms)
         program = start.signals.get(Signal.PROGRAM)
         # a record from before stories were kept: at least the program loaded then is known
         known = Story(program=program if isinstance(program, str) and program else None)
@@ -529,18 +532,13 @@ class ContextService:
         intervals = self._enrich(machine_id, closed)
         tracker.late_values = old.late_values
         self.trackers[machine_id] = tracker
-        try:
-            self.store.replace_from(
-                machine_id,
-                start,
-                intervals,
-                timeline.attribute(parts, self.contexts[machine_id], self.calendar),
-                self._current_row(machine_id),
-            )
-        except RecordUnavailableError:
-            self.trackers[machine_id] = old  # as the record still has it; redone with the retry
-            self._rebuilds[machine_id] = min(from_ms, self._rebuilds.get(machine_id, from_ms))
-            raise
+        self.store.replace_from(
+            machine_id,
+            start,
+            intervals,
+            timeline.attribute(parts, self.contexts[machine_id], self.calendar),
+            self._current_row(machine_id),
+        )
         self._published += [(i, True) for i in intervals]
         self._dirty.add(machine_id)
         self._jobs_dirty.add(machine_id)

@@ -451,8 +451,6 @@ class _Record:
     threads: one connection, taken under a lock. PostgreSQL (record_pg.py) keeps the same statements
     and has a connection pool instead."""
 
-    dialect = "sqlite"
-
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -402,8 +402,6 @@ class PgRecordStore(RecordStore):
     """The record on PostgreSQL. `url` is a libpq URL (`postgresql://user@host:5432/db`; a schema
     other than public with `?options=-csearch_path%3D<schema>`)."""
 
-    dialect = "postgresql"
-
     def __init__(self, url: str, *, pool_size: int = 4, wait_s: float | None = None) -> None:
         self.url = url
         self.path = None  # type: ignore[assignment]  # (no file)
