@@ -1,12 +1,21 @@
-"""MQTT plumbing on paho-mqtt 2.x. This is the only module that imports paho.
+"""MQTT plumbing: the services' own MQTT 5 client on asyncio, and a bare paho-mqtt subscriber (the
+baseline the benchmarks compare with). This is the only module that speaks MQTT.
 
-`MqttClient` runs paho's network loop in its own thread and hands connects, disconnects and
-messages to an asyncio loop in the order they happened, in batches (one loop wake-up for many
-messages). The Will is asked for before every CONNECT, so Sparkplug's bdSeq and the host's STATE
-timestamp can change per connection. A handler that fails on one message is counted and logged (once
-per topic) and the next message goes on: one bad message never costs the rest of its batch. A
-message above the broker's packet limit is refused before paho sees it (paho would send it again at
-every reconnect, and the broker would drop the connection each time).
+`MqttClient` is one MQTT 5 connection on its owner's asyncio loop: an `asyncio.Protocol` parses
+what the broker sends and hands each message to the handler where it was read, with no thread and
+no copy in between. It was written for this project in place of paho-mqtt's client, which ran its
+network loop in a thread of its own: bench/host.py measured paho's receive path at about a third of
+what the broker delivered, and the host's whole path at 0.42x a bare paho subscriber; with this
+client the host path runs faster than that bare subscriber (docs/operations.md has the figures).
+It speaks the subset the services use: CONNECT with a clean start, a Will, user name and password;
+SUBSCRIBE; PUBLISH at QoS 0 and 1 both ways, within the broker's Receive Maximum; keep-alive pings;
+DISCONNECT; TLS through asyncio. It reconnects on its own, 1 s and then 2 s apart.
+
+The Will is asked for before every CONNECT, so Sparkplug's bdSeq and the host's STATE timestamp can
+change per connection. A handler that fails on one message is counted and logged (once per topic)
+and the next message goes on: one bad message never costs the rest. A message above the broker's
+packet limit is refused before it is sent (the broker would drop the connection). A QoS 1 message
+the broker had not acknowledged when a connection ended is sent again, first, on the next one.
 
 TLS: an address with `tls` (`mqtts://host:8883`) connects with a context of our own making: the
 broker's certificate must chain to the given CA file (or to the system's CAs without one) and name
@@ -19,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import sys
 import threading
 import time
 from collections import deque
@@ -30,10 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +161,261 @@ class RetainedHandler(MqttHandler, Protocol):
     def on_retained(self, topic: str, payload: bytes) -> None: ...
 
 
-_CONNECTED, _DISCONNECTED, _MESSAGE, _RETAINED = 0, 1, 2, 3
 MAX_PACKET = 1_048_576  # the shipped mosquitto.conf's max_packet_size
 _HEADROOM = 1_024  # fixed header, topic and properties of a packet, at most (topics are short)
 
 
+# -- the MQTT 5 wire format (OASIS MQTT 5.0, the subset a client of ours uses) ------------------------
+_CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
+_SUBACK, _PINGRESP, _DISCONNECT = 9, 13, 14
+_PINGREQ_PACKET = b"\xc0\x00"
+_DISCONNECT_PACKET = b"\xe0\x00"  # normal disconnection: the broker drops the Will
+CONNECT_TIMEOUT_S = 10.0  # for the TCP (and TLS) connection, and again for the broker's CONNACK
+_RECONNECT_S = (1.0, 2.0)  # the first wait after a lost connection or a failed attempt, and the longest
+
+# What each property's value is (MQTT 5.0 section 2.2.2.2): its identifier and encoding.
+_BYTE_PROPS = frozenset((0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A))
+_U16_PROPS = frozenset((0x13, 0x21, 0x22, 0x23))
+_U32_PROPS = frozenset((0x02, 0x11, 0x18, 0x27))
+_VARINT_PROPS = frozenset((0x0B,))
+_BINARY_PROPS = frozenset((0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F))  # and UTF-8 strings
+_STRING_PAIR = 0x26
+_RECEIVE_MAXIMUM, _MAXIMUM_PACKET_SIZE, _REASON_STRING = 0x21, 0x27, 0x1F
+
+REASONS = {  # the reason codes a broker answers with (MQTT 5.0 section 2.4), by their spec names
+    0x00: "Success",
+    0x04: "Disconnect with Will Message",
+    0x10: "No matching subscribers",
+    0x80: "Unspecified error",
+    0x81: "Malformed Packet",
+    0x82: "Protocol Error",
+    0x83: "Implementation specific error",
+    0x84: "Unsupported Protocol Version",
+    0x85: "Client Identifier not valid",
+    0x86: "Bad User Name or Password",
+    0x87: "Not authorized",
+    0x88: "Server unavailable",
+    0x89: "Server busy",
+    0x8A: "Banned",
+    0x8B: "Server shutting down",
+    0x8C: "Bad authentication method",
+    0x8D: "Keep Alive timeout",
+    0x8E: "Session taken over",
+    0x8F: "Topic Filter invalid",
+    0x90: "Topic Name invalid",
+    0x93: "Receive Maximum exceeded",
+    0x94: "Topic Alias invalid",
+    0x95: "Packet too large",
+    0x97: "Quota exceeded",
+    0x98: "Administrative action",
+    0x99: "Payload format invalid",
+    0x9A: "Retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "Use another server",
+    0x9D: "Server moved",
+    0x9E: "Shared Subscriptions not supported",
+    0x9F: "Connection rate exceeded",
+    0xA0: "Maximum connect time",
+    0xA1: "Subscription Identifiers not supported",
+    0xA2: "Wildcard Subscriptions not supported",
+}
+
+
+def reason_text(code: int) -> str:
+    return REASONS.get(code, f"reason code 0x{code:02X}")
+
+
+class MalformedPacketError(MqttError):
+    """What the broker sent does not parse as MQTT 5: the connection is dropped and made again."""
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer (remaining lengths, property lengths): 7 bits a byte, low first."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """(value, position after it); MalformedPacketError past `end` or after four bytes."""
+    value, shift = 0, 0
+    for i in range(pos, min(pos + 4, end)):
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i + 1
+        shift += 7
+    raise MalformedPacketError("a variable byte integer runs past its packet or past four bytes")
+
+
+def _binary(data: bytes) -> bytes:
+    """A UTF-8 string or binary data: its two-byte length, then the bytes."""
+    if len(data) > 0xFFFF:
+        raise ValueError(f"MQTT strings and binary data are at most 65,535 bytes, not {len(data):,}")
+    return len(data).to_bytes(2, "big") + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _varint(len(body)) + body
+
+
+def _properties(buf: bytes | bytearray, pos: int, end: int) -> tuple[dict[int, Any], int]:
+    """The properties at `pos` (their length first) as {identifier: value} (a string pair, and any
+    property given twice, keeps its last), and the position after them."""
+    length, pos = _read_varint(buf, pos, end)
+    stop = pos + length
+    if stop > end:
+        raise MalformedPacketError("properties run past their packet")
+    props: dict[int, Any] = {}
+    while pos < stop:
+        ident, pos = _read_varint(buf, pos, stop)
+        if ident in _BYTE_PROPS:
+            props[ident], pos = buf[pos], pos + 1
+        elif ident in _U16_PROPS:
+            props[ident], pos = int.from_bytes(buf[pos : pos + 2], "big"), pos + 2
+        elif ident in _U32_PROPS:
+            props[ident], pos = int.from_bytes(buf[pos : pos + 4], "big"), pos + 4
+        elif ident in _VARINT_PROPS:
+            props[ident], pos = _read_varint(buf, pos, stop)
+        elif ident in _BINARY_PROPS or ident == _STRING_PAIR:
+            for _ in range(2 if ident == _STRING_PAIR else 1):
+                n = int.from_bytes(buf[pos : pos + 2], "big")
+                props[ident], pos = bytes(buf[pos + 2 : pos + 2 + n]), pos + 2 + n
+        else:
+            raise MalformedPacketError(f"unknown property 0x{ident:02X}")
+        if pos > stop:
+            raise MalformedPacketError(f"property 0x{ident:02X} runs past its properties")
+    return props, stop
+
+
+def _connect_packet(
+    client_id: str, keepalive: int, username: str | None, password: str | None, will: Will | None
+) -> bytes:
+    flags = 0x02  # clean start; no session is kept (Session Expiry Interval 0, the default)
+    payload = _binary(client_id.encode())
+    if will is not None:
+        flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
+        payload += b"\x00" + _binary(will.topic.encode()) + _binary(will.payload)
+    if username is not None:
+        flags |= 0x80
+        payload += _binary(username.encode())
+        if password is not None:
+            flags |= 0x40
+            payload += _binary(password.encode())
+    header = _binary(b"MQTT") + bytes((5, flags)) + keepalive.to_bytes(2, "big") + b"\x00"
+    return _packet(_CONNECT << 4, header + payload)
+
+
+def _publish_packet(topic: bytes, payload: bytes, qos: int, retain: bool, packet_id: int = 0) -> bytes:
+    ident = packet_id.to_bytes(2, "big") if qos else b""
+    head = len(topic).to_bytes(2, "big") + topic + ident + b"\x00"  # no properties
+    first = (_PUBLISH << 4) | (qos << 1) | (1 if retain else 0)
+    return b"".join((bytes((first,)), _varint(len(head) + len(payload)), head, payload))
+
+
+def _subscribe_packet(packet_id: int, filters: tuple[tuple[str, int], ...]) -> bytes:
+    body = packet_id.to_bytes(2, "big") + b"\x00"
+    body += b"".join(_binary(f.encode()) + bytes((qos,)) for f, qos in filters)
+    return _packet(0x82, body)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A QoS 1 message the broker has not acknowledged yet (and who waits for it, if anyone)."""
+
+    topic: bytes
+    payload: bytes
+    retain: bool
+    done: asyncio.Future[bool] | None = None
+
+
+class _Link(asyncio.Protocol):
+    """One connection to the broker: bytes in, packets out to its client, in the order they came."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self._client = client
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[str] = client._loop.create_future()
+        self.last_heard = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._connected = False
+        if not self.lost.done():
+            self.lost.set_result(f"connection lost: {exc}" if exc is not None else "connection closed")
+
+    def close(self, why: str) -> None:
+        """Drop the connection at once (a malformed packet, no answer to a ping)."""
+        self._client._connected = False
+        if not self.lost.done():
+            self.lost.set_result(why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        client = self._client
+        acks: list[bytes] = []
+        try:
+            while end - pos >= 2:
+                first = buf[pos]
+                b = buf[pos + 1]
+                if b < 0x80:  # most packets: a one-byte remaining length
+                    length, start = b, pos + 2
+                else:
+                    try:
+                        length, start = _read_varint(buf, pos + 1, end)
+                    except MalformedPacketError:
+                        if end - pos - 1 < 4:
+                            break  # the rest of the length has not come yet
+                        raise
+                stop = start + length
+                if stop > end:
+                    break  # the rest of the packet has not come yet
+                kind = first >> 4
+                if kind == _PUBLISH:
+                    qos = (first >> 1) & 3
+                    n = (buf[start] << 8) | buf[start + 1]
+                    p = start + 2 + n
+                    topic = buf[start + 2 : p].decode()
+                    if qos:
+                        acks.append(b"\x40\x02" + bytes(buf[p : p + 2]))
+                        p += 2
+                    plen = buf[p]
+                    if plen < 0x80:
+                        p += 1 + plen
+                    else:
+                        plen, p = _read_varint(buf, p, stop)
+                        p += plen
+                    if p > stop:
+                        raise MalformedPacketError(f"a PUBLISH on {topic} runs past its length")
+                    client._deliver(topic, bytes(buf[p:stop]), bool(first & 1))
+                else:
+                    client._control(kind, buf, start, stop)
+                pos = stop
+        except (MalformedPacketError, UnicodeDecodeError, IndexError) as exc:
+            logger.error("MQTT %s: malformed packet from %s: %s", client.client_id, client.address, exc)
+            self.close(f"malformed packet from the broker: {exc}")
+            return
+        finally:
+            del buf[:pos]
+            if acks and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(acks))
+
+
 class MqttClient:
-    """One MQTT 5 connection with a clean start, reconnecting on its own with backoff."""
+    """One MQTT 5 connection with a clean start, reconnecting on its own with backoff, on the owner's
+    asyncio loop (no thread: a message is handled where it is read)."""
 
     def __init__(
         self,
@@ -179,116 +432,224 @@ class MqttClient:
         self.client_id = client_id
         self.address = address
         self._handler = handler
+        self._on_retained = getattr(handler, "on_retained", None)
         self._loop = loop
         self._will = will
         self._keepalive = keepalive
         self._subscriptions = subscriptions
-        self._events: deque[tuple[int, Any, Any]] = deque()
-        self._wake_pending = False
-        self._lock = threading.Lock()
         self._connected = False
+        self._stopped = False
         self.dropped_publishes = 0
         self.refused_publishes = 0  # too big for the broker: never sent
         self.handler_errors = 0  # messages the handler failed on (each logged, once per topic)
         self._failed_topics: set[str] = set()
         self._max_packet = max_packet
         self.max_payload = max_packet - _HEADROOM  # and what the broker's CONNACK says, once connected
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=True,
-        )
-        if address.username is not None:
-            c.username_pw_set(address.username, address.password)
-        _tls(c, address)
-        c.reconnect_delay_set(min_delay=1, max_delay=2)  # a broker back is used within ~2 s
-        c.max_queued_messages_set(0)
-        c.on_pre_connect = self._pre_connect
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_connect_fail = self._on_connect_fail
-        self._client = c
+        try:
+            self._tls = address.tls.context() if address.tls is not None else None
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise MqttError(f"TLS for broker {address}: {exc}") from exc
+        self._task: asyncio.Task[None] | None = None
+        self._link: _Link | None = None
+        self._connack: asyncio.Future[tuple[int, dict[int, Any]]] | None = None
+        self._receive_max = 65_535  # QoS 1 messages the broker takes unacknowledged (its CONNACK)
+        self._next_id = 0
+        self._inflight: dict[int, _Outgoing] = {}  # by packet identifier, in the order sent
+        self._queued: deque[_Outgoing] = deque()  # beyond the broker's receive maximum, or to resend
+        self._last_sent = 0.0
 
     @property
     def connected(self) -> bool:
         return self._connected
 
-    # -- paho's thread -----------------------------------------------------------------------
-    def _pre_connect(self, client: paho.Client, userdata: Any) -> None:
-        will = self._will() if self._will is not None else None
-        if will is None:
-            client.will_clear()
-        else:
-            client.will_set(will.topic, will.payload, will.qos, will.retain)
+    # -- the connection ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run(), name=f"mqtt.{self.client_id}")
 
-    def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        if reason.is_failure:
-            logger.error(
-                "MQTT %s: broker %s refused the connection: %s", self.client_id, self.address, reason
-            )
-            return
-        broker_max = getattr(props, "MaximumPacketSize", None) if props is not None else None
-        if isinstance(broker_max, int):  # the broker's own limit (MQTT 5 CONNACK), whatever we were told
-            self.max_payload = min(self._max_packet, broker_max) - _HEADROOM
-        if self._subscriptions:
-            client.subscribe(list(self._subscriptions))
-        self._post(_CONNECTED, None, None)
-
-    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        # paho calls this from inside its `except OSError:`: say why (a refused TLS certificate
-        # would otherwise look like a broker that is down)
-        exc = sys.exc_info()[1]
-        why = f": {exc}" if exc is not None else ""
-        logger.warning("MQTT %s: cannot reach broker %s%s, retrying", self.client_id, self.address, why)
-
-    def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        self._post(_DISCONNECTED, str(reason), None)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._post(_RETAINED if msg.retain else _MESSAGE, msg.topic, msg.payload)
-
-    def _post(self, kind: int, a: Any, b: Any) -> None:
-        with self._lock:
-            self._events.append((kind, a, b))
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
-            self._loop.call_soon_threadsafe(self._drain)
-
-    # -- the asyncio loop --------------------------------------------------------------------
-    def _drain(self) -> None:
-        with self._lock:
-            batch = list(self._events)
-            self._events.clear()
-            self._wake_pending = False
-        handler = self._handler
-        retained = getattr(handler, "on_retained", None)
-        for kind, a, b in batch:
-            if kind in (_MESSAGE, _RETAINED):
+    async def _run(self) -> None:
+        wait = 0.0
+        try:
+            while not self._stopped:
+                if wait:
+                    await asyncio.sleep(wait)
                 try:
-                    if kind == _RETAINED and retained is not None:
-                        retained(a, b)
-                    else:
-                        handler.on_message(a, b)
-                except Exception as exc:
-                    self._failed(a, b, exc)
-            elif kind == _CONNECTED:
-                self._connected = True
-                logger.info("MQTT %s connected to %s", self.client_id, self.address)
-                handler.on_connected()
+                    heard = await self._session()
+                except (OSError, TimeoutError, MqttError) as exc:
+                    logger.warning(
+                        "MQTT %s: cannot reach broker %s: %s, retrying", self.client_id, self.address, exc
+                    )
+                    wait = min(max(wait * 2, _RECONNECT_S[0]), _RECONNECT_S[1])
+                    continue
+                except Exception:  # a fault of ours (the Will's maker, say): said, and tried again
+                    logger.exception("MQTT %s: the connection to %s failed", self.client_id, self.address)
+                    wait = _RECONNECT_S[1]
+                    continue
+                wait = _RECONNECT_S[0] if heard else min(max(wait * 2, _RECONNECT_S[0]), _RECONNECT_S[1])
+        finally:
+            link = self._link
+            if link is not None and link.transport is not None and not link.transport.is_closing():
+                link.transport.abort()  # cancelled (the loop ends): no DISCONNECT, the broker sends the Will
+
+    async def _session(self) -> bool:
+        """One connection, until it ends; whether the broker took it."""
+        loop = self._loop
+        link = _Link(self)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await loop.create_connection(
+                lambda: link,
+                self.address.host,
+                self.address.port,
+                ssl=self._tls,
+                server_hostname=self.address.host if self._tls is not None else None,
+            )
+        assert link.transport is not None
+        self._link = link
+        try:
+            self._connack = loop.create_future()
+            will = self._will() if self._will is not None else None
+            user, password = self.address.username, self.address.password
+            self._send(_connect_packet(self.client_id, self._keepalive, user, password, will))
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await asyncio.wait((self._connack, link.lost), return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                raise MqttError(f"no CONNACK within {CONNECT_TIMEOUT_S:g} s") from None
+            if not self._connack.done():
+                raise MqttError(link.lost.result())
+            code, props = self._connack.result()
+            if code >= 0x80:
+                why = reason_text(code)
+                extra = props.get(_REASON_STRING)
+                logger.error(
+                    "MQTT %s: broker %s refused the connection: %s%s",
+                    self.client_id,
+                    self.address,
+                    why,
+                    f" ({extra.decode(errors='replace')})" if extra else "",
+                )
+                return False
+            self._connected_as(props)
+            reason = await self._keep_alive(link)
+        finally:
+            self._link = None
+            if link.transport is not None and not link.transport.is_closing():
+                link.transport.abort()
+        self._connected = False
+        self._requeue()
+        logger.warning("MQTT %s lost %s: %s", self.client_id, self.address, reason)
+        try:
+            self._handler.on_disconnected(reason)
+        except Exception:
+            logger.exception("MQTT %s: the handler failed on a disconnect", self.client_id)
+        return True
+
+    def _connected_as(self, props: dict[int, Any]) -> None:
+        broker_max = props.get(_MAXIMUM_PACKET_SIZE)
+        self.max_payload = (min(self._max_packet, broker_max) if broker_max else self._max_packet) - _HEADROOM
+        self._receive_max = props.get(_RECEIVE_MAXIMUM, 65_535)
+        if self._subscriptions:
+            self._send(_subscribe_packet(self._packet_id(), self._subscriptions))
+        self._connected = True
+        logger.info("MQTT %s connected to %s", self.client_id, self.address)
+        self._send_queued()  # what the broker had not acknowledged when the last connection ended
+        try:
+            self._handler.on_connected()
+        except Exception:
+            logger.exception("MQTT %s: the handler failed on a connect", self.client_id)
+
+    async def _keep_alive(self, link: _Link) -> str:
+        """PINGREQ when nothing was sent for `keepalive` seconds; the connection is dropped when the
+        broker says nothing for one and a half times that. Returns why the connection ended."""
+        keepalive = self._keepalive
+        while True:
+            try:
+                async with asyncio.timeout(keepalive / 2 if keepalive else None):
+                    return await asyncio.shield(link.lost)
+            except TimeoutError:
+                now = time.monotonic()
+                if now - link.last_heard > keepalive * 1.5:
+                    link.close(f"the broker did not answer for {keepalive * 1.5:g} s")
+                elif now - self._last_sent >= keepalive / 2 or now - link.last_heard >= keepalive / 2:
+                    self._send(_PINGREQ_PACKET)  # (its PINGRESP is what a sender that hears nothing hears)
+
+    def _send(self, data: bytes) -> bool:
+        link = self._link
+        if link is None or link.transport is None or link.transport.is_closing():
+            return False
+        link.transport.write(data)
+        self._last_sent = time.monotonic()
+        return True
+
+    # -- packets from the broker (on the loop, in order) ---------------------------------------
+    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self._stopped:
+            return
+        try:
+            if retain and self._on_retained is not None:
+                self._on_retained(topic, payload)
             else:
-                was = self._connected
-                self._connected = False
-                if was:
-                    logger.warning("MQTT %s lost %s: %s", self.client_id, self.address, a)
-                handler.on_disconnected(a)
+                self._handler.on_message(topic, payload)
+        except Exception as exc:
+            self._failed(topic, payload, exc)
+
+    def _control(self, kind: int, buf: bytearray, start: int, stop: int) -> None:
+        if kind == _PUBACK:
+            packet_id = (buf[start] << 8) | buf[start + 1]
+            code = buf[start + 2] if stop > start + 2 else 0
+            out = self._inflight.pop(packet_id, None)
+            if out is not None and out.done is not None and not out.done.done():
+                out.done.set_result(code < 0x80)
+            if code >= 0x80 and out is not None:
+                logger.warning(
+                    "MQTT %s: broker refused a message on %s: %s",
+                    self.client_id,
+                    out.topic.decode(errors="replace"),
+                    reason_text(code),
+                )
+            self._send_queued()
+        elif kind == _CONNACK:
+            code = buf[start + 1]
+            props, _ = _properties(buf, start + 2, stop) if stop > start + 2 else ({}, stop)
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_result((code, props))
+        elif kind == _SUBACK:
+            props, pos = _properties(buf, start + 2, stop)
+            for (topic_filter, _), code in zip(self._subscriptions, buf[pos:stop], strict=False):
+                if code >= 0x80:
+                    logger.error(
+                        "MQTT %s: broker %s refused the subscription to %s: %s",
+                        self.client_id,
+                        self.address,
+                        topic_filter,
+                        reason_text(code),
+                    )
+        elif kind == _DISCONNECT and self._link is not None:
+            code = buf[start] if stop > start else 0
+            props, _ = _properties(buf, start + 1, stop) if stop > start + 1 else ({}, stop)
+            extra = props.get(_REASON_STRING)
+            why = reason_text(code) + (f" ({extra.decode(errors='replace')})" if extra else "")
+            self._link.close(f"the broker disconnected: {why}")
+        # PINGRESP: `last_heard` is all it says; AUTH and QoS 2's packets: not asked for, not used
+
+    # -- QoS 1, in order, within the broker's receive maximum ----------------------------------
+    def _packet_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in self._inflight:
+                return self._next_id
+
+    def _send_queued(self) -> None:
+        while self._queued and self._connected and len(self._inflight) < self._receive_max:
+            out = self._queued.popleft()
+            packet_id = self._packet_id()
+            self._inflight[packet_id] = out
+            self._send(_publish_packet(out.topic, out.payload, 1, out.retain, packet_id))
+
+    def _requeue(self) -> None:
+        """A connection ended: what it had not acknowledged goes first on the next one (a clean start
+        forgets it on the broker's side), as it was sent."""
+        self._queued.extendleft(reversed(self._inflight.values()))
+        self._inflight.clear()
 
     def _too_big(self, topic: str, payload: bytes) -> bool:
         if len(payload) <= self.max_payload:
@@ -319,61 +680,98 @@ class MqttClient:
             str(exc)[:200],
         )
 
-    def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
-        self._client.connect_async(
-            self.address.host, self.address.port, self._keepalive, clean_start=True, properties=props
-        )
-        self._client.loop_start()
-
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Queue a message for sending; False (and counted) if there is no connection, or if it is
-        bigger than the broker takes (`refused_publishes`; never sent)."""
+        """Send a message (QoS 0 or 1); False (and counted) if there is no connection, or if it is
+        bigger than the broker takes (`refused_publishes`; never sent). A QoS 1 message the broker has
+        not acknowledged when the connection ends is sent again on the next one."""
+        return self._publish(topic, payload, qos, retain, None)
+
+    def _publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, done: asyncio.Future[bool] | None
+    ) -> bool:
         if self._too_big(topic, payload):
             return False
         if not self._connected:
             self.dropped_publishes += 1
             return False
-        info = self._client.publish(topic, payload, qos, retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"cannot publish on {topic!r}: a topic name is not empty and has no wildcard")
+        if qos == 0:
+            if self._send(_publish_packet(topic.encode(), payload, 0, retain)):
+                return True
             self.dropped_publishes += 1
             return False
+        if qos != 1:
+            raise ValueError(f"QoS {qos}: this client publishes QoS 0 and 1 only")
+        self._queued.append(_Outgoing(topic.encode(), payload, retain, done))
+        self._send_queued()
         return True
 
     async def publish_and_wait(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 5.0
     ) -> bool:
-        """Publish and wait until the broker has it (QoS 1) or the timeout passes."""
-        if self._too_big(topic, payload) or not self._connected:
+        """Publish and wait until the broker has it (QoS 1: its PUBACK, and no refusal in it), or
+        (QoS 0) until it is written to the connection; False when the timeout passes first."""
+        if qos == 0:
+            if not self._publish(topic, payload, 0, retain, None):
+                return False
+            link = self._link
+            try:
+                async with asyncio.timeout(timeout):
+                    while link is self._link and link is not None and link.transport is not None:
+                        if link.transport.get_write_buffer_size() == 0:
+                            return True
+                        await asyncio.sleep(0.001)
+            except TimeoutError:
+                pass
             return False
-        info = self._client.publish(topic, payload, qos, retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        done: asyncio.Future[bool] = self._loop.create_future()
+        if not self._publish(topic, payload, qos, retain, done):
             return False
         try:
-            await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, timeout), timeout + 1)
-        except (TimeoutError, RuntimeError, ValueError):
+            async with asyncio.timeout(timeout):
+                return await done
+        except TimeoutError:
             return False
-        return info.is_published()
 
     def stop(self) -> None:
-        """Disconnect cleanly (no Will) and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Disconnect cleanly (no Will) and stop reconnecting. The handler is told (`on_disconnected`,
+        if it was connected) before this returns; nothing more reaches it after."""
+        was = self._connected
+        self._stop(_DISCONNECT_PACKET)
+        if was:
+            try:
+                self._handler.on_disconnected("stopped (normal disconnection)")
+            except Exception:
+                logger.exception("MQTT %s: the handler failed on a disconnect", self.client_id)
+
+    def _stop(self, last: bytes | None) -> None:
+        self._stopped = True
         self._connected = False
+        link = self._link
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the connection went with it
+            if link is not None and link.transport is not None and not link.transport.is_closing():
+                if last is not None:
+                    link.transport.write(last)
+                    link.transport.close()
+                else:
+                    link.transport.abort()
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+        for out in [*self._inflight.values(), *self._queued]:
+            if out.done is not None and not out.done.done():
+                out.done.set_result(False)
+        self._inflight.clear()
+        self._queued.clear()
 
     def drain(self) -> None:
-        """Hand over, now, what paho has passed on and the loop has not seen yet (after `stop`: the
-        last messages, so that none is handled after its owner has closed)."""
-        self._drain()
+        """Kept for its callers: every message read has been handed over already (after `stop`, none
+        more is)."""
 
     def abort(self) -> None:
-        """Drop the connection without a DISCONNECT, so the broker sends the Will (for tests)."""
-        self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
-        self._connected = False
+        """Drop the connection without a DISCONNECT, so the broker sends the Will (for tests); the
+        handler is not told (as in a crash)."""
+        self._stop(None)
 
 
 class BareCounter:
