@@ -387,6 +387,8 @@ class _Link(asyncio.Protocol):
                     qos = (first >> 1) & 3
                     n = (buf[start] << 8) | buf[start + 1]
                     p = start + 2 + n
+                    if p > stop:
+                        raise MalformedPacketError("a PUBLISH's topic runs past its packet")
                     topic = buf[start + 2 : p].decode()
                     if qos:
                         acks.append(b"\x40\x02" + bytes(buf[p : p + 2]))

@@ -1,19 +1,23 @@
 """uns/mqtt.py against a real Mosquitto: a message its handler fails on costs no other message of
 its batch; retained messages are told apart; a payload above the broker's packet limit is refused
-before it is sent (the broker would drop the connection, and paho would send it again at every
-reconnect)."""
+before it is sent (the broker would drop the connection); QoS 1 within the broker's Receive Maximum;
+a refused login. Against a fake broker (what Mosquitto never sends): malformed packets, a broker
+that stops answering, QoS 1 sent again after a reconnect."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from tests.helpers import Recorder, address, recorder, track
 from uns.broker import Mosquitto
-from uns.mqtt import MqttClient
+from uns.mqtt import BrokerAddress, MqttClient
 
 
 class Picky(Recorder):
@@ -117,3 +121,201 @@ async def test_a_payload_above_the_packet_limit_is_refused_before_it_is_sent(
     await asyncio.sleep(0.5)
     assert sender.client.connected  # the connection was never put at risk
     assert sender.client.publish("acme/dayton/_command/dispatch", b"{}", 1)
+
+
+# -- the client's own protocol handling ------------------------------------------------------------
+async def test_qos1_beyond_the_brokers_receive_maximum_arrives_whole_and_in_order(
+    mosquitto: Mosquitto,
+) -> None:
+    """3,000 QoS 1 messages at once: the client keeps within the Receive Maximum of the broker's
+    CONNACK (mosquitto.conf max_inflight_messages; the broker would drop a client that went past it)
+    and sends the rest as acknowledgements come."""
+    watch = await recorder(mosquitto, "viewer", "acme/#", client_id="watch")
+    await watch.wait_connected()
+    sender = await recorder(mosquitto, "integration", client_id="sender")
+    assert sender.client is not None
+    await sender.wait_connected()
+    assert sender.client._receive_max == 100
+    for n in range(3_000):
+        assert sender.client.publish("acme/dayton/_command/parts", str(n).encode(), 1)
+    assert len(sender.client._inflight) == 100
+    await watch.wait_for(lambda t, p: p == b"2999", timeout=30)
+    assert [int(p) for _, p in watch.messages] == list(range(3_000))
+    assert sender.client.connected
+    assert not sender.client._inflight
+    assert not sender.client._queued
+
+
+async def test_a_topic_with_a_wildcard_is_refused_before_it_is_sent(mosquitto: Mosquitto) -> None:
+    sender = await recorder(mosquitto, "integration", client_id="sender")
+    assert sender.client is not None
+    await sender.wait_connected()
+    for topic in ("acme/+/_command/parts", "acme/#", ""):
+        with pytest.raises(ValueError, match="wildcard"):
+            sender.client.publish(topic, b"{}", 1)
+    await asyncio.sleep(0.2)
+    assert sender.client.connected  # (the broker drops a client that publishes on one)
+
+
+async def test_a_refused_login_is_said_and_tried_again(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+    wrong = BrokerAddress("127.0.0.1", mosquitto.port, "viewer", "not-the-password")
+    rec.client = MqttClient("wrong", wrong, rec, asyncio.get_running_loop())
+    track(rec.client)
+    with caplog.at_level(logging.WARNING):
+        rec.client.start()
+        await asyncio.sleep(2.5)  # the first try, and another 1 s later
+    refused = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(refused) >= 2
+    assert "Not authorized" in refused[0] or "Bad User Name or Password" in refused[0]
+    assert not rec.client.connected
+    assert rec.connects == 0
+
+
+class FakeBroker:
+    """A TCP server that speaks just enough MQTT to say what a real broker never says: malformed
+    packets, silence after a PING, a PUBLISH never acknowledged. (Mosquitto cannot be made to send
+    these; everything else in this file runs against the real one.)"""
+
+    def __init__(self, script: Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]):
+        self.script = script
+        self.connections = 0
+        self.received: list[list[bytes]] = []  # the packets of each connection, as they came
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = self.connections
+        self.connections += 1
+        self.received.append([])
+        self.writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self.script(reader, writer, n)
+        writer.close()
+
+    async def packet(self, reader: asyncio.StreamReader, n: int) -> bytes:
+        first = await reader.readexactly(1)
+        length, shift = 0, 0
+        while True:
+            b = (await reader.readexactly(1))[0]
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        packet = first + await reader.readexactly(length)
+        self.received[n].append(packet)
+        return packet
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+CONNACK = b"\x20\x03\x00\x00\x00"  # session not present, success, no properties
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x30\xff\xff\xff\xff\x01",  # a remaining length of five bytes
+        b"\x30\x04\x00\x09ab",  # a PUBLISH whose topic runs past its packet
+        b"\x30\x06\x00\x02\xff\xfe\x00x",  # a topic that is not UTF-8
+        b"\x20\x05\x00\x00\x02\x77\x01",  # properties with an unknown identifier
+    ],
+)
+async def test_a_malformed_packet_from_the_broker_drops_the_connection_and_nothing_else(
+    garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Said (naming the broker), the connection made again, the handler told; the good message
+    before it was delivered, and the next connection's messages are."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await broker.packet(reader, n)  # CONNECT
+        writer.write(CONNACK)
+        writer.write(b"\x30\x07\x00\x01t\x00ok!" if n else b"\x30\x07\x00\x01t\x00one")
+        if n == 0:
+            writer.write(garbage)
+        await writer.drain()
+        await reader.read()  # until the client goes
+
+    broker = FakeBroker(script)
+    port = await broker.start()
+    rec = Recorder()
+    disconnects: list[str] = []
+    rec.on_disconnected = disconnects.append  # type: ignore[method-assign,assignment]
+    rec.client = MqttClient("fragile", BrokerAddress("127.0.0.1", port), rec, asyncio.get_running_loop())
+    track(rec.client)
+    with caplog.at_level(logging.ERROR):
+        rec.client.start()
+        await _until(lambda: rec.connects == 2 and (b"ok!" in [p for _, p in rec.messages]))
+    await broker.close()
+    assert f"malformed packet from mqtt://127.0.0.1:{port}" in caplog.text
+    assert disconnects
+    assert "malformed packet" in disconnects[0]
+    assert ("t", b"one") in rec.messages  # (before the garbage)
+
+
+async def test_a_silent_broker_is_left_and_unacknowledged_qos1_is_sent_again_first() -> None:
+    """The first connection takes a QoS 1 message and never acknowledges it, nor answers the
+    keep-alive PINGREQ: after one and a half keep-alives the client leaves, and on the next
+    connection sends that message again before anything new."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await broker.packet(reader, n)  # CONNECT
+        writer.write(CONNACK)
+        await writer.drain()
+        while True:
+            packet = await broker.packet(reader, n)
+            if n and packet[0] >> 4 == 3 and packet[0] & 0x06:  # ack QoS 1 on the second connection
+                writer.write(b"\x40\x02" + _packet_id(packet))
+                await writer.drain()
+
+    broker = FakeBroker(script)
+    port = await broker.start()
+    rec = Recorder()
+    client = rec.client = MqttClient(
+        "patient", BrokerAddress("127.0.0.1", port), rec, asyncio.get_running_loop(), keepalive=1
+    )
+    track(client)
+    client.start()
+    await _until(lambda: client.connected)
+    assert client.publish("a/first", b"1", 1)
+    waited = asyncio.ensure_future(client.publish_and_wait("a/second", b"2", 1, timeout=8))
+    await _until(lambda: broker.connections == 2 and client.connected, timeout=8)
+    assert client.publish("a/third", b"3", 1)
+    assert await waited  # acknowledged on the second connection
+    await _until(lambda: not client._inflight)
+    await broker.close()
+    first = broker.received[0]
+    assert b"\xc0" in first  # it pinged (PINGREQ), and heard nothing
+    topics = [_topic(p) for p in broker.received[1] if p[0] >> 4 == 3]
+    assert topics == ["a/first", "a/second", "a/third"]
+
+
+def _topic(packet: bytes) -> str:
+    """A PUBLISH's topic (FakeBroker keeps a packet's first byte and its body)."""
+    n = int.from_bytes(packet[1:3], "big")
+    return packet[3 : 3 + n].decode()
+
+
+def _packet_id(packet: bytes) -> bytes:
+    n = int.from_bytes(packet[1:3], "big")
+    return packet[3 + n : 5 + n]
