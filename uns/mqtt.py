@@ -170,6 +170,8 @@ _CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
 _SUBACK, _PINGRESP, _DISCONNECT = 9, 13, 14
 _PINGREQ_PACKET = b"\xc0\x00"
 _DISCONNECT_PACKET = b"\xe0\x00"  # normal disconnection: the broker drops the Will
+BATCH = 200  # messages handed over between two looks at the connection (see `_received`)
+INBOX_HIGH, INBOX_LOW = 100_000, 20_000  # messages read and waiting: reading pauses above, resumes below
 CONNECT_TIMEOUT_S = 10.0  # for the TCP (and TLS) connection, and again for the broker's CONNACK
 _RECONNECT_S = (1.0, 2.0)  # the first wait after a lost connection or a failed attempt, and the longest
 
@@ -365,6 +367,7 @@ class _Link(asyncio.Protocol):
         buf += data
         pos, end = 0, len(buf)
         client = self._client
+        inbox = client._inbox
         acks: list[bytes] = []
         try:
             while end - pos >= 2:
@@ -401,7 +404,7 @@ class _Link(asyncio.Protocol):
                         p += plen
                     if p > stop:
                         raise MalformedPacketError(f"a PUBLISH on {topic} runs past its length")
-                    client._deliver(topic, bytes(buf[p:stop]), bool(first & 1))
+                    inbox.append((topic, bytes(buf[p:stop]), bool(first & 1)))
                 else:
                     client._control(kind, buf, start, stop)
                 pos = stop
@@ -413,6 +416,7 @@ class _Link(asyncio.Protocol):
             del buf[:pos]
             if acks and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(b"".join(acks))
+            client._received()
 
 
 class MqttClient:
@@ -459,6 +463,9 @@ class MqttClient:
         self._inflight: dict[int, _Outgoing] = {}  # by packet identifier, in the order sent
         self._queued: deque[_Outgoing] = deque()  # beyond the broker's receive maximum, or to resend
         self._last_sent = 0.0
+        self._inbox: deque[tuple[str, bytes, bool]] = deque()  # read, not handed over yet
+        self._working = False  # a slice of the inbox is due on the loop
+        self._paused = False  # reading paused: the inbox is past INBOX_HIGH
 
     @property
     def connected(self) -> bool:
@@ -537,7 +544,9 @@ class MqttClient:
             if link.transport is not None and not link.transport.is_closing():
                 link.transport.abort()
         self._connected = False
+        self._paused = False
         self._requeue()
+        self._hand_over()  # what came before the loss, before the loss
         logger.warning("MQTT %s lost %s: %s", self.client_id, self.address, reason)
         try:
             self._handler.on_disconnected(reason)
@@ -583,16 +592,50 @@ class MqttClient:
         return True
 
     # -- packets from the broker (on the loop, in order) ---------------------------------------
-    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+    # Reading and handling are apart: what is read goes to the inbox at once (the broker's PUBACKs,
+    # which come on the same connection behind the messages, are taken as they are read), and the
+    # handler is given the inbox in slices of BATCH, the loop free between them, so that a flood of
+    # messages neither holds back the acknowledgements of what the owner publishes nor the owner's
+    # timers. Past INBOX_HIGH messages waiting, reading pauses (the broker keeps the rest) until
+    # the inbox is down to INBOX_LOW.
+    def _received(self) -> None:
+        inbox = self._inbox
+        if not inbox:
+            return
+        if not self._working:
+            self._working = True
+            self._loop.call_soon(self._work)
+        link = self._link
+        if len(inbox) > INBOX_HIGH and not self._paused and link is not None and link.transport is not None:
+            self._paused = True
+            link.transport.pause_reading()
+
+    def _work(self) -> None:
+        self._working = False
         if self._stopped:
             return
-        try:
-            if retain and self._on_retained is not None:
-                self._on_retained(topic, payload)
-            else:
-                self._handler.on_message(topic, payload)
-        except Exception as exc:
-            self._failed(topic, payload, exc)
+        self._hand_over(BATCH)
+        if self._inbox:
+            self._working = True
+            self._loop.call_soon(self._work)
+        if self._paused and len(self._inbox) < INBOX_LOW:
+            self._paused = False
+            link = self._link
+            if link is not None and link.transport is not None and not link.transport.is_closing():
+                link.transport.resume_reading()
+
+    def _hand_over(self, n: int | None = None) -> None:
+        """The first `n` messages of the inbox (all of them: None) to the handler, in order."""
+        inbox, handler, retained = self._inbox, self._handler, self._on_retained
+        for _ in range(len(inbox) if n is None else min(n, len(inbox))):
+            topic, payload, retain = inbox.popleft()
+            try:
+                if retain and retained is not None:
+                    retained(topic, payload)
+                else:
+                    handler.on_message(topic, payload)
+            except Exception as exc:
+                self._failed(topic, payload, exc)
 
     def _control(self, kind: int, buf: bytearray, start: int, stop: int) -> None:
         if kind == _PUBACK:
@@ -741,6 +784,7 @@ class MqttClient:
         if it was connected) before this returns; nothing more reaches it after."""
         was = self._connected
         self._stop(_DISCONNECT_PACKET)
+        self._hand_over()  # what was read is the owner's still
         if was:
             try:
                 self._handler.on_disconnected("stopped (normal disconnection)")
@@ -767,8 +811,9 @@ class MqttClient:
         self._queued.clear()
 
     def drain(self) -> None:
-        """Kept for its callers: every message read has been handed over already (after `stop`, none
-        more is)."""
+        """Hand over, now, every message read and not handed over yet (`stop` does too: after it,
+        nothing more is read)."""
+        self._hand_over()
 
     def abort(self) -> None:
         """Drop the connection without a DISCONNECT, so the broker sends the Will (for tests); the
