@@ -58,9 +58,18 @@ class ScaledClock:
         return max(0.0, target - time.time())
 
 
+_ISO_SECOND: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last second formatted, and how
+
+
 def iso(ms: int) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-22T06:00:00.000Z."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-22T06:00:00.000Z. In integers (no float
+    rounding), and the second's text kept from the last call: most calls share it."""
+    global _ISO_SECOND
+    second, millis = divmod(ms, 1000)
+    last = _ISO_SECOND  # (one read: another thread may replace it, never half of it)
+    if last[0] != second:
+        last = _ISO_SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{last[1]}.{millis:03d}Z"
 
 
 def parse_iso(text: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -810,6 +810,14 @@ class Site:
     config: SiteConfig
     machines: tuple[Machine, ...]
     source_file: Path | None = None
+    _by_id: dict[str, Machine] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # `machine` is on the context service's per-message path: a lookup, not a scan
+        by_id: dict[str, Machine] = {}
+        for m in self.machines:
+            by_id.setdefault(m.id, m)  # (the first of a repeated id, as a scan finds it)
+        object.__setattr__(self, "_by_id", by_id)
 
     @property
     def group_id(self) -> str:
@@ -877,10 +885,7 @@ class Site:
         return next((p.host_id for p in self.partitions() if key in p.edge_nodes), self.host_id)
 
     def machine(self, machine_id: str) -> Machine:
-        for m in self.machines:
-            if m.id == machine_id:
-                return m
-        raise KeyError(machine_id)
+        return self._by_id[machine_id]
 
     def edge_nodes(self) -> dict[str, list[Machine]]:
         """Our bridges' edge nodes and their machines (not the machines of foreign edge nodes)."""
