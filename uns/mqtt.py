@@ -320,7 +320,8 @@ def _publish_packet(topic: bytes, payload: bytes, qos: int, retain: bool, packet
 
 def _subscribe_packet(packet_id: int, filters: tuple[tuple[str, int], ...]) -> bytes:
     body = packet_id.to_bytes(2, "big") + b"\x00"
-    body += b"".join(_binary(f.encode()) + bytes((qos,)) for f, qos in filters)
+    # at most QoS 1: this client does not take QoS 2's handshake
+    body += b"".join(_binary(f.encode()) + bytes((min(qos, 1),)) for f, qos in filters)
     return _packet(0x82, body)
 
 
