@@ -11,11 +11,18 @@ A payload's way, each stage in the module that owns it:
    `timeline.enrich` and `timeline.attribute` give closed intervals and counts their job,
    operation, shift, operator, hold and reason (timeline.py, reasons.py);
 4. record: `flush` writes them, the open pieces and the event log in one transaction
-   (record.py; `_backfill` recomputes from history); a record that cannot be written sends the host
-   offline until it can (`_record_unavailable`);
-5. publish: the changed machines' `state` (before the record write: the UNS does not wait for the
-   disk), `job` and `intervals`, documents shaped by tree.py, under
-   `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`.
+   (record.py; `_backfill` recomputes from history); under load the event loop's flushes gather
+   what came in for up to RECORD_GAP_S, so that a transaction takes more rows (explicit flushes
+   write at once); a record that cannot be written sends the host offline until it can
+   (`_record_unavailable`);
+5. publish: the changed machines' `state` (at most every FLUSH_GAP_S, before the record write: the
+   UNS does not wait for the disk), `job` and `intervals` (after it), documents shaped by tree.py,
+   under `<enterprise>/<site>/<area>/<line>/<cell>/<machine>/`. A machine's `state` goes out when
+   it differs from the last one in more than `updated`, and otherwise at most once a second while
+   values come (and once after the last), so `updated` is at most about a second behind; a
+   reconnect, a command, a rebuild or backfill, a job change, a stop that grew into another reason
+   (`_refresh_stops`) publish it in any case. Its current_state row in the record follows the
+   same rule.
 
 Commands (dispatch lists, operators, holds, reasons, scrap) come on
 `<enterprise>/<site>/_command/<kind>` and are applied by services/context/intake.py.
@@ -33,7 +40,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.context import reasons, timeline, tree
@@ -67,9 +76,33 @@ logger = logging.getLogger(__name__)
 
 _GOOD = (None, Quality.GOOD)
 HEALTH_PREFIX = "health/"  # the bridges' health metrics (bridge/health.py)
-# Under load, a flush at most this often (seconds): the first change after a quiet spell goes out
-# at once, the rest wait at most this long and share one record transaction (bench/load.py).
+# Under load, a flush (the changed machines' `state`) at most this often (seconds): the first change
+# after a quiet spell goes out at once, the rest wait at most this long (bench/load.py).
 FLUSH_GAP_S = 0.01
+# A machine whose values changed nothing in its `state` JSON but `updated` publishes it again (and
+# writes its current_state row) at most this often (seconds), and once more after its last value.
+STATE_REFRESH_S = 1.0
+# The record is written with a flush when the last write is at least this long ago (after a quiet
+# spell: at once) or when this many values wait; under load the flushes in between gather for it,
+# so that one transaction takes more rows (SQLite writes every page a commit dirtied, and the event
+# log's keys are spread over every machine). bench/load.py and bench/record_writes.py.
+RECORD_GAP_S = 0.1
+RECORD_BATCH = 3_000
+_TIMER_SLACK_S = 0.002  # (the event loop may run a timer this much before its time)
+_REFRESH_SLACK_S = 0.05  # the trailing refreshes of machines gone quiet: together, this much late
+
+
+@dataclass(slots=True)
+class _Said:
+    """What was last said of a machine, on the tree (its `state` document) and to the record (its
+    current_state row), each without its `updated`, when (time.monotonic), and what both were made
+    of (`tree.state_key`)."""
+
+    key: tuple[Any, ...] | None = None
+    doc: dict[str, Any] | None = None
+    doc_at: float = -math.inf
+    row: tuple[Any, ...] | None = None
+    row_at: float = -math.inf
 
 
 class ContextService:
@@ -93,6 +126,7 @@ class ContextService:
         owned = tuple(m for m in site.machines if site.edge_key(m) in self.partition.edge_nodes)
         self.host = HostSession()
         self._machines: dict[tuple[str, str, str], Machine] = {site.sparkplug_key(m): m for m in owned}
+        self._by_id = {m.id: m for m in owned}  # (Site.machine looks through the site's list)
         # machines of foreign edge nodes: their metric names and values, as ours
         self._foreign = {
             m.id: ForeignMetrics(m.id, m.source, self.host.counters)
@@ -145,10 +179,21 @@ class ContextService:
         self._health_task: asyncio.Task[None] | None = None
         self.health_interval_s = 10.0
         self._parts: list[PartsMade] = []
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # machines to publish (state) and write (current row): all of them
+        self._moved: set[str] = set()  # machines whose values came in: those they changed (`_Said`)
+        self._stale: dict[str, float] = {}  # machines whose last `updated` is not said: when it is due
+        self._said: dict[str, _Said] = {}
+        self._rows: dict[str, tuple[Any, ...]] = {}  # current rows for the next record write
+        self._early: set[str] = set()  # machines whose state went out since the last record write
         self._flush_scheduled = False
+        self._write_scheduled = False
+        self._refresh_scheduled = False
         self._last_flush = 0.0
+        self._last_write = -math.inf
         self.flush_gap_s = FLUSH_GAP_S
+        self.state_refresh_s = STATE_REFRESH_S
+        self.record_gap_s = RECORD_GAP_S
+        self.record_batch = RECORD_BATCH
         self._client: MqttClient | None = None
         self._state_ts = 0
         self._unknown_devices: set[tuple[str, str, str]] = set()
@@ -406,7 +451,7 @@ class ContextService:
         self._parts += parts
         source = "birth" if event.is_birth else "live"
         self._events += [(machine.id, v, source) for v in values]
-        self._dirty.add(machine.id)
+        self._moved.add(machine.id)  # published and written if this changed more than `updated`
         self._follow_operations(machine.id, values, parts)
 
     def _follow_operations(self, machine_id: str, values: list[SignalValue], parts: list[PartsMade]) -> None:
@@ -532,13 +577,18 @@ class ContextService:
         intervals = self._enrich(machine_id, closed)
         tracker.late_values = old.late_values
         self.trackers[machine_id] = tracker
+        row = self._current_row(machine_id)
         self.store.replace_from(
             machine_id,
             start,
             intervals,
             timeline.attribute(parts, self.contexts[machine_id], self.calendar),
-            self._current_row(machine_id),
+            row,
         )
+        self._rows.pop(machine_id, None)  # (from before: the record has this one now)
+        self._written[machine_id] = row[-1]
+        said = self._said.setdefault(machine_id, _Said())
+        said.key, said.row, said.row_at = None, _bare_row(row), time.monotonic()
         self._published += [(i, True) for i in intervals]
         self._dirty.add(machine_id)
         self._jobs_dirty.add(machine_id)
@@ -671,39 +721,137 @@ class ContextService:
 
     # -- output ----------------------------------------------------------------------------------
     def _schedule_flush(self) -> None:
-        """Flush once the messages at hand are taken; under load, at most once per `flush_gap_s`,
-        so that one record write (one transaction) takes the messages of many hand-overs."""
+        """Flush once the messages at hand are taken; under load, at most once per `flush_gap_s`."""
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             wait = self._last_flush + self.flush_gap_s - time.monotonic()
             if wait > 0:
-                self._loop.call_later(wait, self.flush)
+                self._loop.call_later(wait, self._flush_due)
             else:
-                self._loop.call_soon(self.flush)
+                self._loop.call_soon(self._flush_due)
 
-    def flush(self, *, retry: bool = False) -> None:
+    def _flush_due(self) -> None:
+        self.flush(gather=True)
+
+    def _write_due(self) -> None:
+        self._write_scheduled = False
+        self.flush(gather=True)
+
+    def _refresh_due(self) -> None:
+        """The machines whose last `updated` was not said and is due now: at the next flush."""
+        self._refresh_scheduled = False
+        if self._stopped:
+            return
+        now = time.monotonic()
+        due = [m for m, at in self._stale.items() if at <= now]
+        for machine_id in due:
+            del self._stale[machine_id]
+        self._moved.update(due)
+        self._schedule_flush()
+        self._schedule_refresh(now)
+
+    def _schedule_refresh(self, now: float) -> None:
+        if self._stale and not self._refresh_scheduled and self._loop is not None:
+            self._refresh_scheduled = True
+            wait = max(0.0, min(self._stale.values()) - now) + _REFRESH_SLACK_S
+            self._loop.call_later(wait, self._refresh_due)
+
+    def flush(self, *, retry: bool = False, gather: bool = False) -> None:
         """Publish the changed machines' state, write what changed to the record, then publish what
         the record now says (intervals, jobs, and the state of machines whose history came in). The
         state goes out first so the UNS does not wait for the disk; the record is written whatever
         happens to the publish. While the record cannot be written, only the retry (`retry`) writes:
-        until then everything is kept as it is."""
+        until then everything is kept as it is.
+
+        `gather`: the event loop's own flushes (`_schedule_flush`). A machine whose values changed
+        nothing but `updated` publishes its state and writes its current row at most once per
+        `state_refresh_s` (and once more after its last value); the record is written only once
+        `record_gap_s` passed since the last write or `record_batch` values wait (else later, by
+        itself): what waits is kept in order and goes in one transaction. Without it (everything
+        else that flushes: a rebuild, a stop, the record's retry), all of it now."""
         self._flush_scheduled = False
         if self._stopped or (self._record_retry is not None and not retry):
             return
-        if not (self._intervals or self._parts or self._dirty or self._history or self._jobs_dirty):
+        if self._dirty or self._moved:
+            self._last_flush = time.monotonic()
+            self._publish_states(gather)
+        if not retry and not (
+            self._events
+            or self._rows
+            or self._intervals
+            or self._parts
+            or self._history
+            or self._jobs_dirty
+            or self._published
+            or self._rebuilds
+        ):
             return
-        self._last_flush = time.monotonic()
-        dirty = sorted(self._dirty)
-        pieces = {m: self.current(m) for m in dirty}  # the open intervals, for the record and the tree
+        if gather and not self._record_due():
+            if not self._write_scheduled and self._loop is not None:
+                self._write_scheduled = True
+                wait = max(0.0, self._last_write + self.record_gap_s - time.monotonic())
+                self._loop.call_later(wait, self._write_due)
+            return
+        self._write_record()
+
+    def _record_due(self) -> bool:
+        """Whether a gathering flush writes the record now (history to backfill does not wait)."""
+        return (
+            bool(self._history)
+            or len(self._events) >= self.record_batch
+            or time.monotonic() - self._last_write >= self.record_gap_s - _TIMER_SLACK_S
+        )
+
+    def _publish_states(self, gather: bool) -> None:
+        """The state of the machines that changed (`_dirty`: all of them; `_moved`, when gathering:
+        those whose state document changed in more than `updated`, or whose last one is
+        `state_refresh_s` old), and their current rows for the next record write (the same rule: a
+        crash loses at most the last second's `updated_ms`, never a state or a count, and the event
+        log has every value)."""
+        now = time.monotonic()
+        forced, self._dirty = self._dirty, set()
+        moved, self._moved = self._moved - forced, set()
+        if not gather:
+            forced |= moved
+            moved = set()
         client = self._client
-        early = set()
-        if client is not None and client.connected:
-            for machine_id in dirty:
-                if machine_id in self._history:
-                    continue  # its state is known once its history is in the record
-                self._publish_state(client, machine_id, pieces[machine_id])
-                early.add(machine_id)
-        current = [(m, *self._current_row(m, pieces[m])) for m in dirty if self.trackers[m].since_ms]
+        connected = client is not None and client.connected
+        refresh = self.state_refresh_s
+        for machine_id in sorted(forced | moved):
+            tracker = self.trackers[machine_id]
+            key = tree.state_key(tracker)
+            said = self._said.get(machine_id)
+            if said is None:
+                said = self._said[machine_id] = _Said()
+            force = machine_id in forced
+            last = min(said.doc_at, said.row_at)
+            if not force and key == said.key and now - last < refresh - _TIMER_SLACK_S:
+                self._stale[machine_id] = last + refresh  # nothing but `updated` changed
+                continue
+            self._stale.pop(machine_id, None)
+            said.key = key
+            piece = self.current(machine_id)  # the open interval, for the record and the tree
+            if connected and machine_id not in self._history:  # (its state: once its history is in)
+                assert client is not None
+                machine = self._by_id[machine_id]
+                doc = self.state_json(machine, piece)
+                bare = {**doc, "updated": None}
+                if force or bare != said.doc or now - said.doc_at >= refresh - _TIMER_SLACK_S:
+                    client.publish(machine.path.topic("state"), json.dumps(doc).encode(), 1, True)
+                    said.doc, said.doc_at = bare, now
+                    self._early.add(machine_id)
+            if tracker.since_ms is not None:
+                row = self._current_row(machine_id, piece)
+                bare_row = _bare_row(row)
+                if force or bare_row != said.row or now - said.row_at >= refresh - _TIMER_SLACK_S:
+                    self._rows[machine_id] = row
+                    said.row, said.row_at = bare_row, now
+        self._schedule_refresh(now)
+
+    def _write_record(self) -> None:
+        """What waits, in one transaction; then the rebuilds and history that wait for it, and what
+        the record now says to the tree."""
+        current = [(m, *row) for m, row in sorted(self._rows.items())]
         intervals = [
             p
             for i in self._intervals
@@ -719,9 +867,11 @@ class ContextService:
         except RecordUnavailableError as exc:
             self._record_unavailable(exc)
             return
+        self._last_write = time.monotonic()
         self._written.update((row[0], row[-1]) for row in current)
         self._published += [(i, False) for i in intervals]
-        self._intervals, self._parts, self._dirty, self._events = [], [], set(), []
+        self._intervals, self._parts, self._rows, self._events = [], [], {}, []
+        revised: set[str] = set()  # machines whose record was recomputed: their state is new
         for machine_id, from_ms in sorted(self._rebuilds.items()):
             del self._rebuilds[machine_id]
             try:
@@ -729,8 +879,7 @@ class ContextService:
             except RecordUnavailableError as exc:  # (it put itself back)
                 self._record_unavailable(exc)
                 return
-            dirty.append(machine_id)
-            pieces.pop(machine_id, None)
+            revised.add(machine_id)
         history, self._history = self._history, {}
         for machine_id, batches in list(history.items()):
             try:
@@ -740,27 +889,31 @@ class ContextService:
                 self._record_unavailable(exc)
                 return
             del history[machine_id]
-            dirty.append(machine_id)
-            pieces.pop(machine_id, None)
+            revised.add(machine_id)
         self._record_retry = None
         published, self._published = self._published, []
         jobs, self._jobs_dirty = self._jobs_dirty, set()
+        early, self._early = self._early, set()
         client = self._client
         if client is None or not client.connected:
             return
-        for machine_id in sorted((set(dirty) | jobs) - early):
-            self._publish_state(client, machine_id, pieces.get(machine_id))
+        for machine_id in sorted(revised | (jobs - early)):
+            self._publish_state(client, machine_id)
         for machine_id in sorted(jobs):
-            machine = self.site.machine(machine_id)
+            machine = self._by_id[machine_id]
             client.publish(machine.path.topic("job"), json.dumps(self.job_json(machine)).encode(), 1, True)
-        for interval, revised in published:
-            topic = self.site.machine(interval.machine_id).path.topic("intervals")
-            client.publish(topic, json.dumps(interval_json(interval, revised=revised)).encode(), 1, False)
+        for interval, revised_ in published:
+            topic = self._by_id[interval.machine_id].path.topic("intervals")
+            client.publish(topic, json.dumps(interval_json(interval, revised=revised_)).encode(), 1, False)
 
-    def _publish_state(self, client: MqttClient, machine_id: str, piece: Interval | None) -> None:
-        machine = self.site.machine(machine_id)
-        state = self.state_json(machine, piece)
-        client.publish(machine.path.topic("state"), json.dumps(state).encode(), 1, True)
+    def _publish_state(self, client: MqttClient, machine_id: str) -> None:
+        machine = self._by_id[machine_id]
+        doc = self.state_json(machine)
+        client.publish(machine.path.topic("state"), json.dumps(doc).encode(), 1, True)
+        said = self._said.get(machine_id)
+        if said is None:
+            said = self._said[machine_id] = _Said()
+        said.doc, said.doc_at = {**doc, "updated": None}, time.monotonic()
 
     def _backfill(self, machine_id: str, batches: list[tuple[int, list[SignalValue]]]) -> None:
         """Historical values: into the event log, and the record recomputed from where they begin."""
@@ -788,6 +941,11 @@ class ContextService:
 
     def job_json(self, machine: Machine) -> dict[str, Any]:
         return tree.job_document(machine, self.books[machine.id], self.clock.now_ms())
+
+
+def _bare_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A current row (`_current_row`) without its `updated_ms`."""
+    return row[:2] + row[3:]
 
 
 def _envelope(payload: bytes) -> tuple[str | None, str | None]:

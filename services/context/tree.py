@@ -14,7 +14,8 @@ from uns.site import Machine, Signal
 
 
 def state_document(machine: Machine, tracker: MachineTracker, piece: Interval | None) -> dict[str, Any]:
-    """The retained `state` JSON (`piece`: the open interval's current piece, with its context)."""
+    """The retained `state` JSON (`piece`: the open interval's current piece, with its context).
+    What it reads of the tracker is in `state_key` too."""
     sig = tracker.signals
     alarm = sig.get(Signal.ALARM_CODE)
     return {
@@ -32,6 +33,26 @@ def state_document(machine: Machine, tracker: MachineTracker, piece: Interval | 
         "part_count": tracker.counter,
         **context_json(piece),
     }
+
+
+def state_key(tracker: MachineTracker) -> tuple[Any, ...]:
+    """What a machine's `state` document and its current_state row are made of, besides `updated`,
+    the time and what was said about the machine (its context: commands, operations): while this
+    stays the same, a value that came in changed nothing in either but `updated`."""
+    sig = tracker.signals
+    return (
+        tracker.state,
+        tracker.since_ms,
+        tracker.counter,
+        tracker.story_at_start,
+        tracker.story,
+        sig.get(Signal.EXECUTION),
+        sig.get(Signal.MODE),
+        sig.get(Signal.PROGRAM),
+        sig.get(Signal.ALARM_CODE),
+        sig.get(Signal.ALARM_TEXT),
+        sig.get(Signal.ESTOP),
+    )
 
 
 def job_document(machine: Machine, book: OperationBook, now_ms: int) -> dict[str, Any]:
