@@ -1,9 +1,11 @@
 """Record writes per second, SQLite against PostgreSQL, for the context service's write shape: one
 `store.write(intervals, parts, current, events)` per flush, as services/context/app.py `flush` makes
 it. 50 machines; each message closes one interval, logs two signal values and updates its machine's
-current state, and every fifth makes a part. Batches of 1, 10 and 100 messages' worth (one
-transaction each). SQLite: a temporary file (WAL, synchronous=NORMAL, as the store sets it).
-PostgreSQL: a database of the bench's own on UNS_BENCH_POSTGRES, created and dropped here."""
+current state, and every fifth makes a part. Batches of 1, 10, 100 and 1,000 messages' worth (one
+transaction each; under load the context service's writes gather for up to RECORD_GAP_S, 50 ms, or
+RECORD_BATCH values: 500 messages at 10,000 msg/s). SQLite: a temporary file (WAL,
+synchronous=NORMAL, as the store sets it). PostgreSQL: a database of the bench's own on
+UNS_BENCH_POSTGRES, created and dropped here."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from services.context.state import Interval, MachineState, PartsMade, SignalValu
 
 POSTGRES = os.environ.get("UNS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 MACHINES = [f"m{i:02d}" for i in range(50)]
-BATCHES = (1, 10, 100)
+BATCHES = (1, 10, 100, 1_000)
 BUDGET_S = 4.0  # per backend and batch size, at most (the run stays well under a minute)
 MAX_MESSAGES = 20_000
 T0 = 1_795_100_000_000

@@ -12,8 +12,8 @@ A payload's way, each stage in the module that owns it:
    operation, shift, operator, hold and reason (timeline.py, reasons.py);
 4. record: `flush` writes them, the open pieces and the event log in one transaction
    (record.py; `_backfill` recomputes from history); under load the event loop's flushes gather
-   what came in for up to RECORD_GAP_S, so that a transaction takes more rows (explicit flushes
-   write at once); a record that cannot be written sends the host offline until it can
+   what came in for up to RECORD_GAP_S (50 ms), so that a transaction takes more rows (explicit
+   flushes write at once); a record that cannot be written sends the host offline until it can
    (`_record_unavailable`);
 5. publish: the changed machines' `state` (at most every FLUSH_GAP_S, before the record write: the
    UNS does not wait for the disk), `job` and `intervals` (after it), documents shaped by tree.py,
@@ -85,9 +85,13 @@ STATE_REFRESH_S = 1.0
 # The record is written with a flush when the last write is at least this long ago (after a quiet
 # spell: at once) or when this many values wait; under load the flushes in between gather for it,
 # so that one transaction takes more rows (SQLite writes every page a commit dirtied, and the event
-# log's keys are spread over every machine). bench/load.py and bench/record_writes.py.
-RECORD_GAP_S = 0.1
-RECORD_BATCH = 3_000
+# log's keys are spread over every machine). A write holds the event loop while it runs (15-20 us a
+# value on 2 busy cores), so a longer gap delays the state changes that come meanwhile. At 500
+# machines, 2,000 msg/s (bench/load.py), against 10 ms: 100 ms cut the write's cost a value by
+# 15-25 % and added about 20 ms to the state p99; 50 ms, up to 10 % and about 10 ms. RECORD_BATCH
+# bounds one write to some 25-35 ms there.
+RECORD_GAP_S = 0.05
+RECORD_BATCH = 1_500
 _TIMER_SLACK_S = 0.002  # (the event loop may run a timer this much before its time)
 _REFRESH_SLACK_S = 0.05  # the trailing refreshes of machines gone quiet: together, this much late
 
