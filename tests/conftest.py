@@ -3,10 +3,11 @@ record on SQLite and on a real PostgreSQL (a database of the test run's own, dro
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,13 @@ POSTGRES = os.environ.get("UNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:
 
 
 @pytest.fixture(autouse=True)
-def _stop_mqtt_clients() -> Iterator[None]:
+async def _stop_mqtt_clients() -> AsyncIterator[None]:
+    """Every client a test started is stopped on the test's loop while it still runs, so that a
+    connection it was making or closing (a TLS handshake, say) is closed before the loop ends."""
     yield
     while OPEN:
         OPEN.pop().stop()
+    await asyncio.sleep(0.01)
 
 
 @pytest.fixture
