@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_asyncio import is_async_test
 
 from services.context.record import RecordStore, open_record
 from tests.helpers import OPEN
@@ -22,13 +23,26 @@ POSTGRES = os.environ.get("UNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:
 
 
 @pytest.fixture(autouse=True)
-async def _stop_mqtt_clients() -> AsyncIterator[None]:
-    """Every client a test started is stopped on the test's loop while it still runs, so that a
-    connection it was making or closing (a TLS handshake, say) is closed before the loop ends."""
+def _stop_mqtt_clients() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().stop()
+
+
+@pytest.fixture
+async def _stop_mqtt_clients_on_the_loop() -> AsyncIterator[None]:
+    """An async test's clients are stopped on its own loop while it still runs, so that a connection
+    one was making or closing (a TLS handshake, say) is closed before the loop ends."""
     yield
     while OPEN:
         OPEN.pop().stop()
     await asyncio.sleep(0.01)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_async_test(item) and isinstance(item, pytest.Function):
+            item.fixturenames.append("_stop_mqtt_clients_on_the_loop")
 
 
 @pytest.fixture
