@@ -319,3 +319,39 @@ def _topic(packet: bytes) -> str:
 def _packet_id(packet: bytes) -> bytes:
     n = int.from_bytes(packet[1:3], "big")
     return packet[3 + n : 5 + n]
+
+
+async def test_a_flood_pauses_reading_and_loses_nothing(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INBOX_HIGH messages read and not handed over, reading pauses (the broker keeps the rest)
+    until the inbox is down to INBOX_LOW; every message still arrives, in order, in slices."""
+    monkeypatch.setattr("uns.mqtt.INBOX_HIGH", 200)
+    monkeypatch.setattr("uns.mqtt.INBOX_LOW", 50)
+    monkeypatch.setattr("uns.mqtt.BATCH", 10)
+    paused: list[bool] = []
+
+    class Slow(Recorder):
+        def on_message(self, topic: str, payload: bytes) -> None:
+            assert self.client is not None
+            paused.append(self.client._paused)
+            time.sleep(0.0002)  # a handler slower than the broker sends
+            super().on_message(topic, payload)
+
+    slow = Slow()
+    slow.client = MqttClient(
+        "slow", address(mosquitto, "viewer"), slow, asyncio.get_running_loop(), subscriptions=(("acme/#", 1),)
+    )
+    track(slow.client)
+    slow.client.start()
+    await slow.wait_connected()
+    await asyncio.sleep(0.2)
+    sender = await recorder(mosquitto, "integration", client_id="sender")
+    assert sender.client is not None
+    await sender.wait_connected()
+    for n in range(5_000):
+        assert sender.client.publish("acme/dayton/_command/parts", str(n).encode(), 0)
+    await slow.wait_for(lambda t, p: p == b"4999", timeout=30)
+    assert [int(p) for _, p in slow.messages] == list(range(5_000))
+    assert any(paused)  # it did pause
+    assert not slow.client._paused  # and read on
