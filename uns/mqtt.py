@@ -464,6 +464,7 @@ class MqttClient:
         self._inflight: dict[int, _Outgoing] = {}  # by packet identifier, in the order sent
         self._queued: deque[_Outgoing] = deque()  # beyond the broker's receive maximum, or to resend
         self._last_sent = 0.0
+        self._outbox: list[bytes] = []  # packets for the connection, written at the end of the turn
         self._inbox: deque[tuple[str, bytes, bool]] = deque()  # read, not handed over yet
         self._working = False  # a slice of the inbox is due on the loop
         self._paused = False  # reading paused: the inbox is past INBOX_HIGH
@@ -542,6 +543,7 @@ class MqttClient:
             reason = await self._keep_alive(link)
         finally:
             self._link = None
+            self._outbox = []  # (its QoS 1 messages are sent again: `_requeue`)
             if link.transport is not None and not link.transport.is_closing():
                 link.transport.abort()
         self._connected = False
@@ -585,12 +587,24 @@ class MqttClient:
                     self._send(_PINGREQ_PACKET)  # (its PINGRESP is what a sender that hears nothing hears)
 
     def _send(self, data: bytes) -> bool:
+        """Queue a packet for the connection: the packets of one turn of the loop go out together,
+        in one write (a write is a system call; under load the owner publishes thousands a second)."""
         link = self._link
         if link is None or link.transport is None or link.transport.is_closing():
             return False
-        link.transport.write(data)
+        if not self._outbox:
+            self._loop.call_soon(self._write_out)
+        self._outbox.append(data)
         self._last_sent = time.monotonic()
         return True
+
+    def _write_out(self) -> None:
+        """What was queued, to the connection (what a connection that ended had queued was dropped
+        with it: `_session`)."""
+        out, self._outbox = self._outbox, []
+        link = self._link
+        if out and link is not None and link.transport is not None and not link.transport.is_closing():
+            link.transport.write(b"".join(out))
 
     # -- packets from the broker (on the loop, in order) ---------------------------------------
     # Reading and handling are apart: what is read goes to the inbox at once (the broker's PUBACKs,
@@ -765,7 +779,7 @@ class MqttClient:
             try:
                 async with asyncio.timeout(timeout):
                     while link is self._link and link is not None and link.transport is not None:
-                        if link.transport.get_write_buffer_size() == 0:
+                        if not self._outbox and link.transport.get_write_buffer_size() == 0:
                             return True
                         await asyncio.sleep(0.001)
             except TimeoutError:
@@ -799,6 +813,7 @@ class MqttClient:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the connection went with it
             if link is not None and link.transport is not None and not link.transport.is_closing():
                 if last is not None:
+                    self._write_out()  # what was queued goes first
                     link.transport.write(last)
                     link.transport.close()
                 else:
