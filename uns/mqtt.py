@@ -572,8 +572,8 @@ class MqttClient:
             logger.exception("MQTT %s: the handler failed on a connect", self.client_id)
 
     async def _keep_alive(self, link: _Link) -> str:
-        """PINGREQ when nothing was sent for `keepalive` seconds; the connection is dropped when the
-        broker says nothing for one and a half times that. Returns why the connection ended."""
+        """PINGREQ when nothing was sent, or nothing heard, for half a keep-alive; the connection is
+        dropped when the broker says nothing for one and a half keep-alives. Returns why it ended."""
         keepalive = self._keepalive
         while True:
             try:

@@ -130,7 +130,6 @@ class ContextService:
         owned = tuple(m for m in site.machines if site.edge_key(m) in self.partition.edge_nodes)
         self.host = HostSession()
         self._machines: dict[tuple[str, str, str], Machine] = {site.sparkplug_key(m): m for m in owned}
-        self._by_id = {m.id: m for m in owned}  # (Site.machine looks through the site's list)
         # machines of foreign edge nodes: their metric names and values, as ours
         self._foreign = {
             m.id: ForeignMetrics(m.id, m.source, self.host.counters)
@@ -837,7 +836,7 @@ class ContextService:
             piece = self.current(machine_id)  # the open interval, for the record and the tree
             if connected and machine_id not in self._history:  # (its state: once its history is in)
                 assert client is not None
-                machine = self._by_id[machine_id]
+                machine = self.site.machine(machine_id)
                 doc = self.state_json(machine, piece)
                 bare = {**doc, "updated": None}
                 if force or bare != said.doc or now - said.doc_at >= refresh - _TIMER_SLACK_S:
@@ -904,14 +903,14 @@ class ContextService:
         for machine_id in sorted(revised | (jobs - early)):
             self._publish_state(client, machine_id)
         for machine_id in sorted(jobs):
-            machine = self._by_id[machine_id]
+            machine = self.site.machine(machine_id)
             client.publish(machine.path.topic("job"), json.dumps(self.job_json(machine)).encode(), 1, True)
         for interval, revised_ in published:
-            topic = self._by_id[interval.machine_id].path.topic("intervals")
+            topic = self.site.machine(interval.machine_id).path.topic("intervals")
             client.publish(topic, json.dumps(interval_json(interval, revised=revised_)).encode(), 1, False)
 
     def _publish_state(self, client: MqttClient, machine_id: str) -> None:
-        machine = self._by_id[machine_id]
+        machine = self.site.machine(machine_id)
         doc = self.state_json(machine)
         client.publish(machine.path.topic("state"), json.dumps(doc).encode(), 1, True)
         said = self._said.get(machine_id)
