@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings
 from services.api.sender import CommandSender
 from services.api.settings import ApiSettings
 from services.context.commands import CommandResult
-from services.context.record import RecordStore
+from services.context.record import open_record
 from services.historian.writer import InfluxSettings
 from tests.helpers import address, recorder
 from tests.historian.servers import Influx16
@@ -52,6 +52,7 @@ from unscli import processes
 from unscli.cli import build_parser
 
 COMPOSE = PROJECT_ROOT / "compose.yaml"
+PG_OVERRIDE = PROJECT_ROOT / "compose.postgres.yaml"  # the record on PostgreSQL, merged over COMPOSE
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 ENTRYPOINT = PROJECT_ROOT / "mosquitto" / "compose-entrypoint.sh"
 UNS_IMAGE_SERVICES = ("bridge", "context", "historian", "api", "sim")
@@ -201,16 +202,39 @@ class Stack:
         return load_site(PROJECT_ROOT / source / rest)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Stack:
-    raw = yaml.safe_load(COMPOSE.read_text())
-    values, _ = read_env_example()
-    resolve = Interpolation(filled(values), set(), set())
+def merge(base: Any, over: Any) -> Any:
+    """An override file over a Compose file, as `docker compose -f base -f over` merges the parts
+    compose.postgres.yaml uses: mappings key by key, anything else (a command, a health check's test)
+    replaced by the override's."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: merge(base[k], v) if k in base else v for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over
+        }
+    return over
+
+
+def _stack(raw: dict[str, Any], env: Mapping[str, str]) -> Stack:
+    resolve = Interpolation(env, set(), set())
     compose = resolve.node(raw)
-    assert not resolve.missing
+    assert not resolve.missing, resolve.missing
     for service in compose["services"].values():  # `VAR:` (no value): passed on from .env if there
         resolve.used |= {k for k, v in service.get("environment", {}).items() if v is None}
     return Stack(raw, compose, resolve.used)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Stack:
+    values, _ = read_env_example()
+    return _stack(yaml.safe_load(COMPOSE.read_text()), filled(values))
+
+
+@pytest.fixture(scope="module")
+def pg_stack() -> Stack:
+    """compose.yaml with compose.postgres.yaml over it, and .env.example filled in with the
+    override's optional values too."""
+    values, optional = read_env_example()
+    raw = merge(yaml.safe_load(COMPOSE.read_text()), yaml.safe_load(PG_OVERRIDE.read_text()))
+    return _stack(raw, filled(values) | {k: f"test-{k.lower()}-value" for k in optional})
 
 
 def healthcheck_code(stack: Stack, name: str) -> str:
@@ -230,10 +254,16 @@ def compose_schema() -> dict[str, Any]:
     return schema
 
 
-def test_compose_yaml_follows_the_compose_specification(stack: Stack) -> None:
+def test_compose_yaml_follows_the_compose_specification(stack: Stack, pg_stack: Stack) -> None:
     schema = compose_schema()
     validator = jsonschema.validators.validator_for(schema)(schema)
-    for label, document in (("as written", stack.raw), ("with .env.example filled in", stack.compose)):
+    for label, document in (
+        ("as written", stack.raw),
+        ("with .env.example filled in", stack.compose),
+        ("with compose.postgres.yaml as written", yaml.safe_load(PG_OVERRIDE.read_text())),
+        ("with compose.postgres.yaml merged", pg_stack.raw),
+        ("with compose.postgres.yaml merged, .env.example filled in", pg_stack.compose),
+    ):
         problems = [
             f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
             for e in validator.iter_errors(document)
@@ -241,9 +271,12 @@ def test_compose_yaml_follows_the_compose_specification(stack: Stack) -> None:
         assert not problems, f"compose.yaml {label}:\n" + "\n".join(problems)
 
 
-def test_env_example_names_every_variable_and_holds_no_secret(stack: Stack) -> None:
+def test_env_example_names_every_variable_and_holds_no_secret(stack: Stack, pg_stack: Stack) -> None:
     values, optional = read_env_example()
-    assert stack.used == set(values) | optional, "compose.yaml and .env.example name other variables"
+    assert pg_stack.used == set(values) | optional, (
+        "compose.yaml with compose.postgres.yaml and .env.example name other variables"
+    )
+    assert pg_stack.used - stack.used == {"UNS_RECORD_PASSWORD"}, "what only the override reads"
     secrets = {k for k in values if SECRET.search(k)}
     assert secrets, "the example names the secrets a plant must fill in"
     for name in secrets | optional:
@@ -253,7 +286,7 @@ def test_env_example_names_every_variable_and_holds_no_secret(stack: Stack) -> N
     resolve.node(stack.raw)
     assert resolve.missing == {k for k, v in values.items() if not v}
     # And compose.yaml itself holds no secret: each comes from .env, required, without a default.
-    for name, service in stack.raw["services"].items():
+    for name, service in pg_stack.raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if SECRET.search(key) and value is not None:
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", str(value)), f"{name}: {key}: {value}"
@@ -327,8 +360,10 @@ def test_uns_services_run_commands_uns_takes_on_the_one_site(stack: Stack) -> No
         sites.add(str(args.site))
         stack.site(name)  # loads and validates
     assert len(sites) == 1, f"every uns service reads the same site model: {sites}"
-    records = {(name, *stack.host_path(name, stack.args(name).record)) for name in RECORD_READERS}
+    records = {(name, *stack.host_path(name, stack.env(name)["UNS_RECORD"])) for name in RECORD_READERS}
     assert {(source, rest) for _, source, rest in records} == {("record", PurePosixPath("record.db"))}
+    for name in RECORD_READERS:  # where the record is: UNS_RECORD (compose.postgres.yaml changes it)
+        assert "--record" not in stack.service(name)["command"], name
     source, _ = stack.host_path("bridge", stack.args("bridge").buffer_dir)
     assert source in stack.compose["volumes"], "the bridge's buffer outlives its container"
 
@@ -576,23 +611,67 @@ def _check(code: str, cwd: Path, env: Mapping[str, str] | None = None) -> int:
     return run.returncode
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_context_health_check_wants_recent_connected_health_in_the_record(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    """Against the record where the stack's UNS_RECORD puts it: the SQLite file on its volume, or
+    (compose.postgres.yaml) the tests' own PostgreSQL."""
     code = healthcheck_code(stack, "context")
     (tmp_path / "var").mkdir()
-    store = RecordStore(tmp_path / "var" / "record.db")
+    where = stack.env("context")["UNS_RECORD"] if backend == "sqlite" else request.getfixturevalue("pg_url")
+    env = {"UNS_RECORD": where}
+    store = open_record(tmp_path / where if backend == "sqlite" else where)
     try:
-        assert _check(code, tmp_path) == 1  # no health yet
+        assert _check(code, tmp_path, env) == 1  # no health yet
         now = int(time.time() * 1000)
         store.write_health([("host/uns-host", "connected", 1.0, now)])
-        assert _check(code, tmp_path) == 0
+        assert _check(code, tmp_path, env) == 0
         store.write_health([("host/uns-host", "connected", 0.0, now)])
-        assert _check(code, tmp_path) == 1  # the host lost the broker
+        assert _check(code, tmp_path, env) == 1  # the host lost the broker
         store.write_health([("host/uns-host", "connected", 1.0, now - 120_000)])
-        assert _check(code, tmp_path) == 1  # nothing written for two minutes
+        assert _check(code, tmp_path, env) == 1  # nothing written for two minutes
     finally:
         store.close()
+
+
+def test_postgres_override_puts_the_record_of_every_service_in_one_postgresql(
+    stack: Stack, pg_stack: Stack
+) -> None:
+    """compose.postgres.yaml: one PostgreSQL, healthy before the record's writer and readers start,
+    reached on the stack's network only, its data on a volume; the writer and both readers at the
+    same database as its user, with the password PostgreSQL was set up with; nothing else changed."""
+    postgres = pg_stack.service("postgres")
+    assert re.fullmatch(r"postgres:\d+", postgres["image"]), "a pinned major version"
+    assert "ports" not in postgres, "PostgreSQL is reached on the stack's network only"
+    [(source, target)] = pg_stack.mounts("postgres")
+    assert source in pg_stack.compose["volumes"]
+    assert target == PurePosixPath("/var/lib/postgresql/data")
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    pg_env = pg_stack.env("postgres")
+    assert set(pg_env) == {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
+    urls = set()
+    for name in RECORD_READERS:
+        env = pg_stack.env(name)
+        assert env["PGPASSWORD"] == pg_env["POSTGRES_PASSWORD"], f"{name}: the password PostgreSQL has"
+        assert pg_stack.service(name)["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        url = urlsplit(env["UNS_RECORD"])
+        assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432), name
+        assert (url.username, url.path) == (pg_env["POSTGRES_USER"], "/" + pg_env["POSTGRES_DB"]), name
+        assert url.password is None, f"{name}: the password comes from PGPASSWORD, not the URL"
+        urls.add(env["UNS_RECORD"])
+        # the rest of each service as compose.yaml has it
+        before = {k: v for k, v in stack.service(name).items() if k != "environment"}
+        after = {k: v for k, v in pg_stack.service(name).items() if k != "environment"}
+        before["depends_on"] = {**before["depends_on"], "postgres": {"condition": "service_healthy"}}
+        assert after == before, name
+        assert {k: v for k, v in env.items() if k not in ("UNS_RECORD", "PGPASSWORD")} == {
+            k: v for k, v in stack.env(name).items() if k != "UNS_RECORD"
+        }, name
+    assert len(urls) == 1, "the writer and its readers share one record"
+    assert set(pg_stack.compose["services"]) - set(stack.compose["services"]) == {"postgres"}
+    for name in set(stack.compose["services"]) - set(RECORD_READERS):
+        assert pg_stack.service(name) == stack.service(name), f"{name} is as compose.yaml has it"
 
 
 def test_bridge_health_check_wants_a_connection_to_the_broker(stack: Stack, tmp_path: Path) -> None:
@@ -616,13 +695,12 @@ def api_process(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, int]]:
     for option, value in (
         ("--host", "127.0.0.1"),
         ("--port", str(port)),
-        ("--record", str(tmp_path / "r.db")),
     ):
         command[command.index(option) + 1] = value
     broker = command.index("--broker")
     del command[broker : broker + 2]
     token = "t" * 24
-    env = {**os.environ, "UNS_API_TOKEN": token}
+    env = {**os.environ, "UNS_API_TOKEN": token, "UNS_RECORD": str(tmp_path / "r.db")}
     process = subprocess.Popen(  # the compose file's own command
         [str(Path(sys.executable).with_name("uns")), *command[1:]],
         cwd=PROJECT_ROOT,
