@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from services.api.coalesce import shared
 from services.api.deps import Calendar, OeeDefinition, Reasons, Settings, Store
 from services.api.errors import responses
 from services.api.oee import END, START, Group, observed_cycles, ordered, window
-from services.api.when import Range, When, hm
+from services.api.when import Range, When, hm, sent
 from services.oee.engine import Tally
 from services.oee.losses import BIG_LOSSES, OTHER, big_loss
 from services.oee.report import oee
@@ -58,6 +59,7 @@ class LossesOut(BaseModel):
     summary="Stopped time by reason (Pareto) and the six big losses",
     responses=responses(404, 422),
 )
+@shared
 def get_losses(
     request: Request,
     store: Store,
@@ -71,7 +73,7 @@ def get_losses(
         list[Group] | None, Query(description="group by these (repeatable); default: machine")
     ] = None,
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
-) -> LossesOut:
+) -> Response:
     """The same time and counts as `/api/v1/oee`, by reason: shift against shift is `group_by=shift`."""
     w = window(request, store, settings, calendar, start, end, machine)
     start_ms, end_ms, now_ms, zone = w.start_ms, w.end_ms, w.now_ms, w.zone
@@ -128,13 +130,15 @@ def get_losses(
         return LossRow(group=group, reasons=reasons, planned_stops_s=round(planned, 3), big_losses=big)
 
     rows = [row(group, t) for group, t in ordered(tallies)]
-    return LossesOut(
-        start=iso(start_ms),
-        end=iso(end_ms),
-        timezone=zone,
-        range=w.range(),
-        definition_version=definition.version,
-        group_by=list(by),
-        rows=rows,
-        total=row({}, sum(tallies.values(), Tally())),
+    return sent(
+        LossesOut(
+            start=iso(start_ms),
+            end=iso(end_ms),
+            timezone=zone,
+            range=w.range(),
+            definition_version=definition.version,
+            group_by=list(by),
+            rows=rows,
+            total=row({}, sum(tallies.values(), Tally())),
+        )
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
+from services.api.coalesce import shared
 from services.api.deps import Calendar, OeeDefinition, Settings, Store
 from services.api.errors import ApiError, responses
 from services.api.settings import ApiSettings
-from services.api.when import Range, When, Window, hm, resolve
+from services.api.when import Range, When, Window, hm, resolve, sent
 from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
 from services.oee.engine import NONE, Tally
@@ -171,6 +172,7 @@ def known_machines(store: RecordReader, machine: list[str] | None) -> list[str]:
     summary="OEE by machine, shift, day, job, operation, cell, line, area",
     responses=responses(404, 422),
 )
+@shared
 def get_oee(
     request: Request,
     store: Store,
@@ -183,7 +185,7 @@ def get_oee(
         list[Group] | None, Query(description="group by these (repeatable); default: machine")
     ] = None,
     machine: Annotated[list[str] | None, Query(description="only these machines (repeatable)")] = None,
-) -> OeeOut:
+) -> Response:
     """Closed record intervals and the open one, clipped to the window and cut at shift boundaries;
     parts made, scrap and rework reported in it. Rows and the total are summed from times and counts."""
     w = window(request, store, settings, calendar, start, end, machine)
@@ -194,13 +196,15 @@ def get_oee(
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms, cycles=cycles)
     rows = [_row(group, t) for group, t in ordered(tallies)]
     total = sum(tallies.values(), Tally())
-    return OeeOut(
-        start=iso(start_ms),
-        end=iso(end_ms),
-        timezone=zone,
-        range=w.range(),
-        definition_version=definition.version,
-        group_by=list(by),
-        rows=rows,
-        total=_row({}, total),
+    return sent(
+        OeeOut(
+            start=iso(start_ms),
+            end=iso(end_ms),
+            timezone=zone,
+            range=w.range(),
+            definition_version=definition.version,
+            group_by=list(by),
+            rows=rows,
+            total=_row({}, total),
+        )
     )

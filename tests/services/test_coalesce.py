@@ -1,5 +1,6 @@
 """Identical report requests in flight share one computation (services/api/coalesce.py): the
-coalescer alone with threads, and the downtime route over a real uvicorn with eight clients."""
+coalescer alone with threads, and the downtime, OEE and losses routes over a real uvicorn with eight
+clients."""
 
 from __future__ import annotations
 
@@ -87,34 +88,53 @@ def test_the_record_changed_by_another_process_is_a_new_key(tmp_path: Path) -> N
         other.close()
 
 
-def test_eight_clients_asking_the_same_downtime_get_the_same_answer(live_downtime: str) -> None:
+@pytest.mark.parametrize("report", ["downtime", "oee", "losses"])
+def test_eight_clients_asking_the_same_report_get_the_same_answer(live_record: str, report: str) -> None:
     shared_before = COALESCER.shared
+    url = live_record.format(report=report)
+    alone = httpx.get(url, headers={"Authorization": "Bearer " + "t" * 32}, timeout=30)
+    alone.raise_for_status()
 
     def ask(_: int) -> bytes:
-        r = httpx.get(live_downtime, headers={"Authorization": "Bearer " + "t" * 32}, timeout=30)
+        r = httpx.get(url, headers={"Authorization": "Bearer " + "t" * 32}, timeout=30)
         r.raise_for_status()
+        assert r.headers["content-type"] == "application/json"
         return r.content
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, range(16)))
-    assert len(set(answers)) == 1
+    assert set(answers) == {alone.content}, "a shared answer is the one a request alone gets"
     assert b'"rows"' in answers[0]
     # how many shared depends on timing; that the answers agree does not
     assert COALESCER.shared >= shared_before
 
 
+def test_a_shared_report_is_the_route_model_s_answer(live_record: str) -> None:
+    """The routes send their answer themselves (to share it): it is still exactly their documented
+    model, every field as the OpenAPI document says."""
+    from services.api.losses import LossesOut
+    from services.api.oee import OeeOut
+
+    for report, model in (("oee", OeeOut), ("losses", LossesOut)):
+        r = httpx.get(live_record.format(report=report), headers={"Authorization": "Bearer " + "t" * 32})
+        r.raise_for_status()
+        answer = r.json()
+        assert model.model_validate(answer).model_dump(mode="json") == answer, report
+        assert answer["rows"], report
+
+
 @pytest.fixture
-def live_downtime(tmp_path: Path) -> Iterator[str]:
+def live_record(tmp_path: Path) -> Iterator[str]:
     """A real uvicorn over a record of two machines and twelve days (tests/services/test_shift_time.py
-    writes its pieces); the URL of their downtime over those days."""
+    writes its pieces); the URL of a report (`{report}`: downtime, oee, losses) over those days."""
     store = RecordStore(tmp_path / "record.db")
-    store.register_machines((m, f"a/l/c/{m}", m) for m in MACHINES)
+    store.register_machines((m, f"acme/dayton/a/l/c/{m}", m) for m in MACHINES)
     rng = random.Random(3)
     for m in MACHINES:
         store.write(intervals=pieces(rng, m, T0, T0 + 12 * DAY_MS))
     app = create_app(ApiSettings(api_token=SecretStr("t" * 32)), store, clock=lambda: T0 + 13 * DAY_MS)
     try:
         with LiveServer(app) as live:
-            yield f"{live.url}/api/v1/downtime?start={iso(T0)}&end={iso(T0 + 12 * DAY_MS)}"
+            yield f"{live.url}/api/v1/{{report}}?start={iso(T0)}&end={iso(T0 + 12 * DAY_MS)}"
     finally:
         store.close()
