@@ -6,7 +6,10 @@ The node publishes only while it is connected and its primary host's STATE is on
 publish again: births first, then the buffered snapshots in order as historical DDATA (original
 timestamps), then live data. The last few seconds sent live are kept in memory and buffered again
 when the connection drops, because QoS 0 messages in flight then may never have reached the host;
-the host's backfill is idempotent, so sending them twice is harmless.
+the host's backfill is idempotent, so sending them twice is harmless. Each device with sends in those
+seconds is buffered first as it stood before them (its last send before them, or its birth): when the
+connection was already dead, the host saw the loss before the first of them, and that snapshot tells
+it what the machine did from then on (not comms_loss).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class EdgeNode:
         self._born = False  # births sent since we last could publish
         self._pending = self.buffer.devices()  # devices whose buffered rows go before their live data
         self._recent: deque[tuple[float, str, int, list[Sample]]] = deque()
+        # device -> (payload time, snapshot) of its last message older than the resend window
+        self._settled: dict[str, tuple[int, list[Sample]]] = {}
         self._last_sent: dict[str, int] = {}  # device -> payload time of the last message it had live
         self._drain_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -110,6 +115,7 @@ class EdgeNode:
             now = self.clock.now_ms()
             births = self.session.births(now)
             self._last_sent = {d: now for d in self.session.devices if self.session.is_online(d)}
+            self._settled = {d: (now, self.session.snapshot(d)) for d in self._last_sent}
         self.counters["births"] += 1
         for message in births:
             self._publish(message)
@@ -126,8 +132,17 @@ class EdgeNode:
         # then each online device as it stood when we last sent it: the host then knows we saw
         # everything from that moment on
         horizon = time.monotonic() - self._resend_window
-        again = [(d, ts, snap) for sent, d, ts, snap in self._recent if sent >= horizon]
+        unsure = []
+        for sent, d, ts, snap in self._recent:
+            if sent >= horizon:
+                unsure.append((d, ts, snap))
+            else:
+                self._settled[d] = (ts, snap)
         self._recent.clear()
+        # ... each such device first as it stood before them (what the host had, if they were lost)
+        before = {d: self._settled[d] for d, _, _ in unsure if d in self._settled}
+        again = sorted(((d, ts, snap) for d, (ts, snap) in before.items()), key=lambda r: r[1]) + unsure
+        self._settled.clear()
         with self._lock:
             for device, ts in sorted(self._last_sent.items(), key=lambda x: x[1]):
                 if self.session.is_online(device):
@@ -224,6 +239,7 @@ class EdgeNode:
         if self.publishable and self._born:
             self._publish(birth)
             self._last_sent[device_id] = self.clock.now_ms()
+            self._settled[device_id] = (self._last_sent[device_id], snapshot)
             if device_id in self._pending:
                 self._start_drain()
         else:
@@ -260,7 +276,8 @@ class EdgeNode:
             self._recent.append((sent, device_id, now, snapshot))
             self._last_sent[device_id] = now
             while self._recent and self._recent[0][0] < sent - self._resend_window:
-                self._recent.popleft()
+                _, d, ts, snap = self._recent.popleft()
+                self._settled[d] = (ts, snap)
         else:  # the connection went in between: keep it
             self.counters["data_unsent"] += 1
             self._buffer(device_id, snapshot)

@@ -5,6 +5,7 @@ the machine really did, on the controller's own timestamps, with no comms_loss w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -21,7 +22,9 @@ from services.context.state import Interval, MachineState
 from tests.helpers import CNC_AT_REST, address, track
 from uns.broker import Mosquitto, free_port
 from uns.clock import WallClock
+from uns.mqtt import BrokerAddress
 from uns.site import parse_site
+from uns.sparkplug.edge import Sample
 
 S = MachineState
 INITIAL = CNC_AT_REST
@@ -192,4 +195,114 @@ async def test_a_host_restart_leaves_no_gap_where_the_edge_buffered(
         stop.set()
         await bridge
         await server.stop()
+        store.close()
+
+
+class _SilentLink:
+    """A TCP proxy to the broker, for one edge node. `go_silent()` closes its connections to the broker
+    (the broker sees the edge node go and publishes its Will) while the edge node's side stays open,
+    and what the edge node then sends goes nowhere: a connection that died without a word, which the
+    edge node does not know of yet. `hang_up()` then closes the edge node's side too; connections made
+    after it are passed through again."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._silent = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, edge_in: asyncio.StreamReader, edge_out: asyncio.StreamWriter) -> None:
+        broker_in, broker_out = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self._pairs.append((edge_out, broker_out))
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_broker: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    if self._silent and to_broker:
+                        continue  # (into the dead connection)
+                    writer.write(data)
+            if not self._silent:  # (silent: the edge node's side stays open until `hang_up`)
+                writer.close()
+
+        await asyncio.gather(pump(edge_in, broker_out, True), pump(broker_in, edge_out, False))
+
+    def go_silent(self) -> None:
+        self._silent = True
+        for _, broker_out in self._pairs:
+            broker_out.transport.abort()  # no DISCONNECT: the broker sends the Will
+
+    def hang_up(self) -> None:
+        pairs, self._pairs = self._pairs, []
+        self._silent = False
+        for edge_out, _ in pairs:
+            edge_out.transport.abort()
+
+    async def stop(self) -> None:
+        self.hang_up()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_change_sent_into_a_connection_already_dead_leaves_no_comms_loss(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker has lost the edge node (the host has its death, and says comms_loss from then) but
+    the edge node does not know yet: it sends a change that is lost. When it learns of the loss, it
+    buffers the device as it stood before that send, then the send: the host's backfill then covers
+    the time from the death on, and the record shows the machine's own states, not comms_loss."""
+    from bridge.runner import make_edge_node
+
+    site = parse_site(site_yaml(free_port()))
+    link = _SilentLink(mosquitto.port)
+    await link.start()
+    store = RecordStore(tmp_path / "record.db")
+    context = ContextService(site, store, address(mosquitto, "services"), WallClock())
+    context.start(asyncio.get_running_loop())
+    track(context._client)
+    bridge_login = address(mosquitto, "bridge")
+    via_link = BrokerAddress("127.0.0.1", link.port, bridge_login.username, bridge_login.password)
+    node = make_edge_node(site, "edge1", via_link, WallClock(), tmp_path / "buffer")
+    now = WallClock().now_ms
+    try:
+        node.start(asyncio.get_running_loop())
+        track(node._client)
+        await until(lambda: node.publishable, "the edge node to publish")
+        signals = site.machine("vf2-01").source.signals
+        node.device_online("vf2-01", [Sample(k, v, now()) for k, v in INITIAL.items() if k in signals])
+        await until(lambda: context.trackers["vf2-01"].state is S.IDLE, "the machine to come online")
+        born_at = context.trackers["vf2-01"].since_ms
+        await asyncio.sleep(0.2)
+
+        link.go_silent()
+        await until(lambda: context.trackers["vf2-01"].state is S.COMMS_LOSS, "the host to see the death")
+        died_at = context.trackers["vf2-01"].since_ms
+        assert node.publishable, "the edge node has not noticed yet"
+        await asyncio.sleep(0.05)
+        changed_at = now()
+        node.data("vf2-01", [Sample("execution", "ACTIVE", changed_at)])  # sent, and lost
+        assert node.counters["data_sent"] == 1
+        link.hang_up()  # now it notices, buffers, connects again and replays
+        await until(
+            lambda: (
+                (context.trackers["vf2-01"].state, context.trackers["vf2-01"].since_ms)
+                == (S.RUNNING, changed_at)
+            ),
+            "the backfill",
+        )
+        await until(lambda: node.buffer.devices() == set(), "the buffer to drain")
+        recorded = [i for i in store.intervals("vf2-01", 0, changed_at + 1) if i.start_ms >= (born_at or 0)]
+        assert died_at is not None
+        assert born_at is not None
+        assert born_at < died_at < changed_at
+        assert recorded == [Interval("vf2-01", born_at, changed_at, S.IDLE)], recorded
+    finally:
+        await node.stop()
+        await context.stop()
+        await link.stop()
         store.close()
