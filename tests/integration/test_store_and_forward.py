@@ -112,8 +112,8 @@ async def test_a_killed_bridge_keeps_its_buffer(mosquitto: Mosquitto, tmp_path: 
         born_at = context.trackers["vf2-01"].since_ms
         mosquitto.kill()
         # the bridge (another process) notices the loss by itself, in its own time: its snapshot as
-        # of what it last sent is the first row. A change sent before it noticed would go into the
-        # dead connection, and the record could then only say comms_loss until that change
+        # of what it last sent is the first row. (A change sent before it noticed goes into the dead
+        # connection: test_a_change_sent_into_a_connection_already_dead_leaves_no_comms_loss)
         await until(lambda: buffered(buffer_file) >= 1, "the bridge to notice the loss")
         at_loss = buffered(buffer_file)  # its last snapshot before the loss
         t1 = now()
