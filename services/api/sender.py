@@ -43,6 +43,7 @@ class CommandSender:
         self._waiting: dict[str, asyncio.Future[CommandResult]] = {}
         self.connects = 0  # connections made to the broker (one, unless it went away)
         self.too_large = 0  # commands refused for their size (413), never published
+        self._stopping = False
 
     @property
     def reply_prefix(self) -> str:
@@ -59,6 +60,7 @@ class CommandSender:
         self._client.start()
 
     def stop(self) -> None:
+        self._stopping = True
         if self._client is not None:
             self._client.stop()
         for future in self._waiting.values():
@@ -106,7 +108,10 @@ class CommandSender:
         logger.info("API connected to the broker for commands")
 
     def on_disconnected(self, reason: str) -> None:
-        logger.warning("API lost the broker: %s", reason)
+        if self._stopping:  # its own clean disconnect, at shutdown
+            logger.info("API disconnected from the broker: %s", reason)
+        else:
+            logger.warning("API lost the broker: %s", reason)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -181,3 +183,27 @@ async def test_writes_recover_on_their_own_after_the_broker_was_away(
             await asyncio.sleep(0.2)
         assert [o.job for o in store.operations("vf2-01")] == ["J0", "J1", "J2"]
         assert sender.connects == 2
+
+
+async def test_the_sender_warns_of_a_lost_broker_and_not_of_its_own_stop(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = CommandSender(address(mosquitto, "api"), "acme/dayton", timeout_s=5)
+    sender.start(asyncio.get_running_loop())
+    track(sender._client)
+
+    def connected() -> bool:
+        return sender._client is not None and sender._client.connected
+
+    await until(connected, "API connected")
+    with caplog.at_level(logging.INFO, logger="services.api.sender"):
+        mosquitto.kill()
+        await until(lambda: not connected(), "the API to notice the broker is gone")
+        mosquitto.start()
+        await until(connected, "the API to connect again", timeout=15)
+        sender.stop()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "services.api.sender"]
+    lost = [m for level, m in said if level == logging.WARNING]
+    assert len(lost) == 1, said
+    assert lost[0].startswith("API lost the broker: ")
+    assert (logging.INFO, "API disconnected from the broker: stopped (normal disconnection)") in said
