@@ -9,10 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.signals import metric_defs
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from uns.mqtt import BrokerAddress
+from uns.signals import metric_defs
 from uns.site import Signal, parse_site
 from uns.sparkplug.edge import EdgeSession, Sample
 

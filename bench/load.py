@@ -49,10 +49,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bridge.signals import metric_defs
 from uns.broker import Mosquitto
 from uns.clock import parse_iso
 from uns.mqtt import BareCounter, BrokerAddress, MqttClient
+from uns.signals import metric_defs
 from uns.site import Signal
 from uns.sparkplug.edge import EdgeSession, Sample
 

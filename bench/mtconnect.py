@@ -23,9 +23,9 @@ from typing import Any
 
 from bridge.mtconnect import Mapper, MtConnectReader, StreamsDocument, find_routes, parse_document
 from bridge.opcua import CncOpcUaServer, OpcUaReader
-from bridge.signals import metric_defs
 from bridge.sim.mtconnect_agent import MtConnectAgent
 from uns.broker import free_port
+from uns.signals import metric_defs
 from uns.site import Machine, MtConnectSource, OpcUaSource, load_site
 from uns.sparkplug.edge import EdgeSession, Sample
 from unscli.cli import DEFAULT_SITE

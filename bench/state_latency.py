@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.signals import metric_defs
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from uns.broker import Mosquitto
 from uns.clock import WallClock, parse_iso
 from uns.mqtt import BrokerAddress, MqttClient
+from uns.signals import metric_defs
 from uns.site import Signal, parse_site
 from uns.sparkplug.edge import EdgeSession, Sample
 

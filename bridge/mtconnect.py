@@ -37,7 +37,7 @@ from urllib.parse import quote
 import httpx
 
 from bridge.reader import MachineReader, ReaderOptions
-from bridge.signals import coerce
+from uns.signals import coerce
 from uns.site import Machine, MtConnectSource, Signal
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import Quality

@@ -44,7 +44,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from bridge.reader import MachineReader, ReaderError, ReaderOptions, chain, describe
 from bridge.reader import explain as reader_explain
-from bridge.signals import SIGNAL_TYPES, coerce
+from uns.signals import SIGNAL_TYPES, coerce
 from uns.site import Machine, OpcUaSecurity, OpcUaSource, Signal
 from uns.sparkplug.edge import Sample
 from uns.sparkplug.payload import DataType, Quality

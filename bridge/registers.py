@@ -6,7 +6,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.signals import coerce
+from uns.signals import coerce
 from uns.site import ModbusSignal, RegisterType, Signal, Table
 
 MAX_REGISTERS_PER_READ = 125  # Modbus application protocol limit for function codes 3 and 4

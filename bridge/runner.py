@@ -13,9 +13,9 @@ from bridge.edge_node import EdgeNode
 from bridge.modbus import ModbusReader
 from bridge.mtconnect import MtConnectReader
 from bridge.opcua import OpcUaReader
-from bridge.signals import metric_defs
 from uns.clock import Clock
 from uns.mqtt import BrokerAddress
+from uns.signals import metric_defs
 from uns.site import Machine, ModbusSource, MtConnectSource, OpcUaSource, Site
 from uns.sparkplug.edge import EdgeSession, Sample
 

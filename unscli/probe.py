@@ -31,8 +31,8 @@ from bridge.mtconnect import AgentError, DocumentError, read_probe, recognise
 from bridge.opcua import BrowsedServer, BrowsedVariable, OpcUaAccess, browse_server
 from bridge.opcua import explain as explain_opcua
 from bridge.reader import explain
-from bridge.signals import SIGNAL_TYPES, coerce
 from uns.paths import PathError, check_segment
+from uns.signals import SIGNAL_TYPES, coerce
 from uns.site import MTCONNECT_SIGNALS, REQUIRED_SIGNALS, MtConnectSource, OpcUaSecurity, Signal, Table
 from uns.sparkplug.payload import DataType
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from bridge.signals import coerce
+from uns.signals import coerce
 from uns.site import Signal, SparkplugSource, value_key
 from uns.sparkplug.payload import Metric, Quality
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from bridge.signals import metric_defs
 from services.context.app import ContextService
 from services.context.commands import CommandResult
 from services.context.record import RecordStore
 from services.context.state import Interval, MachineState
 from uns.clock import iso, parse_iso
 from uns.mqtt import BrokerAddress
+from uns.signals import metric_defs
 from uns.site import Signal, parse_site
 from uns.sparkplug.edge import EdgeSession, Sample
 

@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.signals import metric_defs
 from bridge.sim.erp import job_number, releases
 from bridge.sim.scenario import PHASE_REASONS, MachineScenario
 from services.context.app import ContextService
@@ -18,6 +17,7 @@ from tests.helpers import reason_fidelity
 from tests.services.test_jobshop import Clock
 from uns.clock import parse_iso
 from uns.mqtt import BrokerAddress
+from uns.signals import metric_defs
 from uns.site import OpcUaSource, load_site
 from uns.sparkplug.edge import EdgeSession, Sample
 from unscli.cli import DEFAULT_SITE

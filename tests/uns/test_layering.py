@@ -1,7 +1,8 @@
 """The core package imports nothing above it: `uns/` (paths, the site model, Sparkplug, MQTT, the
 broker's files, clocks) never imports `bridge/`, `services/` or `unscli/` (the `uns` command's
-wiring), at module level or inside a function; `bridge/` never imports `services/` or `unscli/`;
-`services/` never imports `unscli/`. Read from the source with `ast`, so a lazy import counts too."""
+wiring), at module level or inside a function; `bridge/` and `services/` never import each other or
+`unscli/` (what both need, as the signals' types, is in `uns/`). Read from the source with `ast`, so a
+lazy import counts too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ABOVE = {
     "uns": {"bridge", "services", "unscli"},
     "bridge": {"services", "unscli"},
-    "services": {"unscli"},
+    "services": {"bridge", "unscli"},
 }
 
 
