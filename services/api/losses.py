@@ -10,12 +10,11 @@ from pydantic import BaseModel, Field
 from services.api.coalesce import shared
 from services.api.deps import Calendar, OeeDefinition, Reasons, Settings, Store
 from services.api.errors import responses
-from services.api.oee import END, START, Group, observed_cycles, ordered, window
+from services.api.oee import END, START, Group, head, observed_cycles, ordered, window
 from services.api.when import Range, When, hm, sent
 from services.oee.engine import Tally
 from services.oee.losses import BIG_LOSSES, OTHER, big_loss
 from services.oee.report import oee
-from uns.clock import iso
 
 router = APIRouter(prefix="/api/v1/losses", tags=["oee"])
 
@@ -131,14 +130,5 @@ def get_losses(
 
     rows = [row(group, t) for group, t in ordered(tallies)]
     return sent(
-        LossesOut(
-            start=iso(start_ms),
-            end=iso(end_ms),
-            timezone=zone,
-            range=w.range(),
-            definition_version=definition.version,
-            group_by=list(by),
-            rows=rows,
-            total=row({}, sum(tallies.values(), Tally())),
-        )
+        LossesOut(**head(w, definition, by), rows=rows, total=row({}, sum(tallies.values(), Tally())))
     )

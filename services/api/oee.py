@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -15,7 +15,7 @@ from services.api.settings import ApiSettings
 from services.api.when import Range, When, Window, hm, resolve, sent
 from services.context.record import RecordReader
 from services.context.shifts import ShiftCalendar
-from services.oee.engine import NONE, Tally
+from services.oee.engine import NONE, Definition, Tally
 from services.oee.observed import ObservedCycles
 from services.oee.report import oee
 from uns.clock import iso
@@ -155,6 +155,18 @@ def window(
     return resolve(request, store, settings.max_interval_days, calendar, start, end)
 
 
+def head(w: Window, definition: Definition, by: tuple[str, ...]) -> dict[str, Any]:
+    """What an OEE report (and the losses) says of itself: its window, the definition, the grouping."""
+    return {
+        "start": iso(w.start_ms),
+        "end": iso(w.end_ms),
+        "timezone": w.zone,
+        "range": w.range(),
+        "definition_version": definition.version,
+        "group_by": list(by),
+    }
+
+
 def known_machines(store: RecordReader, machine: list[str] | None) -> list[str]:
     """The machines asked for (all, without `machine=`); 404 naming `machine` for unknown ones."""
     known = [c.machine_id for c in store.current_states()]
@@ -196,15 +208,4 @@ def get_oee(
     tallies = oee(store, calendar, definition, start_ms, end_ms, by, machine, zone, now_ms, cycles=cycles)
     rows = [_row(group, t) for group, t in ordered(tallies)]
     total = sum(tallies.values(), Tally())
-    return sent(
-        OeeOut(
-            start=iso(start_ms),
-            end=iso(end_ms),
-            timezone=zone,
-            range=w.range(),
-            definition_version=definition.version,
-            group_by=list(by),
-            rows=rows,
-            total=_row({}, total),
-        )
-    )
+    return sent(OeeOut(**head(w, definition, by), rows=rows, total=_row({}, total)))
