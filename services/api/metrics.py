@@ -71,6 +71,14 @@ HOST = (
     Series("late_values", "Machine values older than the state they came after.", True),
     Series("history_applied", "Store-and-forward (historical) values applied to the record.", True),
     Series("history_repeated", "Historical values received again and already in the record.", True),
+    Series(
+        "record_outages", "Times the record could not be written (the host went offline meanwhile).", True
+    ),
+    Series(
+        "values_dropped",
+        "Live values not kept: sent on while the record could not be written, past its bound.",
+        True,
+    ),
     Series("commands_applied", "Commands (reasons, dispatch, holds, ...) applied.", True),
     Series("commands_refused", "Commands refused as invalid.", True),
     Series("commands_repeated", "Commands delivered again, answered as the first time.", True),

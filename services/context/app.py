@@ -92,6 +92,13 @@ STATE_REFRESH_S = 1.0
 # bounds one write to some 25-35 ms there.
 RECORD_GAP_S = 0.05
 RECORD_BATCH = 1_500
+# While the record cannot be written, what comes in is held in memory. Our edge nodes (and every one
+# that follows the host's STATE) buffer on their own disks meanwhile; an edge node that ignores STATE
+# keeps sending. Past this many values held (some 250 bytes each), a machine's live data is no longer
+# taken in: it is comms_loss from its first value not kept (written with the rest once the record is
+# back), what it sends is counted (`values_dropped`), and its edge node is asked for a rebirth once
+# the host is online again, so that its values come whole.
+OUTAGE_VALUES_MAX = 500_000
 _TIMER_SLACK_S = 0.002  # (the event loop may run a timer this much before its time)
 _REFRESH_SLACK_S = 0.05  # the trailing refreshes of machines gone quiet: together, this much late
 
@@ -197,6 +204,9 @@ class ContextService:
         self.state_refresh_s = STATE_REFRESH_S
         self.record_gap_s = RECORD_GAP_S
         self.record_batch = RECORD_BATCH
+        self.outage_values_max = OUTAGE_VALUES_MAX
+        self._not_kept: set[str] = set()  # machines whose live data is not taken in (the bound above)
+        self._rebirths_due: set[tuple[str, str]] = set()  # (group, edge node) to ask once online
         self._client: MqttClient | None = None
         self._state_ts = 0
         self._unknown_devices: set[tuple[str, str, str]] = set()
@@ -347,6 +357,11 @@ class ContextService:
             state_topic(self.host_id), state_payload(online, self._state_ts), qos=1, retain=True
         )
         self._dirty.update(self.trackers)  # republish the retained tree
+        if online:
+            rebirths, self._rebirths_due = self._rebirths_due, set()
+            for group_id, edge_node_id in sorted(rebirths):  # (what they sent was not all kept)
+                why = "its data was not all kept while the record could not be written"
+                self._host_events(self.host.ask_rebirth(group_id, edge_node_id, why, time.monotonic()))
         self._schedule_flush()
 
     def on_disconnected(self, reason: str) -> None:
@@ -447,6 +462,11 @@ class ContextService:
                 values = [SignalValue(v.name, v.value, at) for v in values]
         if not values:
             return
+        if machine.id in self._not_kept or (
+            self._record_retry is not None and len(self._events) >= self.outage_values_max
+        ):
+            self._not_taken(machine, event, values)
+            return
         tracker = self.trackers[machine.id]
         closed, parts = tracker.apply(values)
         self._log_changes(closed, tracker)
@@ -456,6 +476,31 @@ class ContextService:
         self._events += [(machine.id, v, source) for v in values]
         self._moved.add(machine.id)  # published and written if this changed more than `updated`
         self._follow_operations(machine.id, values, parts)
+
+    def _not_taken(self, machine: Machine, event: MetricsUpdate, values: list[SignalValue]) -> None:
+        """Live values that come while the record cannot be written and holds too many already
+        (OUTAGE_VALUES_MAX): counted; the machine is comms_loss from the first of them."""
+        self.host.counters["values_dropped"] += len(values)
+        if machine.id in self._not_kept:
+            return
+        self._not_kept.add(machine.id)
+        self._rebirths_due.add((event.group_id, event.edge_node_id))
+        tracker = self.trackers[machine.id]
+        closed = tracker.lose(min(v.timestamp for v in values))
+        self._events.append((machine.id, SignalValue(LOST, None, tracker.since_ms or 0), "lost"))
+        self._log_changes(closed, tracker)
+        self._intervals += closed
+        self._dirty.add(machine.id)
+        logger.error(
+            "%s: %d values are held while the record cannot be written; its edge node %s/%s sends on"
+            " (it does not follow the host's STATE): what it sends is not kept from %s (comms_loss) until"
+            " the record is back, and it is asked for a rebirth then",
+            machine.id,
+            len(self._events),
+            event.group_id,
+            event.edge_node_id,
+            iso(tracker.since_ms or 0),
+        )
 
     def _follow_operations(self, machine_id: str, values: list[SignalValue], parts: list[PartsMade]) -> None:
         """Program changes and part counts, in time order, to the machine's operation book (parts
@@ -894,6 +939,7 @@ class ContextService:
             del history[machine_id]
             revised.add(machine_id)
         self._record_retry = None
+        self._not_kept.clear()  # (their edge nodes are asked for a rebirth once online: on_connected)
         published, self._published = self._published, []
         jobs, self._jobs_dirty = self._jobs_dirty, set()
         early, self._early = self._early, set()

@@ -19,6 +19,7 @@ import pytest
 from services.context.record import RecordStore, RecordUnavailableError
 from services.context.state import Interval, MachineState
 from tests.services.test_backfill import history, reconnect, setup
+from uns.sparkplug.edge import Sample
 
 S = MachineState
 
@@ -122,3 +123,70 @@ def test_a_stop_writes_what_was_kept_when_the_record_is_back(
         Interval("vf2-01", 2500, 9000, S.COMMS_LOSS),
         Interval("vf2-01", 9000, 12_000, S.IDLE),
     ]
+
+
+class _Client:
+    """What the host publishes (no broker: the service is driven message by message)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        self.sent.append((topic, payload))
+        return True
+
+
+def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bound(
+    make_record: Callable[..., RecordStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge node that ignores the host's STATE keeps sending while the record cannot be written.
+    What is held stays within `outage_values_max`: past it the machine is comms_loss from its first
+    value not kept, the rest is counted, and its edge node is asked for a rebirth once the host is
+    online again. Nothing before the bound is lost."""
+    service, store, edge, clock = setup(make_record, tmp_path)
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    reconnect(service, edge, clock)  # births at 10,000 (READY since 9,000): held, the record is down
+    assert service._record_retry is not None
+    service.outage_values_max = len(service._events) + 6
+    executions = ["ACTIVE", "READY"] * 10
+    for n, execution in enumerate(executions):  # one value each, a second apart, from 11,000 on
+        msg = edge.data("vf2-01", [Sample("execution", execution, 11_000 + 1000 * n)], 11_000 + 1000 * n)
+        assert msg is not None
+        clock.now = 11_000 + 1000 * n
+        service.on_message(*msg)
+        service.flush()
+    held = len(service._events)
+    assert held <= service.outage_values_max + 1, "one comms_loss marker past the bound, no more"
+    assert service.host.counters["values_dropped"] == 20 - 6
+    tracker = service.trackers["vf2-01"]
+    assert (tracker.state, tracker.since_ms) == (S.COMMS_LOSS, 17_000)  # the first value not kept
+
+    outage.down = False
+    service.flush(retry=True)
+    assert service._record_retry is None
+    intervals = [(i.start_ms, i.end_ms, i.state) for i in store.intervals("vf2-01", 9000, 20_000)]
+    assert intervals == [  # the six values kept, each its own state, then comms_loss
+        (9000, 11_000, S.IDLE),
+        (11_000, 12_000, S.RUNNING),
+        (12_000, 13_000, S.IDLE),
+        (13_000, 14_000, S.RUNNING),
+        (14_000, 15_000, S.IDLE),
+        (15_000, 16_000, S.RUNNING),
+        (16_000, 17_000, S.IDLE),
+    ]
+    # online again on a new connection: STATE online, and the edge node asked for a rebirth
+    client = _Client()
+    service._client = client
+    service.on_connected()
+    assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
+    client.sent.clear()
+    service.on_connected()  # asked once, not at every reconnect
+    assert not [t for t, _ in client.sent if "/NCMD/" in t]
+    clock.now = 40_000
+    for message in edge.births(40_000):  # its rebirth: the machine's values whole again
+        service.on_message(*message)
+    service.flush()
+    assert service.trackers["vf2-01"].state is not S.COMMS_LOSS

@@ -478,6 +478,10 @@ class HostSession:
         self._timed.add(key)
         return probation
 
+    def ask_rebirth(self, group_id: str, edge_node_id: str, reason: str, now: float) -> list[Event]:
+        """A rebirth the host's owner wants (as the host's own: throttled, and its NBIRTH asked for)."""
+        return self._ask_rebirth((group_id, edge_node_id), reason, now)
+
     def _ask_rebirth(self, key: NodeKey, reason: str, now: float) -> list[Event]:
         claims = self._claims.get(key)
         if claims is not None and claims.conflict is not None:
