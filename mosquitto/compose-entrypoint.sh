@@ -1,7 +1,8 @@
 #!/bin/sh
 # compose.yaml's entrypoint for Mosquitto (the eclipse-mosquitto:2.0 image; POSIX sh, busybox there):
-# at every start, make the password file from the environment, put the ACL and the TLS certificates
-# beside the config, then run the command given (Mosquitto). Changing a password in .env and
+# at every start, make the password file from the environment, put the ACL, the TLS certificates and
+# the included files (bridges to an enterprise broker) beside the config, then run the command given
+# (Mosquitto). Changing a password in .env and
 # `docker compose up -d` applies it.
 #
 #   compose-entrypoint.sh COMMAND [ARGS...]
@@ -16,13 +17,17 @@
 # Where (defaults for the image): UNS_MOSQUITTO_CONFIG_DIR (/mosquitto/config: passwd, acl and
 # certs/ are written there), UNS_MOSQUITTO_ACL_SOURCE (/uns/acl: the project's mosquitto/acl,
 # mounted read-only), UNS_MOSQUITTO_CERTS_SOURCE (/uns/certs: ca.crt, server.crt, server.key made
-# by `uns make-certs`, mounted read-only), UNS_MOSQUITTO_DATA_DIR (/mosquitto/data: handed to the
-# mosquitto user).
+# by `uns make-certs`, mounted read-only), UNS_MOSQUITTO_CONFD_SOURCE (/uns/conf.d: the project's
+# mosquitto/conf.d, mounted read-only; its files, a bridge's `uns enterprise bridge` renders and the
+# enterprise CA's certificate, go to conf.d/ beside the config, mode 600, which the shipped config
+# includes; an empty conf.d/ when it has none), UNS_MOSQUITTO_DATA_DIR (/mosquitto/data: handed to
+# the mosquitto user).
 set -eu
 
 config=${UNS_MOSQUITTO_CONFIG_DIR:-/mosquitto/config}
 acl_source=${UNS_MOSQUITTO_ACL_SOURCE:-/uns/acl}
 certs_source=${UNS_MOSQUITTO_CERTS_SOURCE:-/uns/certs}
+confd_source=${UNS_MOSQUITTO_CONFD_SOURCE:-/uns/conf.d}
 data=${UNS_MOSQUITTO_DATA_DIR:-/mosquitto/data}
 
 # The variable holding a user's password (uns/broker.py password_env does the same).
@@ -62,7 +67,8 @@ umask 077
 passwd_new="$config/passwd.new"
 acl_new="$config/acl.new"
 certs_new="$config/certs.new"
-rm -rf "$passwd_new" "$acl_new" "$certs_new"
+confd_new="$config/conf.d.new"
+rm -rf "$passwd_new" "$acl_new" "$certs_new" "$confd_new"
 : > "$passwd_new"
 for user in $users; do
     eval "value=\${$(password_var "$user")}"
@@ -74,14 +80,32 @@ for name in ca.crt server.crt server.key; do cat "$certs_source/$name" > "$certs
 chmod 600 "$passwd_new" "$acl_new" "$certs_new/server.key"
 chmod 644 "$certs_new/ca.crt" "$certs_new/server.crt"
 chmod 700 "$certs_new"
+mkdir "$confd_new"
+included=""
+if [ -d "$confd_source" ]; then
+    for file in "$confd_source"/*; do
+        [ -f "$file" ] || continue
+        name=$(basename "$file")
+        [ "$name" != README ] || continue  # (what the directory is for, in the project)
+        cat "$file" > "$confd_new/$name"
+        chmod 600 "$confd_new/$name"
+        included="$included $name"
+    done
+fi
+chmod 700 "$confd_new"
 if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
     chown mosquitto:mosquitto "$passwd_new" "$acl_new"
-    chown -R mosquitto:mosquitto "$certs_new"
+    chown -R mosquitto:mosquitto "$certs_new" "$confd_new"
     if [ -d "$data" ]; then chown -R mosquitto:mosquitto "$data"; fi
 fi
 mv -f "$passwd_new" "$config/passwd"
 mv -f "$acl_new" "$config/acl"
 rm -rf "$config/certs"
 mv -f "$certs_new" "$config/certs"
+rm -rf "$config/conf.d"
+mv -f "$confd_new" "$config/conf.d"
 echo "mosquitto: password file for" $users "and the ACL and TLS certificates in $config"
+if [ -n "$included" ]; then
+    echo "mosquitto: included from $confd_source:$included"
+fi
 exec "$@"

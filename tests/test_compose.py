@@ -328,9 +328,15 @@ def test_every_mounted_file_exists_or_is_made_at_start(stack: Stack, tmp_path: P
     )
     assert ("./mosquitto/acl", PurePosixPath("/uns/acl")) in stack.mounts("mosquitto")  # its default source
     assert ("./mosquitto/certs", PurePosixPath("/uns/certs")) in stack.mounts("mosquitto")  # also
+    # and the included files (a bridge to an enterprise broker), which the shipped config includes
+    assert ("./mosquitto/conf.d", PurePosixPath("/uns/conf.d")) in stack.mounts("mosquitto")
+    assert "confd_source=${UNS_MOSQUITTO_CONFD_SOURCE:-/uns/conf.d}" in ENTRYPOINT.read_text()
     conf = _conf(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")
     assert conf["password_file"] == "/mosquitto/config/passwd"  # written there by the entrypoint
     assert conf["acl_file"] == "/mosquitto/config/acl"
+    text = (PROJECT_ROOT / "mosquitto" / "mosquitto.conf").read_text()
+    options = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert options[-1] == "include_dir /mosquitto/config/conf.d"  # made by the entrypoint, empty or not
     tls = _listeners(PROJECT_ROOT / "mosquitto" / "mosquitto.conf")[TLS_PORT]
     assert (tls["cafile"], tls["certfile"], tls["keyfile"]) == tuple(
         f"/mosquitto/config/certs/{n}" for n in ("ca.crt", "server.crt", "server.key")

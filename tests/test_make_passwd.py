@@ -7,7 +7,9 @@ password (over TLS, and plain on the loopback listener) and no one with a wrong 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -22,6 +24,7 @@ import yaml
 from uns.broker import (
     MOSQUITTO_DIR,
     PROJECT_ROOT,
+    Mosquitto,
     ServerTls,
     broker_users,
     free_port,
@@ -29,6 +32,7 @@ from uns.broker import (
     render_config,
 )
 from uns.certs import make_certs
+from uns.enterprise import EnterpriseLink, render_bridge, render_enterprise_acl, site_user
 from uns.site import load_site
 
 ENTRYPOINT = MOSQUITTO_DIR / "compose-entrypoint.sh"
@@ -98,6 +102,7 @@ def _env(tmp_path: Path, **passwords: str) -> dict[str, str]:
         UNS_MOSQUITTO_ACL_SOURCE=str(MOSQUITTO_DIR / "acl"),
         UNS_MOSQUITTO_CERTS_SOURCE=str(tmp_path / "certs"),
         UNS_MOSQUITTO_DATA_DIR=str(tmp_path / "data"),
+        UNS_MOSQUITTO_CONFD_SOURCE=str(tmp_path / "conf.d-source"),  # (none: an empty conf.d)
     )
     return env
 
@@ -115,10 +120,17 @@ class Broker:
 def compose_mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """The entrypoint with the project's mosquitto.conf (loopback ports, files in tmp_path), running
     Mosquitto as compose.yaml has it do: the certificates from `uns make-certs` in its certs source."""
+    make_certs(tmp_path / "certs")
+    with run_compose_mosquitto(tmp_path) as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def run_compose_mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """As `compose_mosquitto`, with the certificates (and any included files) made beforehand."""
     config, data = tmp_path / "config", tmp_path / "data"
     config.mkdir()
     data.mkdir()
-    make_certs(tmp_path / "certs")
     port, tls_port = free_port(), free_port()
     conf = config / "mosquitto.conf"
     certs = config / "certs"  # where the entrypoint puts them, as the shipped config has them
@@ -132,6 +144,7 @@ def compose_mosquitto(tmp_path: Path) -> Iterator[Broker]:
             log_file=tmp_path / "mosquitto.log",
             tls=ServerTls(certs / "ca.crt", certs / "server.crt", certs / "server.key"),
             tls_port=tls_port,
+            conf_d=config / "conf.d",  # where the entrypoint puts them
         )
     )
     output = tmp_path / "entrypoint.out"
@@ -288,3 +301,62 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_compose_entrypoint_includes_the_bridge_to_the_enterprise_broker(tmp_path: Path) -> None:
+    """mosquitto/conf.d as docs/enterprise.md has a plant fill it: the file `uns enterprise bridge`
+    renders, and the enterprise CA's certificate it names. The entrypoint puts both beside the
+    config (mode 600), the shipped config includes them, and the site broker bridges its tree."""
+    make_certs(tmp_path / "certs")  # one CA for the site broker's and the enterprise broker's
+    site = load_site(PROJECT_ROOT / "sites" / "example.yaml")
+    enterprise = Mosquitto(
+        tmp_path / "enterprise",
+        "acme",
+        acl_text=render_enterprise_acl([site]),
+        tls=ServerTls(
+            tmp_path / "certs" / "ca.crt",
+            tmp_path / "certs" / "server.crt",
+            tmp_path / "certs" / "server.key",
+        ),
+    )
+    enterprise.start()
+    try:
+        assert enterprise.tls_port is not None
+        source = tmp_path / "conf.d-source"
+        source.mkdir()
+        (source / "enterprise-ca.crt").write_bytes((tmp_path / "certs" / "ca.crt").read_bytes())
+        # the CA's path as Mosquitto sees it: beside its config, where the entrypoint puts it
+        ca = tmp_path / "config" / "conf.d" / "enterprise-ca.crt"
+        ca.parent.mkdir(parents=True)
+        ca.write_bytes((source / "enterprise-ca.crt").read_bytes())  # (rendering checks it exists)
+        link = EnterpriseLink.parse(f"127.0.0.1:{enterprise.tls_port}", ca)
+        env = {password_env(site_user("dayton")): enterprise.creds.password(site_user("dayton"))}
+        (source / "uns-enterprise.conf").write_text(
+            render_bridge(site, link, env=env, restart_timeout=(1, 2))
+        )
+        shutil.rmtree(tmp_path / "config")  # the entrypoint makes conf.d itself
+        with run_compose_mosquitto(tmp_path) as broker:
+            included = broker.config / "conf.d"
+            assert sorted(p.name for p in included.iterdir()) == ["enterprise-ca.crt", "uns-enterprise.conf"]
+            for path in [included, *included.iterdir()]:
+                assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+            assert "included from" in broker.output.read_text()
+            topic = "acme/dayton/machining/mills/cell-1/vf2-01/state"
+            publish = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", "services"]
+            publish += ["-P", PASSWORDS["services"], "-t", topic, "-m", '{"state": "idle"}', "-r", "-q", "1"]
+            subprocess.run(publish, check=True, timeout=15)
+            read = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(enterprise.tls_port), "--cafile"]
+            read += [
+                str(tmp_path / "certs" / "ca.crt"),
+                "-u",
+                "viewer",
+                "-P",
+                enterprise.creds.password("viewer"),
+            ]
+            read += ["-t", topic, "-C", "1", "-W", "20", "-F", "%t %p"]
+            seen = subprocess.run(read, capture_output=True, text=True, timeout=30, check=False)
+            assert seen.stdout.strip() == f'{topic} {{"state": "idle"}}', (
+                seen.stdout + seen.stderr + _log(tmp_path)
+            )
+    finally:
+        enterprise.stop()

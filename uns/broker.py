@@ -8,7 +8,7 @@ the tree, sends commands). Each user's password is in `UNS_MQTT_<USER>_PASSWORD`
 
 The shipped `mosquitto/mosquitto.conf` is used as it is, except for what must differ per run: the
 listeners (loopback ports; the TLS one only when asked for), the password, ACL, certificate and
-persistence paths, and the log file.
+persistence paths, the log file, and the directory of included files (bridges: left out, or a run's).
 """
 
 from __future__ import annotations
@@ -232,11 +232,13 @@ def render_config(
     tls: ServerTls | None = None,
     tls_port: int | None = None,
     extra: str = "",
+    conf_d: Path | None = None,
 ) -> str:
     """The shipped config with this run's listeners and paths: the plain listener on `port` of the
     loopback interface; the TLS listener on `tls_port`, also loopback, with `tls`'s files, or left
     out (with its options) when `tls` is None. `extra` goes at the end as it is (a bridge's
-    `connection` section: uns/enterprise.py)."""
+    `connection` section: uns/enterprise.py). `include_dir` is `conf_d`, or left out when that is
+    None (a run's bridges come as `extra`)."""
     if tls is not None and tls_port is None:
         raise ValueError("render_config: a TLS listener needs its port")
     replaced = {
@@ -244,6 +246,7 @@ def render_config(
         "acl_file": f"acl_file {acl}",
         "persistence_location": f"persistence_location {data_dir}/",
         "log_dest": f"log_dest file {log_file}",
+        "include_dir": f"include_dir {conf_d}" if conf_d is not None else "",
     }
     tls_lines = {}
     if tls is not None:
@@ -266,7 +269,7 @@ def render_config(
         elif in_tls and key in _TLS_OPTIONS:
             if tls is not None:
                 lines.append(tls_lines.get(key, line))
-        else:
+        elif key != "include_dir" or conf_d is not None:
             lines.append(replaced.get(key, line))
     if os.geteuid() == 0:
         # Started as root, Mosquitto drops to the `mosquitto` user; these files are ours.

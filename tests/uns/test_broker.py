@@ -130,6 +130,11 @@ def test_the_rendered_config_keeps_both_listeners_on_loopback(tmp_path: Path) ->
     assert f"cafile {tmp_path / 'ca.crt'}" in tail
     assert f"keyfile {tmp_path / 's.key'}" in tail
     assert "require_certificate true" in tail
+    # the shipped config includes the bridges' directory last; a run has its own, or none
+    assert base.rstrip().splitlines()[-1] == "include_dir /mosquitto/config/conf.d"
+    assert not [line for line in both if line.startswith("include_dir")]
+    with_bridges = render(conf_d=tmp_path / "conf.d")
+    assert with_bridges[-1] == f"include_dir {tmp_path / 'conf.d'}"
 
 
 # -- the processes' logins ---------------------------------------------------------------------------
