@@ -12,6 +12,7 @@ from bench import (
     load,
     mtconnect,
     oee,
+    operations,
     record_writes,
     state_latency,
     store_forward,
@@ -25,6 +26,7 @@ if __name__ == "__main__":
     state_latency.report()
     load.report()
     oee.report()
+    operations.report()
     historian.report()
     store_forward.report()
     tokens.report()

@@ -141,6 +141,7 @@ class FloorBoard:
         self._lock = threading.Lock()
         self._ops: dict[tuple[str, str], Operation] = {}
         self._ops_marks: tuple[int, ...] | None = None
+        self._ops_shown: frozenset[tuple[str, str]] = frozenset()
         self._ops_at = -1e18
         self._oee: dict[str, tuple[float | None, str | None]] = {}
         self._oee_at = -1e18
@@ -153,7 +154,7 @@ class FloorBoard:
             now = max(self.clock(), latest)  # a standing machine stands until now
             shift = self.calendar.shift_at(now) if self.calendar is not None else None
             start = self._shift_start(now)
-            self._read_operations()
+            self._read_operations(states)
             self._read_oee(start, now)
             site = "/".join(states[0].path.split("/")[:2]) if states else ""
             return FloorOut(
@@ -179,12 +180,24 @@ class FloorBoard:
         start = int(datetime.combine(day, dtime(0), zone).timestamp() * 1000)
         return start if start < now else now - 1
 
-    def _read_operations(self) -> None:
+    def _read_operations(self, states: list[CurrentState]) -> None:
+        """The good counts of the operations the tiles show (those of the machines' open pieces),
+        read again when parts were counted or the dispatch changed, at most every few seconds, or
+        at once when another operation is shown."""
+        shown = frozenset(
+            (c.piece["job"], c.piece["operation"])
+            for c in states
+            if c.piece and c.piece.get("job") and c.piece.get("operation")
+        )
         marks = (*self.store.change_marks(), self.store.dispatch_version())
         age = self.monotonic() - self._ops_at
-        if (marks != self._ops_marks and age >= OPERATIONS_EVERY_S) or age >= 60 * OPERATIONS_EVERY_S:
-            self._ops = {o.key: o for o in self.store.operations()}
-            self._ops_marks, self._ops_at = marks, self.monotonic()
+        if (
+            shown != self._ops_shown
+            or (marks != self._ops_marks and age >= OPERATIONS_EVERY_S)
+            or age >= 60 * OPERATIONS_EVERY_S
+        ):
+            self._ops = {o.key: o for o in self.store.operations(keys=shown)}
+            self._ops_marks, self._ops_at, self._ops_shown = marks, self.monotonic(), shown
 
     def _read_oee(self, start: int, now: int) -> None:
         if start == self._oee_from and self.monotonic() - self._oee_at < OEE_EVERY_S:

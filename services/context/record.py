@@ -12,7 +12,7 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,6 +97,8 @@ CREATE TABLE IF NOT EXISTS part_count (
 );
 CREATE INDEX IF NOT EXISTS part_count_shift ON part_count (machine_id, shift, job, operation, ts_ms, delta);
 CREATE INDEX IF NOT EXISTS part_count_operation ON part_count (machine_id, job, operation, ts_ms, delta);
+-- an operation's parts, on whichever machine they were counted (schema version 2)
+CREATE INDEX IF NOT EXISTS part_count_job ON part_count (job, operation, delta) WHERE job IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dispatch_version (
     version     INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms       INTEGER NOT NULL,
@@ -439,11 +441,15 @@ _UNAVAILABLE = ("disk", "locked", "unable to open", "readonly", "no such file")
 
 # The record's schema version: migrations take older records (SQLite's user_version, PostgreSQL's
 # record_schema table) up to it, and a program refuses a record of a newer version than its own.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";\n") if part.strip()]
+
+
+# schema version 2's one change, for the records of version 1 (SCHEMA has it for new ones)
+[_PART_COUNT_JOB] = [st for st in _statements(SCHEMA) if "INDEX IF NOT EXISTS part_count_job" in st]
 
 
 class _Record:
@@ -473,6 +479,11 @@ class _Record:
                 f" ({SCHEMA_VERSION}): run a newer version of uns on it"
             )
         if version == SCHEMA_VERSION:
+            return
+        if version == 1:  # 1 -> 2: an index for an operation's parts (SCHEMA has it for new records)
+            logger.info("record %s: schema version 2 (an index of part counts by operation)", self.path)
+            db.execute(_PART_COUNT_JOB)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         # version 0 -> 1: a new record, or one from before schema versions (which may lack the
         # columns added since the first schema, and shift_time, summed here once)
@@ -1031,35 +1042,51 @@ class RecordStore(_Record):
             db.executemany("DELETE FROM operation WHERE job = ? AND operation = ?", drop)
         return int(version)
 
-    def operations(self, machine_id: str | None = None, job: str | None = None) -> list[Operation]:
+    def operations(
+        self,
+        machine_id: str | None = None,
+        job: str | None = None,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[Operation]:
+        """The operations (of a machine, of a job, or these (job, operation) keys), with the parts
+        counted for each and its scrap and rework: summed for those operations only, by index."""
         where, args = [], []
         if machine_id is not None:
-            where.append("machine_id = ?")
+            where.append("o.machine_id = ?")
             args.append(machine_id)
         if job is not None:
-            where.append("job = ?")
+            where.append("o.job = ?")
             args.append(job)
+        if keys is not None:
+            if not keys:
+                return []
+            where.append(f"(o.job, o.operation) IN (VALUES {', '.join(['(?, ?)'] * len(keys))})")
+            args += [x for key in keys for x in key]
+        only = f" WHERE {' AND '.join(where)}" if where else ""  # (built from constants; values bound)
         with self._use() as db:
-            sql = (  # the WHERE is built from constants; values are bound
-                "SELECT job, operation, machine_id, program, quantity, sequence, part_number, ideal_cycle_ms,"  # noqa: S608
-                " planned_start_ms, planned_end_ms, status, actual_start_ms, actual_end_ms, dispatched_ms"
-                " FROM operation"
-                + (f" WHERE {' AND '.join(where)}" if where else "")
-                + " ORDER BY machine_id, sequence, job, operation"
-            )
-            rows = db.execute(sql, args).fetchall()
+            rows = db.execute(
+                "SELECT o.job, o.operation, o.machine_id, o.program, o.quantity, o.sequence,"  # noqa: S608
+                " o.part_number, o.ideal_cycle_ms, o.planned_start_ms, o.planned_end_ms, o.status,"
+                " o.actual_start_ms, o.actual_end_ms, o.dispatched_ms"
+                f" FROM operation o{only} ORDER BY o.machine_id, o.sequence, o.job, o.operation",
+                args,
+            ).fetchall()
             counts = {
                 (j, o): (made or 0)
                 for j, o, made in db.execute(
-                    "SELECT job, operation, sum(delta) FROM part_count WHERE job IS NOT NULL"
-                    " GROUP BY job, operation"
+                    "SELECT o.job, o.operation, sum(p.delta) FROM operation o"  # noqa: S608
+                    f" JOIN part_count p ON p.job = o.job AND p.operation = o.operation{only}"
+                    " GROUP BY o.job, o.operation",
+                    args,
                 )
             }
             quality = {
                 (j, o, r): q
                 for j, o, r, q in db.execute(
-                    "SELECT job, operation, result, sum(quantity) FROM quality_count"
-                    " WHERE job IS NOT NULL GROUP BY job, operation, result"
+                    "SELECT o.job, o.operation, q.result, sum(q.quantity) FROM operation o"  # noqa: S608
+                    f" JOIN quality_count q ON q.job = o.job AND q.operation = o.operation{only}"
+                    " GROUP BY o.job, o.operation, q.result",
+                    args,
                 )
             }
         out = []
@@ -1842,7 +1869,12 @@ class RecordReader(Protocol):
         self, machines: Iterable[str], start_ms: int, end_ms: int, job: str | None = None
     ) -> list[Operation]: ...
 
-    def operations(self, machine_id: str | None = None, job: str | None = None) -> list[Operation]: ...
+    def operations(
+        self,
+        machine_id: str | None = None,
+        job: str | None = None,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[Operation]: ...
 
     def intervals(self, machine_id: str, start_ms: int, end_ms: int) -> list[Interval]: ...
 

@@ -83,7 +83,7 @@ def _migrations() -> list[tuple[int, list[str]]]:
         first.append(f"ALTER TABLE {table} ADD COLUMN rowid BIGINT NOT NULL DEFAULT nextval('record_row')")
         first.append(f"CREATE INDEX {table}_rowid ON {table} (rowid)")
     first += _shift_time_trigger()
-    return [(1, first)]
+    return [(1, first), (2, [_ddl(record._PART_COUNT_JOB)])]
 
 
 # -- SQLite's dialect to PostgreSQL's ----------------------------------------------------------------

@@ -92,6 +92,10 @@ def reads(store: RecordStore) -> dict[str, Any]:
         "token": store.token("tok1"),
         "applied": store.applied("cmd-1"),
         "operations": store.operations(),
+        "operations m2": store.operations("m2"),
+        "operations J1": store.operations(job="J1"),
+        "operations by key": store.operations(keys=[("J2", "10"), ("J1", "10"), ("nope", "10")]),
+        "operations none": store.operations(keys=[]),
         "dispatch": store.dispatch_version(),
         "op_events": store.op_events(),
         "pending": store.pending("m2"),
@@ -238,12 +242,42 @@ def test_schema_versions_and_migrations(tmp_path: Path, pg_url: str) -> None:
     with again._use() as db:
         db.execute("INSERT INTO record_schema VALUES (?)", (SCHEMA_VERSION + 1,))
     again.close()
-    with pytest.raises(RecordError, match=r"schema version 2, newer than this program's \(1\)"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than this program's \({SCHEMA_VERSION}\)"
+    with pytest.raises(RecordError, match=newer):
         open_record(pg_url)
     with sqlite3.connect(tmp_path / "record.db") as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RecordError, match=r"record\.db has schema version 2, newer"):
+    with pytest.raises(RecordError, match=rf"record\.db has {newer}"):
         open_record(tmp_path / "record.db")
+
+
+def test_a_record_of_version_1_gets_the_index_of_parts_by_operation(tmp_path: Path, pg_url: str) -> None:
+    """Schema version 2 adds `part_count_job` (an operation's parts, summed by index): a record of
+    version 1 gets it when it is opened, on both stores, and keeps what it held."""
+    lite, pg = open_record(tmp_path / "record.db"), open_record(pg_url)
+    for store in (lite, pg):
+        store.register_machines([("m1", "a/b/c/d/e/m1", "M1")])
+        store.write(parts=[PartsMade("m1", T0, 1, 1, "J1", "10")])
+    with lite._use() as db:  # as a record of version 1 was
+        db.execute("DROP INDEX part_count_job")
+        db.execute("PRAGMA user_version = 1")
+    with pg._use() as db:
+        db.execute("DROP INDEX part_count_job")
+        db.execute("DELETE FROM record_schema WHERE version = 2")
+    lite.close()
+    pg.close()
+    for where, indexes in (
+        (tmp_path / "record.db", "SELECT name FROM sqlite_master WHERE type = 'index'"),
+        (pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"),
+    ):
+        store = open_record(where)
+        try:
+            assert store.schema_version() == SCHEMA_VERSION == 2
+            with store._use() as db:
+                assert "part_count_job" in {row[0] for row in db.execute(indexes)}, where
+            assert sum(p.delta for p in store.parts("m1", 0, T0 + 1)) == 1
+        finally:
+            store.close()
 
 
 def test_workers_opening_a_new_record_together_migrate_it_once(pg_url: str) -> None:
@@ -263,7 +297,8 @@ def test_workers_opening_a_new_record_together_migrate_it_once(pg_url: str) -> N
         t.join()
     assert not errors
     with opened[0]._use() as db:
-        assert db.execute("SELECT count(*) FROM record_schema").fetchone()[0] == 1
+        versions = [row[0] for row in db.execute("SELECT version FROM record_schema ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1)), "each migration once"
     for store in opened:
         store.close()
 
