@@ -6,10 +6,12 @@ The node publishes only while it is connected and its primary host's STATE is on
 publish again: births first, then the buffered snapshots in order as historical DDATA (original
 timestamps), then live data. The last few seconds sent live are kept in memory and buffered again
 when the connection drops, because QoS 0 messages in flight then may never have reached the host;
-the host's backfill is idempotent, so sending them twice is harmless. Each device with sends in those
-seconds is buffered first as it stood before them (its last send before them, or its birth): when the
-connection was already dead, the host saw the loss before the first of them, and that snapshot tells
-it what the machine did from then on (not comms_loss).
+the host's backfill is idempotent, so sending them twice is harmless. A connection can be dead for
+a while before the client knows (it hears nothing until its keep-alive gives up), so after a lost
+connection everything sent since the broker was last heard from is sent again too. Each device with
+such sends is buffered first as it stood before them (its last send before them, or its birth): the
+host saw the loss before the first of them, and that snapshot tells it what the machine did from
+then on (not comms_loss). A device that went offline meanwhile is buffered as unknown at that time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from uns.sparkplug.topic import MessageType, SparkplugTopic, parse_state, state_
 logger = logging.getLogger(__name__)
 
 DRAIN_BATCH = 200
+# When the connection turns out dead, what was sent since the broker was last heard from (less this
+# margin, for what was in flight) may not have reached it: sent again, with the resend window's.
+HEARD_MARGIN_S = 1.0
 
 
 class EdgeNode:
@@ -122,16 +127,24 @@ class EdgeNode:
         self._born = True
         self._start_drain()
 
-    def _cannot_publish(self) -> None:
+    def _unsure_from(self, connection_lost: bool) -> float:
+        """Since when (monotonic) what was sent may not have reached the host: the resend window;
+        after a lost connection, also everything since the broker was last heard from."""
+        horizon = time.monotonic() - self._resend_window
+        if connection_lost and self._client is not None:
+            horizon = min(horizon, self._client.heard_at - HEARD_MARGIN_S)
+        return horizon
+
+    def _cannot_publish(self, connection_lost: bool = False) -> None:
         if not self._born or self._stopping:
             return
         self._born = False
         if self._drain_task is not None:
             self._drain_task.cancel()
-        # what was sent in the last seconds may have died with the connection: send it again later,
-        # then each online device as it stood when we last sent it: the host then knows we saw
-        # everything from that moment on
-        horizon = time.monotonic() - self._resend_window
+        # what was sent lately may have died with the connection (or the host): send it again
+        # later, then each online device as it stood when we last sent it: the host then knows we
+        # saw everything from that moment on
+        horizon = self._unsure_from(connection_lost)
         unsure = []
         for sent, d, ts, snap in self._recent:
             if sent >= horizon:
@@ -191,7 +204,7 @@ class EdgeNode:
             self._can_publish_now()
 
     def on_disconnected(self, reason: str) -> None:
-        self._cannot_publish()
+        self._cannot_publish(connection_lost=True)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         host = parse_state(topic)
@@ -247,12 +260,14 @@ class EdgeNode:
 
     def device_offline(self, device_id: str) -> None:
         with self._lock:
-            death = self.session.device_offline(device_id, self.clock.now_ms())
-            now = self.clock.now_ms()
+            now = self.clock.now_ms()  # (its death and its values unknown: one moment)
+            death = self.session.device_offline(device_id, now)
             unknown = [Sample(s.name, None, now, Quality.BAD) for s in self.session.snapshot(device_id)]
         if self.publishable and self._born and device_id not in self._pending:
             self._publish(death)
             self._last_sent.pop(device_id, None)
+            # (if the death is lost with the connection, its replay says so: unknown from now)
+            self._recent.append((time.monotonic(), device_id, now, unknown))
         else:
             self._buffer(device_id, unknown)
 
@@ -275,7 +290,9 @@ class EdgeNode:
             sent = time.monotonic()
             self._recent.append((sent, device_id, now, snapshot))
             self._last_sent[device_id] = now
-            while self._recent and self._recent[0][0] < sent - self._resend_window:
+            assert self._client is not None
+            keep_from = min(sent - self._resend_window, self._client.heard_at - HEARD_MARGIN_S)
+            while self._recent and self._recent[0][0] < keep_from:
                 _, d, ts, snap = self._recent.popleft()
                 self._settled[d] = (ts, snap)
         else:  # the connection went in between: keep it

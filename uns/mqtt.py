@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import threading
 import time
@@ -363,7 +364,7 @@ class _Link(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self.last_heard = time.monotonic()
+        self.last_heard = self._client.heard_at = time.monotonic()
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
@@ -464,6 +465,9 @@ class MqttClient:
         self._inflight: dict[int, _Outgoing] = {}  # by packet identifier, in the order sent
         self._queued: deque[_Outgoing] = deque()  # beyond the broker's receive maximum, or to resend
         self._last_sent = 0.0
+        # when the broker was last heard from (monotonic; it answers a ping at least every half
+        # keep-alive): what was sent since may not have reached it when the connection turns out dead
+        self.heard_at = -math.inf
         self._outbox: list[bytes] = []  # packets for the connection, written at the end of the turn
         self._inbox: deque[tuple[str, bytes, bool]] = deque()  # read, not handed over yet
         self._working = False  # a slice of the inbox is due on the loop

@@ -12,9 +12,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from bridge.edge_node import EdgeNode
 from bridge.opcua import CncOpcUaServer
 from services.context.app import ContextService
 from services.context.record import RecordStore
@@ -23,7 +27,7 @@ from tests.helpers import CNC_AT_REST, address, track
 from uns.broker import Mosquitto, free_port
 from uns.clock import WallClock
 from uns.mqtt import BrokerAddress
-from uns.site import parse_site
+from uns.site import Site, parse_site
 from uns.sparkplug.edge import Sample
 
 S = MachineState
@@ -249,13 +253,25 @@ class _SilentLink:
             await self._server.wait_closed()
 
 
-async def test_a_change_sent_into_a_connection_already_dead_leaves_no_comms_loss(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    """The broker has lost the edge node (the host has its death, and says comms_loss from then) but
-    the edge node does not know yet: it sends a change that is lost. When it learns of the loss, it
-    buffers the device as it stood before that send, then the send: the host's backfill then covers
-    the time from the death on, and the record shows the machine's own states, not comms_loss."""
+@dataclass
+class _Plant:
+    site: Site
+    link: _SilentLink
+    store: RecordStore
+    context: ContextService
+    node: EdgeNode
+
+    def state(self) -> tuple[MachineState, int | None]:
+        tracker = self.context.trackers["vf2-01"]
+        return tracker.state, tracker.since_ms
+
+
+@contextlib.asynccontextmanager
+async def _through_a_link(
+    mosquitto: Mosquitto, tmp_path: Path, resend_window_s: float
+) -> AsyncIterator[_Plant]:
+    """The context service on the broker, and an edge node of ours (vf2-01 on it, born idle) that
+    reaches the broker through a `_SilentLink`."""
     from bridge.runner import make_edge_node
 
     site = parse_site(site_yaml(free_port()))
@@ -268,41 +284,92 @@ async def test_a_change_sent_into_a_connection_already_dead_leaves_no_comms_loss
     bridge_login = address(mosquitto, "bridge")
     via_link = BrokerAddress("127.0.0.1", link.port, bridge_login.username, bridge_login.password)
     node = make_edge_node(site, "edge1", via_link, WallClock(), tmp_path / "buffer")
-    now = WallClock().now_ms
+    node._resend_window = resend_window_s
+    plant = _Plant(site, link, store, context, node)
     try:
         node.start(asyncio.get_running_loop())
         track(node._client)
         await until(lambda: node.publishable, "the edge node to publish")
-        signals = site.machine("vf2-01").source.signals
-        node.device_online("vf2-01", [Sample(k, v, now()) for k, v in INITIAL.items() if k in signals])
-        await until(lambda: context.trackers["vf2-01"].state is S.IDLE, "the machine to come online")
-        born_at = context.trackers["vf2-01"].since_ms
-        await asyncio.sleep(0.2)
-
-        link.go_silent()
-        await until(lambda: context.trackers["vf2-01"].state is S.COMMS_LOSS, "the host to see the death")
-        died_at = context.trackers["vf2-01"].since_ms
-        assert node.publishable, "the edge node has not noticed yet"
-        await asyncio.sleep(0.05)
-        changed_at = now()
-        node.data("vf2-01", [Sample("execution", "ACTIVE", changed_at)])  # sent, and lost
-        assert node.counters["data_sent"] == 1
-        link.hang_up()  # now it notices, buffers, connects again and replays
-        await until(
-            lambda: (
-                (context.trackers["vf2-01"].state, context.trackers["vf2-01"].since_ms)
-                == (S.RUNNING, changed_at)
-            ),
-            "the backfill",
-        )
-        await until(lambda: node.buffer.devices() == set(), "the buffer to drain")
-        recorded = [i for i in store.intervals("vf2-01", 0, changed_at + 1) if i.start_ms >= (born_at or 0)]
-        assert died_at is not None
-        assert born_at is not None
-        assert born_at < died_at < changed_at
-        assert recorded == [Interval("vf2-01", born_at, changed_at, S.IDLE)], recorded
+        node.device_online("vf2-01", _at_rest(site, WallClock().now_ms()))
+        await until(lambda: plant.state()[0] is S.IDLE, "the machine to come online")
+        yield plant
     finally:
         await node.stop()
         await context.stop()
         await link.stop()
         store.close()
+
+
+def _at_rest(site: Site, ts: int) -> list[Sample]:
+    signals = site.machine("vf2-01").source.signals
+    return [Sample(k, v, ts) for k, v in INITIAL.items() if k in signals]
+
+
+@pytest.mark.parametrize("noticed_after_s", [0.0, 1.5], ids=["at-once", "after-the-resend-window"])
+async def test_a_change_sent_into_a_connection_already_dead_leaves_no_comms_loss(
+    mosquitto: Mosquitto, tmp_path: Path, noticed_after_s: float
+) -> None:
+    """The broker has lost the edge node (the host has its death, and says comms_loss from then) but
+    the edge node does not know yet: it sends a change that is lost. When it learns of the loss (at
+    once, or after its resend window: its keep-alive may take many seconds), it buffers the device as
+    it stood before that send, then the send (everything sent since it last heard the broker): the
+    host's backfill then covers the time from the death on, and the record shows the machine's own
+    states, not comms_loss."""
+    now = WallClock().now_ms
+    async with _through_a_link(mosquitto, tmp_path, resend_window_s=1.0) as plant:
+        born_at = plant.state()[1]
+        await asyncio.sleep(0.2)
+        plant.link.go_silent()
+        await until(lambda: plant.state()[0] is S.COMMS_LOSS, "the host to see the death")
+        died_at = plant.state()[1]
+        assert plant.node.publishable, "the edge node has not noticed yet"
+        await asyncio.sleep(0.05)
+        changed_at = now()
+        plant.node.data("vf2-01", [Sample("execution", "ACTIVE", changed_at)])  # sent, and lost
+        assert plant.node.counters["data_sent"] == 1
+        await asyncio.sleep(noticed_after_s)
+        plant.link.hang_up()  # now it notices, buffers, connects again and replays
+        await until(lambda: plant.state() == (S.RUNNING, changed_at), "the backfill")
+        await until(lambda: plant.node.buffer.devices() == set(), "the buffer to drain")
+        recorded = plant.store.intervals("vf2-01", 0, changed_at + 1)
+        assert died_at is not None
+        assert born_at is not None
+        assert born_at < died_at < changed_at
+        assert [i for i in recorded if i.start_ms >= born_at] == [
+            Interval("vf2-01", born_at, changed_at, S.IDLE)
+        ], recorded
+
+
+async def test_a_device_that_went_offline_before_the_connection_dropped_keeps_its_comms_loss(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A machine runs, goes offline (its DDEATH reaches the host), and then the connection drops:
+    what it sent just before is sent again, and with it that it went offline then. The replay, once
+    the machine is back, must not turn its time offline into its last state."""
+    now = WallClock().now_ms
+    async with _through_a_link(mosquitto, tmp_path, resend_window_s=3.0) as plant:
+        born_at = plant.state()[1]
+        ran_at = now()
+        plant.node.data("vf2-01", [Sample("execution", "ACTIVE", ran_at)])
+        await until(lambda: plant.state() == (S.RUNNING, ran_at), "the machine to run")
+        await asyncio.sleep(0.1)
+        plant.node.device_offline("vf2-01")  # its DDEATH, live
+        await until(lambda: plant.state()[0] is S.COMMS_LOSS, "the host to see it offline")
+        offline_at = plant.state()[1]
+        plant.link.hang_up()
+        await until(lambda: not plant.node.publishable, "the edge node to notice")
+        await until(lambda: plant.node.publishable, "the edge node to publish again")
+        await asyncio.sleep(0.3)
+        back_at = now()
+        plant.node.device_online("vf2-01", _at_rest(plant.site, back_at))  # back: its rows replay
+        await until(lambda: plant.node.buffer.devices() == set(), "the buffer to drain")
+        await until(lambda: plant.state()[0] is S.IDLE, "the machine to be back")
+        await asyncio.sleep(0.3)  # (its backfill)
+        recorded = [(i.start_ms, i.end_ms, i.state) for i in plant.store.intervals("vf2-01", 0, back_at + 1)]
+        assert born_at is not None
+        assert offline_at is not None
+        assert [r for r in recorded if r[0] >= born_at] == [
+            (born_at, ran_at, S.IDLE),
+            (ran_at, offline_at, S.RUNNING),
+            (offline_at, plant.state()[1], S.COMMS_LOSS),
+        ]
