@@ -290,8 +290,7 @@ class EdgeNode:
             sent = time.monotonic()
             self._recent.append((sent, device_id, now, snapshot))
             self._last_sent[device_id] = now
-            assert self._client is not None
-            keep_from = min(sent - self._resend_window, self._client.heard_at - HEARD_MARGIN_S)
+            keep_from = self._unsure_from(connection_lost=True)  # (the longer of the two spans)
             while self._recent and self._recent[0][0] < keep_from:
                 _, d, ts, snap = self._recent.popleft()
                 self._settled[d] = (ts, snap)
