@@ -80,6 +80,15 @@ class DiskBuffer:
     def last_bdseq(self, value: int) -> None:
         self._set_meta("bdseq", value)
 
+    @property
+    def host_state_ts(self) -> int:
+        """The timestamp of the newest online STATE of the primary host this node has seen (-1: none)."""
+        return self._meta("host_state_ts", -1)
+
+    @host_state_ts.setter
+    def host_state_ts(self, value: int) -> None:
+        self._set_meta("host_state_ts", value)
+
     def oldest_ms(self) -> int | None:
         with self._lock:
             if self._oldest is None and self.depth:

@@ -12,6 +12,14 @@ connection everything sent since the broker was last heard from is sent again to
 such sends is buffered first as it stood before them (its last send before them, or its birth): the
 host saw the loss before the first of them, and that snapshot tells it what the machine did from
 then on (not comms_loss). A device that went offline meanwhile is buffered as unknown at that time.
+
+A retained online STATE can be stale: a broker that dies with the host connected never publishes the
+host's Will, and after its restart it hands out the online STATE it last saved while the host is not
+back yet; what the node replayed then would reach nobody. So an online STATE that is not newer
+than the newest this node has seen (kept in the buffer file across restarts) is trusted only after
+`host_grace_s` without news: a host that connects again publishes a newer one, and the node goes on
+at once. (A host that was connected all along sends nothing new: the node then goes on after the
+grace, and only its replay waits.)
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ DRAIN_BATCH = 200
 # When the connection turns out dead, what was sent since the broker was last heard from (less this
 # margin, for what was in flight) may not have reached it: sent again, with the resend window's.
 HEARD_MARGIN_S = 1.0
+# How long an online STATE no newer than the last one seen waits for a newer one (see above).
+HOST_GRACE_S = 10.0
 
 
 class EdgeNode:
@@ -50,6 +60,7 @@ class EdgeNode:
         primary_host_id: str | None = None,
         buffer: DiskBuffer | None = None,
         resend_window_s: float = 3.0,
+        host_grace_s: float = HOST_GRACE_S,
     ) -> None:
         self.session = session
         self.address = address
@@ -61,6 +72,9 @@ class EdgeNode:
         self._client: MqttClient | None = None
         self._host_online = primary_host_id is None
         self._host_online_ts = -1
+        self._host_seen_ts = self.buffer.host_state_ts  # the newest online STATE ever seen
+        self._host_grace_s = host_grace_s
+        self._grace: asyncio.TimerHandle | None = None  # an online STATE not newer than that, waiting
         self._born = False  # births sent since we last could publish
         self._pending = self.buffer.devices()  # devices whose buffered rows go before their live data
         self._recent: deque[tuple[float, str, int, list[Sample]]] = deque()
@@ -200,11 +214,18 @@ class EdgeNode:
         # (retained, or published when it reconnects).
         self._host_online = self.primary_host_id is None
         self._host_online_ts = -1
+        self._end_grace()
         if self._host_online:
             self._can_publish_now()
 
     def on_disconnected(self, reason: str) -> None:
+        self._end_grace()
         self._cannot_publish(connection_lost=True)
+
+    def _end_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
 
     def on_message(self, topic: str, payload: bytes) -> None:
         host = parse_state(topic)
@@ -230,14 +251,36 @@ class EdgeNode:
             logger.warning("edge node %s: bad STATE of host %s: %s", self.session.edge_node_id, host, exc)
             return
         if online and ts > self._host_online_ts:
-            # the primary host came (back) online: it needs our births, then what we buffered
             self._host_online_ts = ts
-            self._host_online = True
-            if self.connected:
-                self._can_publish_now()
+            self._end_grace()
+            if ts <= self._host_seen_ts and not self._host_online:
+                # perhaps a retained STATE from before a broker restart: wait for a newer one
+                logger.info(
+                    "edge node %s: host %s online as of %d, as last seen: publishing in %.0f s unless it"
+                    " connects again first",
+                    self.session.edge_node_id,
+                    host,
+                    ts,
+                    self._host_grace_s,
+                )
+                self._grace = asyncio.get_running_loop().call_later(
+                    self._host_grace_s, self._host_trusted, ts
+                )
+                return
+            self._host_trusted(ts)
         elif not online and ts >= self._host_online_ts:
+            self._end_grace()
             self._host_online = False
             self._cannot_publish()
+
+    def _host_trusted(self, ts: int) -> None:
+        """The primary host is (back) online: it needs our births, then what we buffered."""
+        self._grace = None
+        if ts > self._host_seen_ts:
+            self._host_seen_ts = self.buffer.host_state_ts = ts
+        self._host_online = True
+        if self.connected:
+            self._can_publish_now()
 
     # -- what the bridge tells us -------------------------------------------------------------
     def _buffer(self, device_id: str, snapshot: list[Sample]) -> None:
@@ -316,6 +359,7 @@ class EdgeNode:
     async def stop(self) -> None:
         """Clean exit: publish our own NDEATH (QoS 1), then disconnect; the buffer stays on disk."""
         self._stopping = True
+        self._end_grace()
         if self._drain_task is not None:
             self._drain_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

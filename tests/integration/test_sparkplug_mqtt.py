@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bridge.buffer import DiskBuffer
 from bridge.edge_node import EdgeNode
 from services.context.app import ContextService
 from services.context.record import RecordStore
@@ -55,6 +58,13 @@ READY = [
     Sample("alarm_code", 0, 1000),
     Sample("estop", False, 1000),
 ]
+
+
+async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 def of_type(kind: MessageType):  # type: ignore[no-untyped-def]
@@ -193,6 +203,70 @@ async def test_edge_waits_for_its_primary_host_and_replays_what_it_buffered(mosq
         lambda t, p: of_type(MessageType.DDATA)(t, p) and any(m.timestamp == 5000 for m in decode(p).metrics)
     )
     assert all(m.is_historical for m in decode(last).metrics)
+    await node.stop()
+
+
+async def test_edge_trusts_a_state_no_newer_than_it_has_seen_only_after_its_grace(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A broker stopped with the host connected publishes no Will and keeps the host's online STATE;
+    after its restart it hands that out while the host may not be back. The edge node waits for a
+    newer STATE (the host connecting again: it goes on at once) or, at most, its grace (the host was
+    connected all along). What it has seen survives its own restart, in its buffer file."""
+    grace = 1.5
+    watch = await recorder(mosquitto, "services", "spBv1.0/dayton/#")
+    assert watch.client is not None
+
+    def node_on(buffer: DiskBuffer) -> EdgeNode:
+        node = EdgeNode(
+            EdgeSession("dayton", "edge1", DEFS, last_bdseq=buffer.last_bdseq),
+            address(mosquitto, "bridge"),
+            WallClock(),
+            primary_host_id="test-host",
+            buffer=buffer,
+            host_grace_s=grace,
+        )
+        node.start(asyncio.get_running_loop())
+        track(node._client)
+        return node
+
+    def births() -> int:
+        return sum(1 for t, p in watch.messages if of_type(MessageType.NBIRTH)(t, p))
+
+    async def restart_broker() -> None:
+        mosquitto.stop()  # (clean: the retained STATE is saved, and no Will goes out)
+        await until(lambda: not node.connected)
+        mosquitto.start()
+        await until(lambda: node.connected and watch.client is not None and watch.client.connected)
+
+    node = node_on(DiskBuffer(tmp_path / "edge1.db"))
+    watch.client.publish(*host_state(True, 5))
+    await until(lambda: births() == 1)
+    node.device_online("vf2-01", READY)
+    await restart_broker()
+    await asyncio.sleep(0.5)  # the retained STATE, as it was before the restart, is in
+    assert not node.publishable
+    assert births() == 1
+    node.data("vf2-01", [Sample("execution", "ACTIVE", 2000)])  # waits in the buffer
+    await until(lambda: births() == 2, timeout=grace + 5)  # no news: it trusts the STATE
+    [*_, (_, replayed)] = await watch.wait_for(
+        lambda t, p: of_type(MessageType.DDATA)(t, p) and any(m.timestamp == 2000 for m in decode(p).metrics)
+    )
+    assert all(m.is_historical for m in decode(replayed).metrics)
+
+    await restart_broker()
+    await asyncio.sleep(0.3)
+    assert not node.publishable
+    watch.client.publish(*host_state(True, 7))  # the host is back: no wait for the grace
+    await until(lambda: births() == 3, timeout=grace * 0.6)
+
+    await node.stop()  # its own restart: the STATE it finds (7) is the one it saw last
+    node = node_on(DiskBuffer(tmp_path / "edge1.db"))
+    await until(lambda: node.connected)
+    await asyncio.sleep(0.5)
+    assert not node.publishable
+    assert births() == 3
+    await until(lambda: births() == 4, timeout=grace + 5)
     await node.stop()
 
 
