@@ -183,9 +183,12 @@ async def test_record_matches_the_scenario_ground_truth(mosquitto: Mosquitto, tm
 async def test_a_modbus_machine_through_to_the_record(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A legacy machine has no source timestamps: values are stamped when polled, so boundaries are good
     to one poll interval (100 ms) in event time. At 360x that is 36 s; checked here: the recorded state
-    in the middle of every true interval longer than a minute, and every part, across a counter wrap."""
+    in the middle of every true interval longer than a minute and twice the tolerance, and every part,
+    across a counter wrap."""
     speed = 360.0
-    tolerance_ms = int(0.1 * speed * 1000) + 2000  # one poll, plus scheduling on a busy machine
+    # one poll (100 ms), plus what a busy machine adds: the poll, the scenario's driver and the host
+    # share these cores with the other test processes (a stall of 240 ms once broke 0.1 s here)
+    tolerance_ms = int(0.25 * speed * 1000) + 2000
     stack = await start_stack(mosquitto, tmp_path, ("lynx-01",), seed=12, speed=speed)  # its counter wraps
     try:
         [machine] = stack.site.machines
