@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.sim.scenario import TruthStop
 from services.context.shifts import ShiftCalendar
@@ -136,3 +137,32 @@ def reason_fidelity(
                     key = (expected, i.reason)
                     wrong[key] = wrong.get(key, 0.0) + overlap / 1000
     return (right / total if total else 0.0), total, wrong
+
+
+class Held:
+    """The service's monotonic clock and event-loop timers, in the test's hands."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def call_soon(self, fn: Callable[[], None], *args: Any) -> None:
+        self.timers.append((self.now, fn))
+
+    def call_later(self, delay: float, fn: Callable[[], None], *args: Any) -> None:
+        self.timers.append((self.now + delay, fn))
+
+    def pending(self, fn: str) -> list[float]:
+        return [at for at, f in self.timers if getattr(f, "__name__", "") == fn]
+
+    def run(self, advance: float = 0.0) -> None:
+        """Move the clock on, then run what is due (and what that asks for at once)."""
+        self.now += advance
+        while due := [t for t in self.timers if t[0] <= self.now]:
+            for t in due:
+                self.timers.remove(t)
+            for _, fn in due:
+                fn()

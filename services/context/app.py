@@ -205,8 +205,9 @@ class ContextService:
         self.record_gap_s = RECORD_GAP_S
         self.record_batch = RECORD_BATCH
         self.outage_values_max = OUTAGE_VALUES_MAX
-        self._not_kept: set[str] = set()  # machines whose live data is not taken in (the bound above)
-        self._rebirths_due: set[tuple[str, str]] = set()  # (group, edge node) to ask once online
+        # machines whose live data is not taken in (the bound above) until their rebirth: their edge nodes
+        self._not_kept: dict[str, tuple[str, str]] = {}
+        self._rebirth_retry = False  # a retry of the rebirths due is scheduled
         self._client: MqttClient | None = None
         self._state_ts = 0
         self._unknown_devices: set[tuple[str, str, str]] = set()
@@ -358,11 +359,28 @@ class ContextService:
         )
         self._dirty.update(self.trackers)  # republish the retained tree
         if online:
-            rebirths, self._rebirths_due = self._rebirths_due, set()
-            for group_id, edge_node_id in sorted(rebirths):  # (what they sent was not all kept)
-                why = "its data was not all kept while the record could not be written"
-                self._host_events(self.host.ask_rebirth(group_id, edge_node_id, why, time.monotonic()))
+            self._ask_rebirths_due()
         self._schedule_flush()
+
+    def _ask_rebirths_due(self) -> None:
+        """The edge nodes of the machines not kept: asked for a rebirth (their values whole again),
+        and asked again later while the host session holds a request back (one went out lately)."""
+        client = self._client
+        if client is None or not client.connected or self._record_retry is not None or self._stopping:
+            return  # (asked when the host is online again: on_connected)
+        why = "its data was not all kept while the record could not be written"
+        waiting = False
+        for group_id, edge_node_id in sorted(set(self._not_kept.values())):
+            asked = self.host.ask_rebirth(group_id, edge_node_id, why, time.monotonic())
+            self._host_events(asked)
+            waiting = waiting or not asked
+        if waiting and self._loop is not None and not self._rebirth_retry:
+            self._rebirth_retry = True
+            self._loop.call_later(self.host.rebirth_interval_s, self._rebirths_retry_due)
+
+    def _rebirths_retry_due(self) -> None:
+        self._rebirth_retry = False
+        self._ask_rebirths_due()
 
     def on_disconnected(self, reason: str) -> None:
         now = self.clock.now_ms()
@@ -460,6 +478,8 @@ class ContextService:
             if values:
                 at = birth_time(values)
                 values = [SignalValue(v.name, v.value, at) for v in values]
+            if self._record_retry is None:
+                self._not_kept.pop(machine.id, None)  # whole again: taken from here on
         if not values:
             return
         if machine.id in self._not_kept or (
@@ -479,12 +499,12 @@ class ContextService:
 
     def _not_taken(self, machine: Machine, event: MetricsUpdate, values: list[SignalValue]) -> None:
         """Live values that come while the record cannot be written and holds too many already
-        (OUTAGE_VALUES_MAX): counted; the machine is comms_loss from the first of them."""
+        (OUTAGE_VALUES_MAX): counted; the machine is comms_loss from the first of them, and what its
+        edge node sends is not taken until the machine's rebirth (asked for once the host is online)."""
         self.host.counters["values_dropped"] += len(values)
         if machine.id in self._not_kept:
             return
-        self._not_kept.add(machine.id)
-        self._rebirths_due.add((event.group_id, event.edge_node_id))
+        self._not_kept[machine.id] = (event.group_id, event.edge_node_id)
         tracker = self.trackers[machine.id]
         closed = tracker.lose(min(v.timestamp for v in values))
         self._events.append((machine.id, SignalValue(LOST, None, tracker.since_ms or 0), "lost"))
@@ -494,7 +514,7 @@ class ContextService:
         logger.error(
             "%s: %d values are held while the record cannot be written; its edge node %s/%s sends on"
             " (it does not follow the host's STATE): what it sends is not kept from %s (comms_loss) until"
-            " the record is back, and it is asked for a rebirth then",
+            " its rebirth, which it is asked for once the record is back",
             machine.id,
             len(self._events),
             event.group_id,
@@ -939,7 +959,7 @@ class ContextService:
             del history[machine_id]
             revised.add(machine_id)
         self._record_retry = None
-        self._not_kept.clear()  # (their edge nodes are asked for a rebirth once online: on_connected)
+        # (machines not kept stay so until their rebirth, asked for once online: on_connected)
         published, self._published = self._published, []
         jobs, self._jobs_dirty = self._jobs_dirty, set()
         early, self._early = self._early, set()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.context import app
 from services.context.record import RecordStore, RecordUnavailableError
 from services.context.state import Interval, MachineState
+from tests.helpers import Held
 from tests.services.test_backfill import history, reconnect, setup
 from uns.sparkplug.edge import Sample
 
@@ -177,16 +180,38 @@ def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bo
         (15_000, 16_000, S.RUNNING),
         (16_000, 17_000, S.IDLE),
     ]
+    # what it sends before its rebirth is not taken either: the machine's values are not whole
+    dropped = service.host.counters["values_dropped"]
+    msg = edge.data("vf2-01", [Sample("execution", "ACTIVE", 30_000)], 30_000)
+    assert msg is not None
+    service.on_message(*msg)
+    service.flush()
+    assert service.host.counters["values_dropped"] == dropped + 1
+    assert service.trackers["vf2-01"].state is S.COMMS_LOSS
     # online again on a new connection: STATE online, and the edge node asked for a rebirth
+    timers = Held()
+    timers.now = time.monotonic()  # (on from the clock the host session has seen so far)
+    monkeypatch.setattr(app, "time", timers)
+    service._loop = timers  # (its timers run when the test says)
     client = _Client()
     service._client = client
     service.on_connected()
     assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
     client.sent.clear()
-    service.on_connected()  # asked once, not at every reconnect
+    service.on_connected()  # a reconnect at once: the host session holds the request back ...
     assert not [t for t, _ in client.sent if "/NCMD/" in t]
+    timers.run(service.host.rebirth_interval_s - 0.1)
+    assert not [t for t, _ in client.sent if "/NCMD/" in t]
+    timers.run(0.1)  # ... and it is asked again once it may be (the first may have been lost)
+    assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
     clock.now = 40_000
     for message in edge.births(40_000):  # its rebirth: the machine's values whole again
         service.on_message(*message)
     service.flush()
     assert service.trackers["vf2-01"].state is not S.COMMS_LOSS
+    client.sent.clear()
+    timers.run(service.host.rebirth_interval_s)
+    assert not [t for t, _ in client.sent if "/NCMD/" in t]  # born: nothing more is asked
+    assert timers.timers == [] or all(
+        getattr(fn, "__name__", "") != "_rebirths_retry_due" for _, fn in timers.timers
+    )

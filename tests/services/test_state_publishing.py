@@ -22,7 +22,7 @@ from services.context import app
 from services.context.app import ContextService
 from services.context.record import RecordStore
 from services.context.state import Interval, MachineState
-from tests.helpers import Recorder, address, recorder, track
+from tests.helpers import Held, Recorder, address, recorder, track
 from tests.integration.test_sparkplug_mqtt import DEFS, SITE
 from tests.services.test_backfill import Clock, ready
 from tests.services.test_record_outage_cases import Outage
@@ -41,35 +41,6 @@ TWO = SITE + (
     "                  signals: {execution: a, mode: b, part_count: c, alarm_code: d, estop: e}\n"
 )
 T0 = 1_795_100_000_000
-
-
-class Held:
-    """The service's monotonic clock and event-loop timers, in the test's hands."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.timers: list[tuple[float, Callable[[], None]]] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def call_soon(self, fn: Callable[[], None], *args: Any) -> None:
-        self.timers.append((self.now, fn))
-
-    def call_later(self, delay: float, fn: Callable[[], None], *args: Any) -> None:
-        self.timers.append((self.now + delay, fn))
-
-    def pending(self, fn: str) -> list[float]:
-        return [at for at, f in self.timers if getattr(f, "__name__", "") == fn]
-
-    def run(self, advance: float = 0.0) -> None:
-        """Move the clock on, then run what is due (and what that asks for at once)."""
-        self.now += advance
-        while due := [t for t in self.timers if t[0] <= self.now]:
-            for t in due:
-                self.timers.remove(t)
-            for _, fn in due:
-                fn()
 
 
 @pytest.fixture
