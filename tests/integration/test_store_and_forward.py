@@ -167,6 +167,15 @@ async def test_a_killed_bridge_keeps_its_buffer(mosquitto: Mosquitto, tmp_path: 
         store.close()
 
 
+def _host(site: Site, mosquitto: Mosquitto, tmp_path: Path) -> tuple[ContextService, RecordStore]:
+    """The context service, started on the record in `tmp_path`."""
+    store = RecordStore(tmp_path / "record.db")
+    service = ContextService(site, store, address(mosquitto, "services"), WallClock())
+    service.start(asyncio.get_running_loop())
+    track(service._client)
+    return service, store
+
+
 async def test_a_host_restart_leaves_no_gap_where_the_edge_buffered(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -181,14 +190,7 @@ async def test_a_host_restart_leaves_no_gap_where_the_edge_buffered(
     await server.start(INITIAL, now())
     buffer_file = tmp_path / "buffer" / "dayton.edge1.db"
 
-    def host() -> tuple[ContextService, RecordStore]:
-        store = RecordStore(tmp_path / "record.db")
-        service = ContextService(site, store, address(mosquitto, "services"), WallClock())
-        service.start(asyncio.get_running_loop())
-        track(service._client)
-        return service, store
-
-    first, store = host()
+    first, store = _host(site, mosquitto, tmp_path)
     stop = asyncio.Event()
     bridge = asyncio.create_task(
         run_bridge(site, address(mosquitto, "bridge"), WallClock(), stop, buffer_dir=tmp_path / "buffer")
@@ -203,7 +205,7 @@ async def test_a_host_restart_leaves_no_gap_where_the_edge_buffered(
         t1 = now()
         await server.write({"execution": "ACTIVE"}, t1)  # nobody is listening: the edge keeps it
         await until(lambda: buffered(buffer_file) > before, "the edge to buffer")
-        second, store = host()
+        second, store = _host(site, mosquitto, tmp_path)
         await until(lambda: second.trackers["vf2-01"].since_ms == t1, "the backfill")
         assert second.trackers["vf2-01"].state is S.RUNNING
         expected = [Interval("vf2-01", born_at or 0, t1, S.IDLE)]
@@ -229,14 +231,7 @@ async def test_a_broker_crash_with_the_host_still_away_keeps_the_replay_for_the_
     site = parse_site(site_yaml(free_port()))
     now = WallClock().now_ms
 
-    def host() -> tuple[ContextService, RecordStore]:
-        store = RecordStore(tmp_path / "record.db")
-        service = ContextService(site, store, address(mosquitto, "services"), WallClock())
-        service.start(asyncio.get_running_loop())
-        track(service._client)
-        return service, store
-
-    first, store = host()
+    first, store = _host(site, mosquitto, tmp_path)
     node = make_edge_node(site, "edge1", address(mosquitto, "bridge"), WallClock(), tmp_path / "buffer")
     node.start(asyncio.get_running_loop())
     track(node._client)
@@ -258,7 +253,7 @@ async def test_a_broker_crash_with_the_host_still_away_keeps_the_replay_for_the_
         await asyncio.sleep(1.0)  # it has the STATE from before the restart: it must not replay now
         assert not node.publishable
         assert node.buffer.devices() == {"vf2-01"}
-        second, store = host()
+        second, store = _host(site, mosquitto, tmp_path)
         await until(lambda: second.trackers["vf2-01"].since_ms == t1, "the backfill")
         assert second.trackers["vf2-01"].state is S.RUNNING
         expected = [Interval("vf2-01", born_at or 0, t1, S.IDLE)]
