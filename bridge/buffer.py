@@ -80,14 +80,12 @@ class DiskBuffer:
     def last_bdseq(self, value: int) -> None:
         self._set_meta("bdseq", value)
 
-    @property
-    def host_state_ts(self) -> int:
-        """The timestamp of the newest online STATE of the primary host this node has seen (-1: none)."""
-        return self._meta("host_state_ts", -1)
+    def host_state_ts(self, host_id: str) -> int:
+        """The timestamp of the online STATE of `host_id` this node last trusted (-1: none)."""
+        return self._meta(f"host_state_ts:{host_id}", -1)
 
-    @host_state_ts.setter
-    def host_state_ts(self, value: int) -> None:
-        self._set_meta("host_state_ts", value)
+    def set_host_state_ts(self, host_id: str, ts: int) -> None:
+        self._set_meta(f"host_state_ts:{host_id}", ts)
 
     def oldest_ms(self) -> int | None:
         with self._lock:

@@ -16,10 +16,10 @@ then on (not comms_loss). A device that went offline meanwhile is buffered as un
 A retained online STATE can be stale: a broker that dies with the host connected never publishes the
 host's Will, and after its restart it hands out the online STATE it last saved while the host is not
 back yet; what the node replayed then would reach nobody. So an online STATE that is not newer
-than the newest this node has seen (kept in the buffer file across restarts) is trusted only after
+than the one this node last trusted (kept in the buffer file across restarts) is trusted only after
 `host_grace_s` without news: a host that connects again publishes a newer one, and the node goes on
 at once. (A host that was connected all along sends nothing new: the node then goes on after the
-grace, and only its replay waits.)
+grace; its births, its replay and its live data wait that long, buffered.)
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class EdgeNode:
         self._client: MqttClient | None = None
         self._host_online = primary_host_id is None
         self._host_online_ts = -1
-        self._host_seen_ts = self.buffer.host_state_ts  # the newest online STATE ever seen
+        # the online STATE of the primary host last trusted (across restarts: in the buffer file)
+        self._host_seen_ts = -1 if primary_host_id is None else self.buffer.host_state_ts(primary_host_id)
         self._host_grace_s = host_grace_s
         self._grace: asyncio.TimerHandle | None = None  # an online STATE not newer than that, waiting
         self._born = False  # births sent since we last could publish
@@ -244,6 +245,8 @@ class EdgeNode:
             self._can_publish_now()
 
     def _on_host_state(self, host: str, payload: bytes) -> None:
+        if self._stopping:
+            return  # (no births after our own death)
         try:
             state = json.loads(payload)
             online, ts = bool(state["online"]), int(state["timestamp"])
@@ -276,8 +279,12 @@ class EdgeNode:
     def _host_trusted(self, ts: int) -> None:
         """The primary host is (back) online: it needs our births, then what we buffered."""
         self._grace = None
-        if ts > self._host_seen_ts:
-            self._host_seen_ts = self.buffer.host_state_ts = ts
+        if self._stopping:
+            return
+        if ts != self._host_seen_ts and self.primary_host_id is not None:
+            # (after a grace, even an older one: a host whose clock stepped back waits once)
+            self._host_seen_ts = ts
+            self.buffer.set_host_state_ts(self.primary_host_id, ts)
         self._host_online = True
         if self.connected:
             self._can_publish_now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -149,11 +150,13 @@ class Held:
     def monotonic(self) -> float:
         return self.now
 
-    def call_soon(self, fn: Callable[[], None], *args: Any) -> None:
-        self.timers.append((self.now, fn))
+    def call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        self.call_later(0.0, fn, *args)
 
-    def call_later(self, delay: float, fn: Callable[[], None], *args: Any) -> None:
-        self.timers.append((self.now + delay, fn))
+    def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+        call = functools.partial(fn, *args)
+        functools.update_wrapper(call, fn)  # (its __name__, for `pending`)
+        self.timers.append((self.now + delay, call))
 
     def pending(self, fn: str) -> list[float]:
         return [at for at, f in self.timers if getattr(f, "__name__", "") == fn]

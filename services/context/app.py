@@ -95,10 +95,12 @@ RECORD_BATCH = 1_500
 # While the record cannot be written, what comes in is held in memory. Our edge nodes (and every one
 # that follows the host's STATE) buffer on their own disks meanwhile; an edge node that ignores STATE
 # keeps sending. Past this many values held (some 250 bytes each), a machine's live data is no longer
-# taken in: it is comms_loss from its first value not kept (written with the rest once the record is
-# back), what it sends is counted (`values_dropped`), and its edge node is asked for a rebirth once
-# the host is online again, so that its values come whole.
+# taken in until its rebirth: it is comms_loss from its first value not kept (written with the rest
+# once the record is back), what it sends is counted (`values_dropped`), and its edge node is asked
+# for a rebirth once the host is online again, so that its values come whole.
 OUTAGE_VALUES_MAX = 500_000
+# Rebirth requests to an edge node whose machine was not kept, before its data is taken unborn.
+REBIRTH_ASKS = 3
 _TIMER_SLACK_S = 0.002  # (the event loop may run a timer this much before its time)
 _REFRESH_SLACK_S = 0.05  # the trailing refreshes of machines gone quiet: together, this much late
 
@@ -207,6 +209,7 @@ class ContextService:
         self.outage_values_max = OUTAGE_VALUES_MAX
         # machines whose live data is not taken in (the bound above) until their rebirth: their edge nodes
         self._not_kept: dict[str, tuple[str, str]] = {}
+        self._rebirth_asks: dict[tuple[str, str], int] = {}  # their requests sent, per edge node
         self._rebirth_retry = False  # a retry of the rebirths due is scheduled
         self._client: MqttClient | None = None
         self._state_ts = 0
@@ -364,19 +367,36 @@ class ContextService:
 
     def _ask_rebirths_due(self) -> None:
         """The edge nodes of the machines not kept: asked for a rebirth (their values whole again),
-        and asked again later while the host session holds a request back (one went out lately)."""
+        again every two throttle intervals until they are born (a request held back by the host
+        session, or lost, or not answered), and after REBIRTH_ASKS unanswered ones their data is
+        taken as it comes (a node that ignores requests would stay comms_loss until its next birth)."""
         client = self._client
         if client is None or not client.connected or self._record_retry is not None or self._stopping:
             return  # (asked when the host is online again: on_connected)
         why = "its data was not all kept while the record could not be written"
-        waiting = False
-        for group_id, edge_node_id in sorted(set(self._not_kept.values())):
-            asked = self.host.ask_rebirth(group_id, edge_node_id, why, time.monotonic())
+        due = set(self._not_kept.values())
+        self._rebirth_asks = {node: n for node, n in self._rebirth_asks.items() if node in due}
+        for node in sorted(due):
+            if self._rebirth_asks.get(node, 0) >= REBIRTH_ASKS:
+                machines = sorted(m for m, n in self._not_kept.items() if n == node)
+                logger.warning(
+                    "%s/%s did not answer %d rebirth requests: the data of %s is taken as it comes again"
+                    " (its values may be partial until its next birth)",
+                    *node,
+                    REBIRTH_ASKS,
+                    ", ".join(machines),
+                )
+                for m in machines:
+                    del self._not_kept[m]
+                del self._rebirth_asks[node]
+                continue
+            asked = self.host.ask_rebirth(*node, why, time.monotonic())
+            if asked:
+                self._rebirth_asks[node] = self._rebirth_asks.get(node, 0) + 1
             self._host_events(asked)
-            waiting = waiting or not asked
-        if waiting and self._loop is not None and not self._rebirth_retry:
+        if self._not_kept and self._loop is not None and not self._rebirth_retry:
             self._rebirth_retry = True
-            self._loop.call_later(self.host.rebirth_interval_s, self._rebirths_retry_due)
+            self._loop.call_later(2 * self.host.rebirth_interval_s, self._rebirths_retry_due)
 
     def _rebirths_retry_due(self) -> None:
         self._rebirth_retry = False

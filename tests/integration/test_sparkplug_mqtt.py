@@ -209,11 +209,12 @@ async def test_edge_waits_for_its_primary_host_and_replays_what_it_buffered(mosq
 async def test_edge_trusts_a_state_no_newer_than_it_has_seen_only_after_its_grace(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    """A broker stopped with the host connected publishes no Will and keeps the host's online STATE;
-    after its restart it hands that out while the host may not be back. The edge node waits for a
+    """A broker that dies with the host connected publishes no Will and keeps the host's online STATE;
+    after its restart it hands that out while the host may not be back. (Here the host is the test,
+    with no Will, so a clean stop of the broker keeps its online STATE too.) The edge node waits for a
     newer STATE (the host connecting again: it goes on at once) or, at most, its grace (the host was
     connected all along). What it has seen survives its own restart, in its buffer file."""
-    grace = 1.5
+    grace = 3.0
     watch = await recorder(mosquitto, "services", "spBv1.0/dayton/#")
     assert watch.client is not None
 

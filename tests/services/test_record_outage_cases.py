@@ -200,9 +200,10 @@ def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bo
     client.sent.clear()
     service.on_connected()  # a reconnect at once: the host session holds the request back ...
     assert not [t for t, _ in client.sent if "/NCMD/" in t]
-    timers.run(service.host.rebirth_interval_s - 0.1)
+    every = 2 * service.host.rebirth_interval_s
+    timers.run(every - 0.1)
     assert not [t for t, _ in client.sent if "/NCMD/" in t]
-    timers.run(0.1)  # ... and it is asked again once it may be (the first may have been lost)
+    timers.run(0.1)  # ... and it is asked again while it is not born (the first may have been lost)
     assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
     clock.now = 40_000
     for message in edge.births(40_000):  # its rebirth: the machine's values whole again
@@ -210,8 +211,49 @@ def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bo
     service.flush()
     assert service.trackers["vf2-01"].state is not S.COMMS_LOSS
     client.sent.clear()
-    timers.run(service.host.rebirth_interval_s)
+    timers.run(every)
     assert not [t for t, _ in client.sent if "/NCMD/" in t]  # born: nothing more is asked
-    assert timers.timers == [] or all(
-        getattr(fn, "__name__", "") != "_rebirths_retry_due" for _, fn in timers.timers
-    )
+    assert timers.pending("_rebirths_retry_due") == []
+
+
+def test_a_machine_not_kept_whose_edge_node_never_answers_is_taken_again(
+    make_record: Callable[..., RecordStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge node that ignores the host's STATE may ignore rebirth requests too: after REBIRTH_ASKS
+    of them unanswered, its machine's data is taken as it comes again (said in the log), rather than
+    the machine staying comms_loss until the node happens to rebirth."""
+    service, store, edge, clock = setup(make_record, tmp_path)
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    reconnect(service, edge, clock)
+    service.outage_values_max = len(service._events)
+    msg = edge.data("vf2-01", [Sample("execution", "ACTIVE", 11_000)], 11_000)
+    assert msg is not None
+    clock.now = 11_000
+    service.on_message(*msg)  # past the bound: not kept
+    outage.down = False
+    service.flush(retry=True)
+    assert service._record_retry is None
+    timers = Held()
+    timers.now = time.monotonic()
+    monkeypatch.setattr(app, "time", timers)
+    service._loop = timers  # type: ignore[assignment]  # (its timers run when the test says)
+    client = _Client()
+    service._client = client  # type: ignore[assignment]
+    service.on_connected()
+    every = 2 * service.host.rebirth_interval_s
+    for _ in range(app.REBIRTH_ASKS - 1):
+        timers.run(every)
+    assert len([t for t, _ in client.sent if "/NCMD/" in t]) == app.REBIRTH_ASKS
+    assert "vf2-01" in service._not_kept
+    timers.run(every)  # no answer to any: taken again, and nothing more is asked
+    assert "vf2-01" not in service._not_kept
+    assert len([t for t, _ in client.sent if "/NCMD/" in t]) == app.REBIRTH_ASKS
+    assert timers.pending("_rebirths_retry_due") == []
+    dropped = service.host.counters["values_dropped"]
+    msg = edge.data("vf2-01", [Sample("execution", "READY", 60_000)], 60_000)
+    assert msg is not None
+    clock.now = 60_000
+    service.on_message(*msg)
+    assert service.host.counters["values_dropped"] == dropped
+    assert service.trackers["vf2-01"].signals["execution"] == "READY"
