@@ -374,9 +374,10 @@ class ContextService:
         if client is None or not client.connected or self._record_retry is not None or self._stopping:
             return  # (asked when the host is online again: on_connected)
         why = "its data was not all kept while the record could not be written"
+        conflicts = set(self.host.conflicts)  # (asked once the conflict is over: nothing to ask now)
         due = set(self._not_kept.values())
         self._rebirth_asks = {node: n for node, n in self._rebirth_asks.items() if node in due}
-        for node in sorted(due):
+        for node in sorted(due - conflicts):
             if self._rebirth_asks.get(node, 0) >= REBIRTH_ASKS:
                 machines = sorted(m for m, n in self._not_kept.items() if n == node)
                 logger.warning(
