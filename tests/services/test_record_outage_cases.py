@@ -257,3 +257,39 @@ def test_a_machine_not_kept_whose_edge_node_never_answers_is_taken_again(
     service.on_message(*msg)
     assert service.host.counters["values_dropped"] == dropped
     assert service.trackers["vf2-01"].signals["execution"] == "READY"
+
+
+def test_a_machine_not_kept_whose_edge_node_is_in_conflict_waits_for_the_conflict_to_end(
+    make_record: Callable[..., RecordStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sessions claim the edge node: the host session asks it for a rebirth only when that
+    conflict ends, so the retry asks nothing meanwhile and keeps its requests for after it."""
+    service, store, edge, clock = setup(make_record, tmp_path)
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    reconnect(service, edge, clock)
+    service.outage_values_max = len(service._events)
+    msg = edge.data("vf2-01", [Sample("execution", "ACTIVE", 11_000)], 11_000)
+    assert msg is not None
+    clock.now = 11_000
+    service.on_message(*msg)  # past the bound: not kept
+    outage.down = False
+    service.flush(retry=True)
+    timers = Held()
+    timers.now = time.monotonic()
+    monkeypatch.setattr(app, "time", timers)
+    service._loop = timers  # type: ignore[assignment]  # (its timers run when the test says)
+    client = _Client()
+    service._client = client  # type: ignore[assignment]
+    in_conflict = [("dayton", "edge1")]
+    monkeypatch.setattr(type(service.host), "conflicts", property(lambda _: tuple(in_conflict)))
+    service.on_connected()
+    every = 2 * service.host.rebirth_interval_s
+    for _ in range(app.REBIRTH_ASKS + 1):
+        timers.run(every)
+    assert not [t for t, _ in client.sent if "/NCMD/" in t]
+    assert service.host.counters["rebirths_withheld"] == 0
+    assert "vf2-01" in service._not_kept  # still waiting, with all its requests left
+    in_conflict.clear()
+    timers.run(every)
+    assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
