@@ -189,13 +189,7 @@ def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bo
     assert service.host.counters["values_dropped"] == dropped + 1
     assert service.trackers["vf2-01"].state is S.COMMS_LOSS
     # online again on a new connection: STATE online, and the edge node asked for a rebirth
-    timers = Held()
-    timers.now = time.monotonic()  # (on from the clock the host session has seen so far)
-    monkeypatch.setattr(app, "time", timers)
-    service._loop = timers  # (its timers run when the test says)
-    client = _Client()
-    service._client = client
-    service.on_connected()
+    timers, client = _online_again(service, monkeypatch)
     assert [t for t, _ in client.sent if "/NCMD/" in t] == ["spBv1.0/dayton/NCMD/edge1"]
     client.sent.clear()
     service.on_connected()  # a reconnect at once: the host session holds the request back ...
@@ -216,12 +210,23 @@ def test_an_edge_node_that_sends_on_while_the_record_is_down_is_held_within_a_bo
     assert timers.pending("_rebirths_retry_due") == []
 
 
-def test_a_machine_not_kept_whose_edge_node_never_answers_is_taken_again(
+def _online_again(service: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Held, _Client]:
+    """The host online again on a new connection (`on_connected`), its timers and clock the test's."""
+    timers = Held()
+    timers.now = time.monotonic()  # (on from the clock the host session has seen so far)
+    monkeypatch.setattr(app, "time", timers)
+    service._loop = timers  # (its timers run when the test says)
+    client = _Client()
+    service._client = client
+    service.on_connected()
+    return timers, client
+
+
+def _not_kept_when_back(
     make_record: Callable[..., RecordStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An edge node that ignores the host's STATE may ignore rebirth requests too: after REBIRTH_ASKS
-    of them unanswered, its machine's data is taken as it comes again (said in the log), rather than
-    the machine staying comms_loss until the node happens to rebirth."""
+) -> tuple[Any, Any, Any]:
+    """vf2-01's value at 11,000 past the bound while the record is down (not kept), then the record
+    back: (service, edge, clock)."""
     service, store, edge, clock = setup(make_record, tmp_path)
     outage = Outage(store, monkeypatch)
     outage.down = True
@@ -234,13 +239,17 @@ def test_a_machine_not_kept_whose_edge_node_never_answers_is_taken_again(
     outage.down = False
     service.flush(retry=True)
     assert service._record_retry is None
-    timers = Held()
-    timers.now = time.monotonic()
-    monkeypatch.setattr(app, "time", timers)
-    service._loop = timers  # type: ignore[assignment]  # (its timers run when the test says)
-    client = _Client()
-    service._client = client  # type: ignore[assignment]
-    service.on_connected()
+    return service, edge, clock
+
+
+def test_a_machine_not_kept_whose_edge_node_never_answers_is_taken_again(
+    make_record: Callable[..., RecordStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge node that ignores the host's STATE may ignore rebirth requests too: after REBIRTH_ASKS
+    of them unanswered, its machine's data is taken as it comes again (said in the log), rather than
+    the machine staying comms_loss until the node happens to rebirth."""
+    service, edge, clock = _not_kept_when_back(make_record, tmp_path, monkeypatch)
+    timers, client = _online_again(service, monkeypatch)
     every = 2 * service.host.rebirth_interval_s
     for _ in range(app.REBIRTH_ASKS - 1):
         timers.run(every)
@@ -264,26 +273,10 @@ def test_a_machine_not_kept_whose_edge_node_is_in_conflict_waits_for_the_conflic
 ) -> None:
     """Two sessions claim the edge node: the host session asks it for a rebirth only when that
     conflict ends, so the retry asks nothing meanwhile and keeps its requests for after it."""
-    service, store, edge, clock = setup(make_record, tmp_path)
-    outage = Outage(store, monkeypatch)
-    outage.down = True
-    reconnect(service, edge, clock)
-    service.outage_values_max = len(service._events)
-    msg = edge.data("vf2-01", [Sample("execution", "ACTIVE", 11_000)], 11_000)
-    assert msg is not None
-    clock.now = 11_000
-    service.on_message(*msg)  # past the bound: not kept
-    outage.down = False
-    service.flush(retry=True)
-    timers = Held()
-    timers.now = time.monotonic()
-    monkeypatch.setattr(app, "time", timers)
-    service._loop = timers  # type: ignore[assignment]  # (its timers run when the test says)
-    client = _Client()
-    service._client = client  # type: ignore[assignment]
+    service, _, _ = _not_kept_when_back(make_record, tmp_path, monkeypatch)
     in_conflict = [("dayton", "edge1")]
     monkeypatch.setattr(type(service.host), "conflicts", property(lambda _: tuple(in_conflict)))
-    service.on_connected()
+    timers, client = _online_again(service, monkeypatch)
     every = 2 * service.host.rebirth_interval_s
     for _ in range(app.REBIRTH_ASKS + 1):
         timers.run(every)
