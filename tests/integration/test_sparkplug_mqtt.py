@@ -213,7 +213,8 @@ async def test_edge_trusts_a_state_no_newer_than_it_has_seen_only_after_its_grac
     after its restart it hands that out while the host may not be back. (Here the host is the test,
     with no Will, so a clean stop of the broker keeps its online STATE too.) The edge node waits for a
     newer STATE (the host connecting again: it goes on at once) or, at most, its grace (the host was
-    connected all along). What it has seen survives its own restart, in its buffer file."""
+    connected all along). What it has seen survives its own restart, in its buffer file. A STATE
+    it cannot read changes nothing."""
     grace = 3.0
     watch = await recorder(mosquitto, "services", "spBv1.0/dayton/#")
     assert watch.client is not None
@@ -257,6 +258,12 @@ async def test_edge_trusts_a_state_no_newer_than_it_has_seen_only_after_its_grac
 
     await restart_broker()
     await asyncio.sleep(0.3)
+    assert not node.publishable
+    # a STATE that cannot be read is logged and changes nothing: still waiting, still connected
+    watch.client.publish("spBv1.0/STATE/test-host", b"online!", 1, False)
+    watch.client.publish("spBv1.0/STATE/test-host", b'{"online": true}', 1, False)
+    await asyncio.sleep(0.3)
+    assert node.connected
     assert not node.publishable
     watch.client.publish(*host_state(True, 7))  # the host is back: no wait for the grace
     await until(lambda: births() == 3, timeout=grace * 0.6)
